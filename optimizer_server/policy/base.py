@@ -1,0 +1,229 @@
+"""Types and helpers shared by every bandit policy.
+
+Everything in :mod:`optimizer_server.policy` is pure: no I/O, no clocks, no global random state.
+A policy turns ``(job spec, policy state, context, rng)`` into a :class:`Decision`, and folds a
+finished run (:class:`Observation`) into its state. The gRPC server and the simulator call the
+very same code, so a simulated result is what the service would have done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+DEFAULT_ETA = 0.5
+DEFAULT_BETA = 2.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a recurring job is: the search space and the user's trade-off.
+
+    ``eta`` weighs energy against time in the cost, ``beta`` is the early-stop multiple of the best
+    recurrence cost seen so far, ``target_metric`` with ``higher_is_better`` says when a run has
+    reached its goal. The GPU model is *not* part of a job: it belongs to each run.
+    """
+
+    job_id: str
+    batch_sizes: tuple[int, ...]
+    default_batch_size: int
+    target_metric: float
+    max_epochs: int
+    eta: float = DEFAULT_ETA
+    beta: float = DEFAULT_BETA
+    higher_is_better: bool = True
+    policy: str = "powerbandit"
+    window: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "job_id": self.job_id,
+            "batch_sizes": list(self.batch_sizes),
+            "default_batch_size": self.default_batch_size,
+            "target_metric": self.target_metric,
+            "max_epochs": self.max_epochs,
+            "eta": self.eta,
+            "beta": self.beta,
+            "higher_is_better": self.higher_is_better,
+            "policy": self.policy,
+            "window": self.window,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["batch_sizes"] = tuple(int(b) for b in values["batch_sizes"])
+        return cls(**values)
+
+    def reached(self, metric: float) -> bool:
+        """Whether ``metric`` meets the job's target."""
+        if self.higher_is_better:
+            return metric >= self.target_metric
+        return metric <= self.target_metric
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """Measured behaviour of one batch size at one power limit on one GPU model.
+
+    ``average_power_w`` is summed over the run's GPUs; ``time_per_epoch_s`` is wall time.
+    """
+
+    power_limit_w: float
+    average_power_w: float
+    time_per_epoch_s: float
+
+
+PowerProfile = Mapping[float, ProfilePoint]
+"""Power limit (W, per GPU) -> measurement, for one (GPU model, batch size)."""
+
+
+@dataclass(frozen=True)
+class SuggestContext:
+    """What a suggestion depends on besides the job: the run's GPUs and what is in flight.
+
+    ``max_power_w`` is the sum over the run's GPUs of their maximum power limit (the cost's
+    ``MAX_POWER``); ``power_limits_w`` are the per-GPU limits that may be applied, ascending;
+    ``profiles`` maps batch size to the stored power profile for this GPU model;
+    ``in_flight`` lists the batch sizes of this job's runs that started and have not finished.
+    """
+
+    gpu_model: str
+    max_power_w: float
+    power_limits_w: tuple[float, ...]
+    profiles: Mapping[int, PowerProfile] = field(default_factory=dict)
+    in_flight: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer to "which configuration should this run use?".
+
+    ``power_limit_w`` is ``None`` when the power limit must first be profiled: the run then tries
+    each of ``profile_power_limits_w`` and keeps the one with the lowest epoch cost.
+    ``phase`` is one of ``explore``, ``exploit``, ``fallback``; ``explanation`` says why in words.
+    """
+
+    batch_size: int
+    power_limit_w: float | None
+    profile_power_limits_w: tuple[float, ...]
+    phase: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One finished run, as the policy sees it.
+
+    ``epochs`` is how many epochs the run trained; ``reached_target`` whether it met the target.
+    ``cost`` is ``eta * energy_j + (1 - eta) * max_power_w * time_s`` for that run.
+    ``epoch_cost`` is the cost of one epoch at the power limit the run settled on, when known.
+    """
+
+    batch_size: int
+    gpu_model: str
+    power_limit_w: float
+    epochs: float
+    energy_j: float
+    time_s: float
+    cost: float
+    reached_target: bool
+    max_power_w: float
+    epoch_cost: float | None = None
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """What a policy believes about one batch size (for people and for ``GetJob``)."""
+
+    batch_size: int
+    status: str  # "unexplored", "active", "pruned"
+    observations: int
+    successes: int
+    cost_mean: float  # posterior mean of the cost of one run; NaN when unknown
+    cost_low: float  # lower end of the 90 % credible interval; NaN when unknown
+    cost_high: float  # upper end of the 90 % credible interval; NaN when unknown
+    epochs_mean: float  # mean epochs to target; NaN when unknown
+
+
+class Policy(Protocol):
+    """A bandit policy: pure functions over a JSON-serialisable state dict."""
+
+    name: str
+
+    def new_state(self, spec: JobSpec) -> dict[str, Any]:
+        """The state of a job that has seen nothing yet."""
+        ...
+
+    def suggest(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
+    ) -> Decision:
+        """Choose the configuration of the next run. Never raises for a valid job."""
+        ...
+
+    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
+        """Fold one finished run into the state and return the new state."""
+        ...
+
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
+        """Largest cost one run may spend before it is told to stop (``inf`` when unbounded)."""
+        ...
+
+    def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
+        """One :class:`ArmSummary` per batch size of the job, ascending."""
+        ...
+
+
+def energy_time_cost(eta: float, energy_j: float, time_s: float, max_power_w: float) -> float:
+    """The user's cost: ``eta * energy + (1 - eta) * MAX_POWER * time``."""
+    return eta * energy_j + (1.0 - eta) * max_power_w * time_s
+
+
+def epoch_cost(eta: float, point: ProfilePoint, max_power_w: float) -> float:
+    """Cost of one epoch at a profiled power limit."""
+    return energy_time_cost(
+        eta, point.average_power_w * point.time_per_epoch_s, point.time_per_epoch_s, max_power_w
+    )
+
+
+def best_power_limit(eta: float, profile: PowerProfile, max_power_w: float) -> float:
+    """The power limit of ``profile`` with the lowest epoch cost (the highest limit on ties)."""
+    if not profile:
+        raise ValueError("an empty power profile has no best power limit")
+    return min(profile, key=lambda p: (epoch_cost(eta, profile[p], max_power_w), -p))
+
+
+def choose_power_limit(
+    spec: JobSpec, context: SuggestContext, batch_size: int
+) -> tuple[float | None, tuple[float, ...]]:
+    """Power limit for ``batch_size`` on this GPU: the profiled best, or a request to profile.
+
+    Returns ``(power_limit_w, ())`` when a profile exists for this GPU model and batch size, and
+    ``(None, power_limits_w)`` when the run must profile first.
+    """
+    profile = context.profiles.get(batch_size)
+    if profile:
+        return best_power_limit(spec.eta, profile, context.max_power_w), ()
+    return None, tuple(context.power_limits_w)
+
+
+def decision_rng(seed: int, decision_index: int) -> np.random.Generator:
+    """The random generator for a job's ``decision_index``-th suggestion.
+
+    Server replicas are stateless and the simulator must reproduce the server's choices, so every
+    suggestion draws from a generator derived from the job's seed and the suggestion's index.
+    """
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(decision_index)])
+
+
+def is_finite_nonnegative(value: float) -> bool:
+    """True for finite numbers >= 0."""
+    return math.isfinite(value) and value >= 0.0
