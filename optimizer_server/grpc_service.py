@@ -1,0 +1,300 @@
+"""The gRPC layer: validate, translate, call :class:`OptimizerService`, map errors to status codes.
+
+Domain errors become status codes in exactly one place (:data:`STATUS_OF`); every handler runs the
+(blocking) service call in a worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from optimizer_server import validation as v
+from optimizer_server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OptimizerError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from optimizer_server.policy import JobSpec
+from optimizer_server.service import JobView, OptimizerService
+from optimizer_server.store.base import RunRecord
+from powerbandit.v1 import optimizer_pb2 as pb
+from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("powerbandit.server.grpc")
+
+STATUS_OF: dict[type[OptimizerError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+
+PHASE_TO_PB = {"explore": pb.PHASE_EXPLORE, "exploit": pb.PHASE_EXPLOIT, "fallback": pb.PHASE_FALLBACK}
+RUN_STATE_TO_PB = {
+    "in_flight": pb.RUN_STATE_IN_FLIGHT,
+    "completed": pb.RUN_STATE_COMPLETED,
+    "failed": pb.RUN_STATE_FAILED,
+    "expired": pb.RUN_STATE_EXPIRED,
+}
+STOP_REASON_TO_PB = {
+    "": pb.STOP_REASON_UNSPECIFIED,
+    "target_reached": pb.STOP_REASON_TARGET_REACHED,
+    "cost_bound": pb.STOP_REASON_COST_BOUND,
+    "max_epochs": pb.STOP_REASON_MAX_EPOCHS,
+}
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code of a domain error (INTERNAL for anything unexpected)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def translate_errors(handler: Handler) -> Handler:
+    """Turn domain errors raised by ``handler`` into gRPC statuses with their message."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except OptimizerError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
+    """A domain spec as its message."""
+    return pb.JobSpec(
+        job_id=spec.job_id,
+        batch_sizes=list(spec.batch_sizes),
+        default_batch_size=spec.default_batch_size,
+        target_metric=spec.target_metric,
+        metric_direction=(
+            pb.METRIC_DIRECTION_HIGHER_IS_BETTER if spec.higher_is_better else pb.METRIC_DIRECTION_LOWER_IS_BETTER
+        ),
+        max_epochs=spec.max_epochs,
+        eta=spec.eta,
+        beta=spec.beta,
+        policy=spec.policy,
+        window=spec.window,
+        seed=spec.seed,
+    )
+
+
+def run_to_pb(run: RunRecord) -> pb.Run:
+    """A run record as its message."""
+    return pb.Run(
+        run_id=run.run_id,
+        job_id=run.job_id,
+        state=RUN_STATE_TO_PB[run.state],
+        batch_size=run.batch_size,
+        power_limit_w=run.power_limit_w,
+        gpu_model=run.gpu_model,
+        gpu_count=run.gpu_count,
+        energy_j=run.energy_j,
+        time_s=run.time_s,
+        epochs=run.epochs,
+        reached_target=run.reached_target,
+        cost=run.cost,
+        phase=PHASE_TO_PB.get(run.phase, pb.PHASE_UNSPECIFIED),
+        created_unix_s=run.created_unix_s,
+        finished_unix_s=run.finished_unix_s,
+        reason=run.reason,
+        max_power_w=run.max_power_w,
+        profiled=run.profiled,
+    )
+
+
+def job_to_pb(view: JobView) -> pb.Job:
+    """A job view as its message."""
+    return pb.Job(
+        spec=spec_to_pb(view.record.spec),
+        arms=[
+            pb.Arm(
+                batch_size=a.batch_size,
+                status=a.status,
+                observations=a.observations,
+                successes=a.successes,
+                cost_mean=a.cost_mean,
+                cost_low=a.cost_low,
+                cost_high=a.cost_high,
+                epochs_mean=a.epochs_mean,
+            )
+            for a in view.arms
+        ],
+        best_batch_size=view.best_batch_size,
+        best_power_limit_w=view.best_power_limit_w,
+        runs=[run_to_pb(r) for r in view.runs],
+        profiles=[
+            pb.PowerProfile(
+                gpu_model=p.gpu_model,
+                batch_size=p.batch_size,
+                points=[
+                    pb.ProfilePoint(
+                        power_limit_w=pt.power_limit_w,
+                        average_power_w=pt.average_power_w,
+                        time_per_epoch_s=pt.time_per_epoch_s,
+                    )
+                    for pt in p.points.values()
+                ],
+            )
+            for p in view.profiles
+        ],
+        completed_runs=view.counts["completed"],
+        in_flight_runs=view.counts["in_flight"],
+        failed_runs=view.counts["failed"] + view.counts["expired"],
+        created_unix_s=view.record.created_unix_s,
+        max_cost=view.max_cost,
+        outlook=view.outlook,
+    )
+
+
+class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
+    """Implements ``powerbandit.v1.OptimizerService`` over an :class:`OptimizerService`."""
+
+    def __init__(self, service: OptimizerService) -> None:
+        self.service = service
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @translate_errors
+    async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgumentError("spec is missing")
+        spec, created = await self._call(self.service.register_job, v.job_spec(request.spec))
+        return pb.RegisterJobResponse(spec=spec_to_pb(spec), created=created)
+
+    @translate_errors
+    async def Suggest(self, request: pb.SuggestRequest, context: Any) -> pb.SuggestResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        gpu = v.run_gpu(request.gpu, request.HasField("gpu"))
+        request_id = v.optional_identifier(request.request_id, "request_id")
+        suggestion = await self._call(self.service.suggest, job_id, gpu, request_id)
+        run, spec = suggestion.run, suggestion.spec
+        return pb.SuggestResponse(
+            run_id=run.run_id,
+            batch_size=run.batch_size,
+            power_limit_w=run.power_limit_w,
+            profile_power_limits_w=list(run.profile_power_limits_w) if run.power_limit_w == 0 else [],
+            phase=PHASE_TO_PB.get(run.phase, pb.PHASE_UNSPECIFIED),
+            explanation=run.explanation,
+            max_cost=suggestion.max_cost,
+            max_epochs=spec.max_epochs,
+            lease_s=self.service.lease_s,
+            max_power_w=run.max_power_w,
+            eta=spec.eta,
+        )
+
+    @translate_errors
+    async def ReportProfile(self, request: pb.ReportProfileRequest, context: Any) -> pb.ReportProfileResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        run_id = v.identifier(request.run_id, "run_id")
+        steps = v.finite(request.steps_per_epoch, "steps_per_epoch", low=0.0, high=1e12)
+        if steps <= 0:
+            raise InvalidArgumentError("steps_per_epoch must be > 0")
+        measurements = v.profile_measurements(request.measurements)
+        limit, cost = await self._call(self.service.report_profile, job_id, run_id, steps, measurements)
+        return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
+
+    @translate_errors
+    async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any) -> pb.ReportProgressResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        run_id = v.identifier(request.run_id, "run_id")
+        epochs = v.measurement(request.epochs, "epochs")
+        energy = v.measurement(request.energy_j, "energy_j")
+        time_s = v.measurement(request.time_s, "time_s")
+        metric = v.finite(request.metric, "metric") if request.HasField("metric") else None
+        verdict = await self._call(self.service.report_progress, job_id, run_id, epochs, energy, time_s, metric)
+        return pb.ReportProgressResponse(
+            stop=verdict.stop,
+            reason=STOP_REASON_TO_PB[verdict.reason],
+            message=verdict.message,
+            cost=verdict.cost,
+            max_cost=verdict.max_cost,
+        )
+
+    @translate_errors
+    async def CompleteRun(self, request: pb.CompleteRunRequest, context: Any) -> pb.CompleteRunResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        run_id = v.identifier(request.run_id, "run_id")
+        power = request.power_limit_w
+        if power != 0:
+            v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
+        run = await self._call(
+            self.service.complete_run,
+            job_id,
+            run_id,
+            energy_j=v.measurement(request.energy_j, "energy_j"),
+            time_s=v.measurement(request.time_s, "time_s"),
+            epochs=v.measurement(request.epochs, "epochs"),
+            reached_target=request.reached_target,
+            final_metric=v.finite(request.final_metric, "final_metric") if request.HasField("final_metric") else None,
+            power_limit_w=power,
+        )
+        return pb.CompleteRunResponse(run=run_to_pb(run))
+
+    @translate_errors
+    async def FailRun(self, request: pb.FailRunRequest, context: Any) -> pb.FailRunResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        run_id = v.identifier(request.run_id, "run_id")
+        run = await self._call(
+            self.service.fail_run,
+            job_id,
+            run_id,
+            v.text(request.reason, "reason") or "failed (no reason given)",
+            v.measurement(request.energy_j, "energy_j"),
+            v.measurement(request.time_s, "time_s"),
+            v.measurement(request.epochs, "epochs"),
+        )
+        return pb.FailRunResponse(run=run_to_pb(run))
+
+    @translate_errors
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        run_id = v.identifier(request.run_id, "run_id")
+        expires = await self._call(self.service.heartbeat, job_id, run_id)
+        return pb.HeartbeatResponse(lease_expires_unix_s=expires)
+
+    @translate_errors
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+        job_id = v.identifier(request.job_id, "job_id")
+        if request.max_runs < 0:
+            raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all), got {request.max_runs}")
+        view = await self._call(self.service.get_job, job_id, request.max_runs)
+        return pb.GetJobResponse(job=job_to_pb(view))
+
+    @translate_errors
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        prefix = v.text(request.job_id_prefix, "job_id_prefix")
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgumentError(f"page_size must be in 0..1000 (0 = 100), got {request.page_size}")
+        token = v.text(request.page_token, "page_token")
+        views, next_token = await self._call(self.service.list_jobs, prefix, request.page_size or 100, token)
+        return pb.ListJobsResponse(jobs=[job_to_pb(view) for view in views], next_page_token=next_token)
+
+    @translate_errors
+    async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
+        await self._call(self.service.delete_job, v.identifier(request.job_id, "job_id"))
+        return pb.DeleteJobResponse()
+

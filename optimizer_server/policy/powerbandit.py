@@ -1,0 +1,315 @@
+"""``powerbandit``: Thompson sampling on epochs-to-target times the measured epoch cost.
+
+The cost of a run factors as ``epochs_to_target(b) * epoch_cost(b, p)``. The epoch cost at the
+best power limit is a measurement (the power profile of ``b`` on the run's GPU model), so the
+policy only has to learn ``epochs_to_target(b)``, which does not depend on the GPU. Model:
+
+- ``log epochs_to_target(b) ~ N(mu_b, sigma^2)``, one noise precision shared by all batch sizes
+  with a Gamma prior (a Normal-Gamma model with a proper prior: one run never makes an arm
+  certain).
+- The prior of ``mu_b`` comes from the other batch sizes' data, weighted by distance in
+  ``log2(b)`` (neighbours share strength); the arm's own successes update it.
+- A run that failed (stopped, or did not reach the target) is censored evidence: it took more
+  than ``epochs`` epochs. It enters as a pseudo-observation a fixed factor above ``epochs``.
+- The epoch cost of a batch size not yet profiled on this GPU is extrapolated from the profiled
+  ones along ``log2(b)``, with an uncertainty that grows with the distance.
+
+A suggestion draws one sample of every candidate's cost and picks the cheapest (Thompson
+sampling). Candidates are the batch sizes already tried plus the untried neighbours of the ones
+that reached the target, so exploration grows outward from what works instead of sweeping. When
+nothing looks usable the policy still answers, with ``phase="fallback"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from optimizer_server.policy.base import (
+    ArmSummary,
+    Decision,
+    JobSpec,
+    Observation,
+    SuggestContext,
+    choose_power_limit,
+    epoch_cost,
+)
+
+# One set of hyperparameters for every job (never tuned per workload).
+NOISE_SHAPE = 2.0  # Gamma prior shape of the log-epochs precision
+NOISE_SD = 0.15  # prior guess of the sd of log epochs-to-target between seeds
+TREND_SD = 0.35  # prior sd of log epochs between batch sizes one doubling apart
+EC_SLOPE_PRIOR = -0.35  # prior d log(epoch cost) / d log2(b) when it cannot be estimated
+EC_SD = 0.25  # sd of the extrapolated log epoch cost per doubling of distance
+CENSOR_FACTOR = 2.0  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
+FAIL_LIMIT = 2  # this many failures without any success take a batch size out
+_Z90 = 1.6448536269514722
+
+
+def _arm(state: Mapping[str, Any], b: int) -> Mapping[str, Any]:
+    return state["arms"][str(b)]
+
+
+def _tail(values: Sequence[float], window: int) -> Sequence[float]:
+    return values[-window:] if window > 0 else values
+
+
+class PowerBanditPolicy:
+    """Structured Thompson sampling over batch sizes (see the module docstring)."""
+
+    name = "powerbandit"
+
+    # ---------------------------------------------------------------- state
+    def new_state(self, spec: JobSpec) -> dict[str, Any]:
+        """Nothing observed: every batch size unexplored."""
+        return {
+            "version": 1,
+            "arms": {
+                str(int(b)): {"log_epochs": [], "fail_epochs": [], "never_ran": 0}
+                for b in sorted(spec.batch_sizes)
+            },
+            "epoch_cost": {},  # gpu model -> str(b) -> cost of one epoch at the chosen power limit
+            "observations": 0,
+            "recurrence_cost": 0.0,
+            "min_recurrence_cost": None,
+        }
+
+    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
+        """Fold one finished run in: its epochs (exact or censored), epoch cost and recurrence."""
+        arms = state["arms"]
+        key = str(int(observation.batch_size))
+        arm = arms.setdefault(key, {"log_epochs": [], "fail_epochs": [], "never_ran": 0})
+        epochs = float(observation.epochs)
+        if observation.reached_target:
+            arm["log_epochs"].append(math.log(max(epochs, 1e-3)))
+        elif epochs > 0:
+            arm["fail_epochs"].append(epochs)
+        else:
+            arm["never_ran"] += 1
+        ec = observation.epoch_cost
+        if ec is None and epochs > 0 and observation.cost > 0:
+            ec = observation.cost / epochs
+        if ec is not None and math.isfinite(ec) and ec > 0:
+            state["epoch_cost"].setdefault(observation.gpu_model, {})[key] = float(ec)
+        state["observations"] += 1
+        if observation.reached_target:
+            total = float(state["recurrence_cost"]) + float(observation.cost)
+            best = state["min_recurrence_cost"]
+            state["min_recurrence_cost"] = total if best is None else min(float(best), total)
+            state["recurrence_cost"] = 0.0
+        else:
+            state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
+        return state
+
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
+        """``beta`` times the cheapest finished recurrence (``inf`` before the first)."""
+        best = state["min_recurrence_cost"]
+        return math.inf if best is None else spec.beta * float(best)
+
+    # ---------------------------------------------------------------- model
+    def _arm_data(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+        """Per batch size: log-epoch samples (censored ones as pseudo-observations) and counts."""
+        data = {}
+        log_censor = math.log(CENSOR_FACTOR)
+        for b in sorted(int(x) for x in spec.batch_sizes):
+            arm = state["arms"].get(str(b), {"log_epochs": [], "fail_epochs": [], "never_ran": 0})
+            ok = list(_tail(arm["log_epochs"], spec.window))
+            fails = list(_tail(arm["fail_epochs"], spec.window))
+            samples = ok + [math.log(e) + log_censor for e in fails]
+            data[b] = {
+                "ok": len(ok),
+                "fails": len(fails),
+                "never_ran": int(arm["never_ran"]),
+                "samples": samples,
+                "mean": sum(samples) / len(samples) if samples else math.nan,
+            }
+        return data
+
+    @staticmethod
+    def _noise(data: Mapping[int, Mapping[str, Any]]) -> tuple[float, float]:
+        """Posterior Gamma ``(shape, rate)`` of the shared log-epochs precision."""
+        shape = NOISE_SHAPE
+        rate = NOISE_SHAPE * NOISE_SD**2
+        for d in data.values():
+            n = len(d["samples"])
+            if n > 1:
+                m = d["mean"]
+                shape += 0.5 * (n - 1)
+                rate += 0.5 * sum((x - m) ** 2 for x in d["samples"])
+        return shape, rate
+
+    @staticmethod
+    def _posterior_mu(
+        data: Mapping[int, Mapping[str, Any]], b: int, noise_var: float
+    ) -> tuple[float, float]:
+        """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data as likelihood."""
+        x = math.log2(b)
+        prec0 = 0.0
+        mean0 = 0.0
+        for c, d in data.items():
+            n = len(d["samples"])
+            if c == b or n == 0:
+                continue
+            var = noise_var / n + (TREND_SD * (x - math.log2(c))) ** 2
+            prec0 += 1.0 / var
+            mean0 += d["mean"] / var
+        own = data[b]
+        n = len(own["samples"])
+        if prec0 == 0.0:
+            if n == 0:
+                return math.nan, math.inf
+            return own["mean"], noise_var / n
+        prec = prec0 + n / noise_var
+        mean = (mean0 + (n * own["mean"] / noise_var if n else 0.0)) / prec
+        return mean, 1.0 / prec
+
+    def _epoch_costs(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext
+    ) -> dict[int, float]:
+        """Known epoch cost per batch size on this GPU (profile first, then reported runs)."""
+        known: dict[int, float] = {}
+        for b, profile in context.profiles.items():
+            if profile and int(b) in spec.batch_sizes:
+                known[int(b)] = min(epoch_cost(spec.eta, pt, context.max_power_w) for pt in profile.values())
+        for key, ec in state["epoch_cost"].get(context.gpu_model, {}).items():
+            known.setdefault(int(key), float(ec))
+        return known
+
+    @staticmethod
+    def _ec_slope(known: Mapping[int, float]) -> float:
+        if len(known) < 2:
+            return EC_SLOPE_PRIOR
+        xs = np.log2(np.array(sorted(known), dtype=float))
+        ys = np.log(np.array([known[b] for b in sorted(known)], dtype=float))
+        slope = float(np.polyfit(xs, ys, 1)[0])
+        return min(max(slope, -1.0), 0.3)
+
+    def _candidates(
+        self, spec: JobSpec, data: Mapping[int, Mapping[str, Any]], context: SuggestContext
+    ) -> list[int]:
+        """Tried batch sizes that are not ruled out, plus untried neighbours of successful ones."""
+        arms = sorted(data)
+        out: set[int] = set()
+        for i, b in enumerate(arms):
+            d = data[b]
+            if d["never_ran"] and d["ok"] == 0:
+                continue
+            if d["ok"] == 0 and d["fails"] >= FAIL_LIMIT:
+                continue
+            if d["ok"] or d["fails"]:
+                out.add(b)
+            if d["ok"]:
+                for j in (i - 1, i + 1):
+                    if 0 <= j < len(arms):
+                        nb = data[arms[j]]
+                        if not (nb["ok"] or nb["fails"] or nb["never_ran"]):
+                            out.add(arms[j])
+        return sorted(out)
+
+    # -------------------------------------------------------------- suggest
+    def suggest(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
+    ) -> Decision:
+        """Thompson sample of every candidate's cost; the cheapest wins."""
+        data = self._arm_data(spec, state)
+        if not any(d["ok"] or d["fails"] or d["never_ran"] for d in data.values()):
+            b = int(spec.default_batch_size)
+            return self._decision(spec, context, b, "explore", f"first run: the default batch size {b}")
+        candidates = self._candidates(spec, data, context)
+        in_flight = {int(b) for b in context.in_flight}
+        untried_busy = {b for b in candidates if b in in_flight and not (data[b]["ok"] or data[b]["fails"])}
+        if untried_busy and len(untried_busy) < len(candidates):
+            candidates = [b for b in candidates if b not in untried_busy]
+        if not candidates:
+            return self._fallback(spec, data, context)
+
+        shape, rate = self._noise(data)
+        noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else NOISE_SD**2
+        known = self._epoch_costs(spec, state, context)
+        slope = self._ec_slope(known)
+        costs: dict[int, float] = {}
+        draws = rng.standard_normal(2 * len(candidates))
+        for i, b in enumerate(candidates):
+            mean, var = self._posterior_mu(data, b, noise_var)
+            if not math.isfinite(mean):
+                mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
+            mu = mean + math.sqrt(var) * float(draws[2 * i])
+            if b in known:
+                log_ec = math.log(known[b])
+            elif known:
+                nearest = min(known, key=lambda c: (abs(math.log2(c) - math.log2(b)), c))
+                dist = math.log2(b) - math.log2(nearest)
+                log_ec = math.log(known[nearest]) + slope * dist + EC_SD * abs(dist) * float(draws[2 * i + 1])
+            else:
+                log_ec = 0.0
+            costs[b] = mu + 0.5 * noise_var + log_ec
+        best = min(candidates, key=lambda b: (costs[b], b))
+        tried = data[best]["ok"] or data[best]["fails"]
+        phase = "exploit" if tried else "explore"
+        explanation = (
+            f"Thompson sample over {len(candidates)} batch sizes: {best} has the lowest sampled cost"
+            if tried
+            else f"exploring batch size {best}, a neighbour of one that reached the target"
+        )
+        return self._decision(spec, context, best, phase, explanation)
+
+    def _fallback(
+        self, spec: JobSpec, data: Mapping[int, Mapping[str, Any]], context: SuggestContext
+    ) -> Decision:
+        """Every batch size looks bad: pick the most promising anyway and say so."""
+
+        def score(b: int) -> tuple[float, ...]:
+            d = data[b]
+            furthest = max((math.exp(x) for x in d["samples"]), default=0.0)
+            return (-d["ok"], d["never_ran"], d["fails"], -furthest, abs(b - spec.default_batch_size))
+
+        b = min(data, key=score)
+        return self._decision(
+            spec,
+            context,
+            b,
+            "fallback",
+            f"every batch size failed to reach the target so far; retrying {b}, the most promising",
+        )
+
+    @staticmethod
+    def _decision(spec: JobSpec, context: SuggestContext, b: int, phase: str, explanation: str) -> Decision:
+        power_limit, profile = choose_power_limit(spec, context, b)
+        if power_limit is None:
+            explanation += "; profiling power limits during the first epoch"
+        return Decision(b, power_limit, profile, phase, explanation)
+
+    # -------------------------------------------------------------- summary
+    def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
+        """Per batch size: epochs-to-target posterior, and a run's cost where an epoch cost is known."""
+        data = self._arm_data(spec, state)
+        shape, rate = self._noise(data)
+        noise_var = rate / shape
+        ec_any: dict[int, float] = {}
+        for per_gpu in state["epoch_cost"].values():
+            for key, ec in per_gpu.items():
+                ec_any.setdefault(int(key), float(ec))
+        out = []
+        for b in sorted(data):
+            d = data[b]
+            tried = d["ok"] + d["fails"] + d["never_ran"]
+            if not tried:
+                status = "unexplored"
+            elif d["ok"] == 0 and (d["fails"] >= FAIL_LIMIT or d["never_ran"]):
+                status = "pruned"
+            else:
+                status = "active"
+            mean, var = self._posterior_mu(data, b, noise_var)
+            epochs = math.exp(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
+            if b in ec_any and math.isfinite(mean):
+                sd = math.sqrt(var)
+                cost_mean = epochs * ec_any[b]
+                low = math.exp(mean - _Z90 * sd + 0.5 * noise_var) * ec_any[b]
+                high = math.exp(mean + _Z90 * sd + 0.5 * noise_var) * ec_any[b]
+            else:
+                cost_mean = low = high = math.nan
+            out.append(ArmSummary(b, status, tried, d["ok"], cost_mean, low, high, epochs))
+        return out

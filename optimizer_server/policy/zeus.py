@@ -1,0 +1,222 @@
+"""The published Zeus policy (NSDI'23): pruning exploration, then Gaussian Thompson sampling.
+
+Faithful to the published batch size optimizer (``PruningGTSBatchSizeOptimizer``):
+
+1. **Pruning exploration**, 2 rounds. A round starts at its centre batch size (round 1: the job's
+   default), tries smaller batch sizes in descending order until one fails to reach the target,
+   then larger ones in ascending order until one fails. The next round is restricted to the batch
+   sizes that reached the target in this round and is centred on the cheapest of them. Only an
+   observation of the batch size the exploration expects advances it (the published code's
+   concurrency rule); other observations are only recorded.
+2. **Gaussian Thompson sampling** over the survivors with reward ``-cost``: per arm, prior
+   precision 0 and reward precision ``1 / var(costs)`` (population variance), so the posterior of
+   the mean is ``N(mean(costs), var(costs) / n)``, a point mass when the variance is 0 ("infinite
+   precision after one sample"). Arms with fewer than 2 observations are explored first.
+
+A run that never started because its first epoch already exceeded the early-stop bound is observed
+by the published simulator as costing ``100 * beta * min_cost``; we do the same.
+The power limit comes from :func:`choose_power_limit` (profile on first use per GPU model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from optimizer_server.policy.base import (
+    ArmSummary,
+    Decision,
+    JobSpec,
+    Observation,
+    SuggestContext,
+    choose_power_limit,
+)
+
+PRUNING_ROUNDS = 2
+TS_MIN_OBSERVATIONS = 2
+_Z90 = 1.6448536269514722
+
+
+def _direction_list(arms: list[int], center: int, direction: str) -> list[int]:
+    """Batch sizes of one pruning direction: ``down`` from the centre (inclusive) or ``up``."""
+    idx = arms.index(center)
+    if direction == "down":
+        return sorted(arms[: idx + 1], reverse=True)
+    return sorted(arms[idx + 1 :])
+
+
+def _windowed(costs: list[float], window: int) -> list[float]:
+    return costs[-window:] if window > 0 else costs
+
+
+class ZeusPolicy:
+    """Pruning exploration + Gaussian Thompson sampling, as published (see module docstring)."""
+
+    name = "zeus"
+
+    # ---------------------------------------------------------------- state
+    def new_state(self, spec: JobSpec) -> dict[str, Any]:
+        """Round 1 of pruning centred on the default batch size; nothing observed."""
+        arms = sorted(int(b) for b in spec.batch_sizes)
+        center = int(spec.default_batch_size)
+        if center not in arms:
+            center = min(arms, key=lambda b: (abs(b - center), b))
+        return {
+            "version": 1,
+            "prune": {
+                "round": 0,
+                "arms": arms,
+                "center": center,  # where this round started; its direction lists are fixed
+                "best": center,  # cheapest batch size that reached the target so far
+                "direction": "down",
+                "pos": 0,
+                "good": [],
+                "best_cost": None,
+            },
+            "survivors": None,  # list once pruning is over
+            "costs": {},  # str(batch size) -> observed costs (for the Gaussian TS)
+            "successes": {},  # str(batch size) -> number of runs that reached the target
+            "epochs_sum": {},  # str(batch size) -> sum of epochs of successful runs
+            "observations": 0,
+            "recurrence_cost": 0.0,
+            "min_recurrence_cost": None,
+        }
+
+    @staticmethod
+    def _expecting(state: Mapping[str, Any]) -> int | None:
+        """The batch size pruning exploration wants next, or ``None`` when pruning is over."""
+        if state["survivors"] is not None:
+            return None
+        prune = state["prune"]
+        todo = _direction_list(prune["arms"], prune["center"], prune["direction"])
+        return int(todo[prune["pos"]])
+
+    # -------------------------------------------------------------- suggest
+    def suggest(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
+    ) -> Decision:
+        """Next pruning batch size, else a Thompson sample over the survivors."""
+        expecting = self._expecting(state)
+        if expecting is not None:
+            prune = state["prune"]
+            phase, batch_size = "explore", expecting
+            explanation = (
+                f"pruning round {prune['round'] + 1}/{PRUNING_ROUNDS}, going {prune['direction']} "
+                f"from batch size {prune['center']}: trying {batch_size}"
+            )
+        else:
+            batch_size, phase, explanation = self._thompson(spec, state, rng)
+        power_limit, profile = choose_power_limit(spec, context, batch_size)
+        if power_limit is None:
+            explanation += "; profiling power limits during the first epoch"
+        return Decision(batch_size, power_limit, profile, phase, explanation)
+
+    def _thompson(
+        self, spec: JobSpec, state: Mapping[str, Any], rng: np.random.Generator
+    ) -> tuple[int, str, str]:
+        arms = [int(b) for b in state["survivors"]]
+        if not arms:
+            # Pruning removed everything (the published code raises here): fall back to the batch
+            # sizes that ever reached the target, else to the default.
+            arms = sorted(int(b) for b, n in state["successes"].items() if n > 0)
+            if not arms:
+                return int(state["prune"]["best"]), "fallback", "every batch size was pruned; using the default batch size"
+        costs = {b: _windowed(state["costs"].get(str(b), []), spec.window) for b in arms}
+        cold = [b for b in arms if len(costs[b]) < TS_MIN_OBSERVATIONS]
+        if cold:
+            b = int(cold[int(rng.integers(len(cold)))])
+            return b, "explore", f"batch size {b} has fewer than {TS_MIN_OBSERVATIONS} observations"
+        samples: dict[int, float] = {}
+        for b in arms:
+            values = np.asarray(costs[b], dtype=float)
+            mean = float(values.mean())
+            var = float(values.var())
+            samples[b] = mean if var == 0.0 else float(rng.normal(mean, math.sqrt(var / len(values))))
+        best = min(arms, key=lambda b: samples[b])
+        return best, "exploit", f"Thompson sample: batch size {best} has the lowest sampled cost"
+
+    # -------------------------------------------------------------- observe
+    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
+        """Record the run's cost; advance pruning when it is the batch size pruning expected."""
+        b = int(observation.batch_size)
+        key = str(b)
+        cost = float(observation.cost)
+        never_ran = observation.epochs <= 0 and not observation.reached_target
+        if never_ran and state["min_recurrence_cost"] is not None:
+            cost = 100.0 * spec.beta * float(state["min_recurrence_cost"])
+        state["costs"].setdefault(key, []).append(cost)
+        state["observations"] += 1
+        if observation.reached_target:
+            state["successes"][key] = state["successes"].get(key, 0) + 1
+            state["epochs_sum"][key] = state["epochs_sum"].get(key, 0.0) + float(observation.epochs)
+            total = float(state["recurrence_cost"]) + float(observation.cost)
+            best = state["min_recurrence_cost"]
+            state["min_recurrence_cost"] = total if best is None else min(float(best), total)
+            state["recurrence_cost"] = 0.0
+        else:
+            state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
+
+        if self._expecting(state) == b:
+            self._advance_pruning(state, b, cost, observation.reached_target)
+        return state
+
+    @staticmethod
+    def _advance_pruning(state: dict[str, Any], b: int, cost: float, reached: bool) -> None:
+        """One step of the published pruning generator for the result of batch size ``b``."""
+        prune = state["prune"]
+        switch = True
+        if reached:
+            if prune["best_cost"] is None or cost < prune["best_cost"]:
+                prune["best_cost"] = cost
+                prune["best"] = b
+            prune["good"].append(b)
+            prune["pos"] += 1
+            todo = _direction_list(prune["arms"], prune["center"], prune["direction"])
+            switch = prune["pos"] >= len(todo)
+        if not switch:
+            return
+        if prune["direction"] == "down":
+            prune["direction"] = "up"
+            prune["pos"] = 0
+            if _direction_list(prune["arms"], prune["center"], "up"):
+                return
+        # End of the round: keep what reached the target, re-centre on the cheapest.
+        good = sorted(prune["good"])
+        prune["round"] += 1
+        if prune["round"] >= PRUNING_ROUNDS or not good:
+            state["survivors"] = good
+            return
+        prune.update(arms=good, center=prune["best"], direction="down", pos=0, good=[], best_cost=None)
+
+    # ------------------------------------------------------------ the rest
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
+        """``beta`` times the cheapest finished recurrence (``inf`` before the first)."""
+        best = state["min_recurrence_cost"]
+        return math.inf if best is None else spec.beta * float(best)
+
+    def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
+        """Empirical cost per batch size with the TS posterior's 90 % interval."""
+        survivors = state["survivors"]
+        out = []
+        for b in sorted(spec.batch_sizes):
+            costs = _windowed(state["costs"].get(str(b), []), spec.window)
+            succ = int(state["successes"].get(str(b), 0))
+            if not costs:
+                status = "unexplored"
+            elif survivors is not None and b not in survivors:
+                status = "pruned"
+            else:
+                status = "active"
+            if costs:
+                values = np.asarray(costs, dtype=float)
+                mean = float(values.mean())
+                half = _Z90 * math.sqrt(float(values.var()) / len(values))
+                low, high = mean - half, mean + half
+            else:
+                mean = low = high = math.nan
+            epochs = float(state["epochs_sum"].get(str(b), 0.0)) / succ if succ else math.nan
+            out.append(ArmSummary(b, status, len(state["costs"].get(str(b), [])), succ, mean, low, high, epochs))
+        return out

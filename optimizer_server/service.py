@@ -1,0 +1,477 @@
+"""The optimizer's domain logic: jobs, runs, reports. No gRPC here, no SQL.
+
+The gRPC servicer validates and translates requests, then calls :class:`OptimizerService`;
+this class keeps the run log in a :class:`~optimizer_server.store.base.Store` and asks the job's
+policy (pure code from :mod:`optimizer_server.policy`) for decisions, inside one store
+transaction per change so that concurrent reports are never lost or double counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from optimizer_server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from optimizer_server.policy import (
+    ArmSummary,
+    JobSpec,
+    Observation,
+    ProfilePoint,
+    SuggestContext,
+    best_power_limit,
+    decision_rng,
+    energy_time_cost,
+    epoch_cost,
+    get_policy,
+)
+from optimizer_server.store.base import (
+    RUN_COMPLETED,
+    RUN_EXPIRED,
+    RUN_FAILED,
+    RUN_IN_FLIGHT,
+    JobRecord,
+    JobTransaction,
+    ProfileRecord,
+    RunRecord,
+    Store,
+)
+
+log = logging.getLogger("powerbandit.server")
+
+DEFAULT_LEASE_S = 300.0
+DEFAULT_POWER_LIMIT_STEP_W = 25.0
+
+
+@dataclass(frozen=True)
+class RunGpu:
+    """The GPUs a run executes on (per-GPU power limits, watts)."""
+
+    model: str
+    count: int
+    min_power_limit_w: float
+    max_power_limit_w: float
+    power_limits_w: tuple[float, ...] = ()
+
+    @property
+    def max_power_w(self) -> float:
+        """The cost's MAX_POWER: the maximum power limit summed over the run's GPUs."""
+        return self.max_power_limit_w * self.count
+
+    def candidate_power_limits(self) -> tuple[float, ...]:
+        """The limits a profile tries: the given ones, or 25 W steps down from the maximum."""
+        if self.power_limits_w:
+            return tuple(sorted(set(self.power_limits_w)))
+        limits = {self.min_power_limit_w, self.max_power_limit_w}
+        limit = self.max_power_limit_w - DEFAULT_POWER_LIMIT_STEP_W
+        while limit > self.min_power_limit_w:
+            limits.add(limit)
+            limit -= DEFAULT_POWER_LIMIT_STEP_W
+        return tuple(sorted(limits))
+
+
+@dataclass(frozen=True)
+class ProgressVerdict:
+    """The answer to a progress report."""
+
+    stop: bool
+    reason: str  # "", "target_reached", "cost_bound", "max_epochs"
+    message: str
+    cost: float
+    max_cost: float
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A new (or, for a retried request id, the existing) run with what it needs to know."""
+
+    run: RunRecord
+    spec: JobSpec
+    max_cost: float
+
+
+@dataclass
+class JobView:
+    """Everything known about a job, for ``GetJob``/``ListJobs`` and the operator CLI."""
+
+    record: JobRecord
+    arms: list[ArmSummary]
+    best_batch_size: int
+    best_power_limit_w: float
+    counts: dict[str, int]
+    max_cost: float
+    outlook: str
+    runs: list[RunRecord] = field(default_factory=list)
+    profiles: list[ProfileRecord] = field(default_factory=list)
+
+
+def spec_differences(stored: JobSpec, requested: JobSpec) -> list[str]:
+    """Names of the fields in which two specs differ (seed 0 in ``requested`` means "any")."""
+    a, b = stored.to_dict(), requested.to_dict()
+    if requested.seed == 0:
+        b["seed"] = a["seed"]
+    return [name for name in a if a[name] != b[name]]
+
+
+class OptimizerService:
+    """Jobs and runs over a store. Thread-safe as far as the store is (each call is one transaction)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self.clock = clock
+
+    # ----------------------------------------------------------------------------------- jobs
+    def register_job(self, spec: JobSpec) -> tuple[JobSpec, bool]:
+        """Create the job, or return it if it exists with the same spec.
+
+        Raises ``AlreadyExistsError`` naming the differing fields otherwise.
+        """
+        if spec.seed == 0:
+            spec = replace(spec, seed=secrets.randbits(63) or 1)
+        policy = get_policy(spec.policy)
+        record = JobRecord(spec, policy.new_state(spec), self.clock())
+        stored, created = self.store.create_job(record)
+        if not created:
+            differing = spec_differences(stored.spec, spec)
+            if differing:
+                details = ", ".join(
+                    f"{name} (stored {stored.spec.to_dict()[name]!r}, requested {spec.to_dict()[name]!r})"
+                    for name in differing
+                )
+                raise AlreadyExistsError(
+                    f"job {spec.job_id!r} already exists with a different spec: {details}; "
+                    "register under a new job id or delete the job first"
+                )
+        else:
+            log.info("job registered", extra={"job_id": spec.job_id, "policy": spec.policy})
+        return stored.spec, created
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job and its runs and profiles. Raises ``NotFoundError``."""
+        self.store.delete_job(job_id)
+        log.info("job deleted", extra={"job_id": job_id})
+
+    def get_job(self, job_id: str, max_runs: int = 0, *, with_runs: bool = True) -> JobView:
+        """A job with its arms, best configuration, profiles and (optionally) runs."""
+        record = self.store.get_job(job_id)
+        return self._view(record, max_runs=max_runs, with_runs=with_runs)
+
+    def list_jobs(self, prefix: str = "", page_size: int = 100, page_token: str = "") -> tuple[list[JobView], str]:
+        """A page of jobs (without runs) and the token of the next page ("" on the last)."""
+        records = self.store.list_jobs(prefix, page_size + 1, page_token)
+        more = len(records) > page_size
+        records = records[:page_size]
+        views = [self._view(r, max_runs=0, with_runs=False) for r in records]
+        return views, (records[-1].spec.job_id if more and records else "")
+
+    def _view(self, record: JobRecord, *, max_runs: int, with_runs: bool) -> JobView:
+        spec = record.spec
+        policy = get_policy(spec.policy)
+        arms = policy.summarize(spec, record.policy_state)
+        known = [a for a in arms if a.successes > 0 and math.isfinite(a.cost_mean)]
+        best = min(known, key=lambda a: a.cost_mean).batch_size if known else 0
+        profiles = self.store.list_profiles(spec.job_id)
+        recent = self.store.list_runs(spec.job_id, limit=1)
+        best_limit = 0.0
+        outlook = "next run: the default batch size, profiling power limits (nothing learned yet)"
+        if recent:
+            last = recent[-1]
+            gpu_profiles = {p.batch_size: p.points for p in profiles if p.gpu_model == last.gpu_model}
+            if best and best in gpu_profiles:
+                best_limit = best_power_limit(spec.eta, gpu_profiles[best], last.max_power_w)
+            limits = last.profile_power_limits_w or (last.power_limit_w,)
+            context = SuggestContext(last.gpu_model, last.max_power_w, tuple(limits), gpu_profiles)
+            decision = policy.suggest(spec, record.policy_state, context, decision_rng(spec.seed, record.decisions))
+            action = (
+                f"power limit {decision.power_limit_w:g} W"
+                if decision.power_limit_w is not None
+                else "profiling power limits"
+            )
+            outlook = (
+                f"next run on {last.gpu_model}: {decision.phase} batch size {decision.batch_size}, "
+                f"{action} ({decision.explanation})"
+            )
+        return JobView(
+            record=record,
+            arms=arms,
+            best_batch_size=best,
+            best_power_limit_w=best_limit,
+            counts=self.store.run_counts(spec.job_id),
+            max_cost=policy.cost_bound(spec, record.policy_state),
+            outlook=outlook,
+            runs=self.store.list_runs(spec.job_id, limit=max_runs) if with_runs else [],
+            profiles=profiles,
+        )
+
+    # ----------------------------------------------------------------------------------- runs
+    def suggest(self, job_id: str, gpu: RunGpu, request_id: str = "") -> Suggestion:
+        """Start a run: choose its batch size and power limit (or ask it to profile).
+
+        With a ``request_id`` already used for this job, the run it created is returned again.
+        """
+        now = self.clock()
+        with self.store.job_transaction(job_id) as tx:
+            spec = tx.job.spec
+            policy = get_policy(spec.policy)
+            max_cost = policy.cost_bound(spec, tx.job.policy_state)
+            if request_id:
+                existing = tx.find_run_by_request(request_id)
+                if existing is not None:
+                    return Suggestion(existing, spec, max_cost)
+            in_flight = [r.batch_size for r in tx.runs_in_flight() if r.lease_expires_unix_s >= now]
+            limits = gpu.candidate_power_limits()
+            context = SuggestContext(gpu.model, gpu.max_power_w, limits, tx.profiles(gpu.model), in_flight)
+            decision = policy.suggest(
+                spec, tx.job.policy_state, context, decision_rng(spec.seed, tx.job.decisions)
+            )
+            run = tx.insert_run(
+                RunRecord(
+                    run_id=uuid.uuid4().hex,
+                    job_id=job_id,
+                    state=RUN_IN_FLIGHT,
+                    batch_size=decision.batch_size,
+                    power_limit_w=decision.power_limit_w or 0.0,
+                    profile_power_limits_w=decision.profile_power_limits_w,
+                    phase=decision.phase,
+                    explanation=decision.explanation,
+                    gpu_model=gpu.model,
+                    gpu_count=gpu.count,
+                    max_power_w=gpu.max_power_w,
+                    created_unix_s=now,
+                    lease_expires_unix_s=now + self.lease_s,
+                    request_id=request_id,
+                    profiled=decision.power_limit_w is None,
+                )
+            )
+            tx.save_job(tx.job.policy_state, tx.job.decisions + 1)
+        log.info(
+            "run suggested",
+            extra={"job_id": job_id, "run_id": run.run_id, "batch_size": run.batch_size, "phase": run.phase},
+        )
+        return Suggestion(run, spec, max_cost)
+
+    def report_profile(
+        self,
+        job_id: str,
+        run_id: str,
+        steps_per_epoch: float,
+        measurements: Sequence[tuple[float, float, float]],
+    ) -> tuple[float, float]:
+        """Store a run's power profile ``(limit W, average power W, seconds per step)``.
+
+        Returns ``(best power limit, its epoch cost)``; the run switches to that limit.
+        """
+        with self.store.job_transaction(job_id) as tx:
+            run = self._in_flight_run(tx, run_id, "report a profile")
+            spec = tx.job.spec
+            points = {
+                limit: ProfilePoint(limit, power, step_s * steps_per_epoch) for limit, power, step_s in measurements
+            }
+            best = best_power_limit(spec.eta, points, run.max_power_w)
+            tx.put_profile(ProfileRecord(run.gpu_model, run.batch_size, points, run_id))
+            run.power_limit_w = best
+            run.profiled = True
+            run.lease_expires_unix_s = self.clock() + self.lease_s
+            tx.update_run(run)
+        return best, epoch_cost(spec.eta, points[best], run.max_power_w)
+
+    def report_progress(
+        self, job_id: str, run_id: str, epochs: float, energy_j: float, time_s: float, metric: float | None
+    ) -> ProgressVerdict:
+        """Record a run's cumulative progress and say whether it should stop."""
+        with self.store.job_transaction(job_id) as tx:
+            run = self._in_flight_run(tx, run_id, "report progress")
+            spec = tx.job.spec
+            cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
+            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state)
+            run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
+            if metric is not None:
+                run.final_metric = metric
+            run.lease_expires_unix_s = self.clock() + self.lease_s
+            tx.update_run(run)
+        if metric is not None and spec.reached(metric):
+            return ProgressVerdict(True, "target_reached", f"target {spec.target_metric:g} reached", cost, bound)
+        if cost >= bound:
+            return ProgressVerdict(
+                True,
+                "cost_bound",
+                f"cost so far {cost:.4g} reached the early-stop bound {bound:.4g} "
+                f"(beta {spec.beta:g} x the best run cost); this batch size is unlikely to pay off",
+                cost,
+                bound,
+            )
+        if epochs >= spec.max_epochs:
+            return ProgressVerdict(True, "max_epochs", f"max_epochs {spec.max_epochs} reached", cost, bound)
+        return ProgressVerdict(False, "", "keep training", cost, bound)
+
+    def complete_run(
+        self,
+        job_id: str,
+        run_id: str,
+        *,
+        energy_j: float,
+        time_s: float,
+        epochs: float,
+        reached_target: bool,
+        final_metric: float | None = None,
+        power_limit_w: float = 0.0,
+    ) -> RunRecord:
+        """Record a run that trained and feed it to the policy. Idempotent for identical reports.
+
+        A run whose lease lapsed is still accepted (a late result is evidence too).
+        """
+        with self.store.job_transaction(job_id) as tx:
+            run = tx.get_run(run_id)
+            if run.state == RUN_COMPLETED:
+                if (run.energy_j, run.time_s, run.epochs, run.reached_target) == (
+                    energy_j,
+                    time_s,
+                    epochs,
+                    reached_target,
+                ):
+                    return run  # a retry of the same report: counted once
+                raise FailedPreconditionError(
+                    f"run {run_id!r} was already completed with different measurements "
+                    f"(energy_j={run.energy_j:g}, time_s={run.time_s:g}, epochs={run.epochs:g}, "
+                    f"reached_target={run.reached_target})"
+                )
+            if run.state == RUN_FAILED:
+                raise FailedPreconditionError(f"run {run_id!r} was reported failed; it cannot also complete")
+            spec = tx.job.spec
+            if power_limit_w > 0:
+                run.power_limit_w = power_limit_w
+            run.state = RUN_COMPLETED
+            run.energy_j, run.time_s, run.epochs = energy_j, time_s, epochs
+            run.reached_target = reached_target
+            run.final_metric = final_metric
+            run.cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
+            run.finished_unix_s = self.clock()
+            run.epoch_cost = self._epoch_cost(tx, run)
+            tx.update_run(run)
+            policy = get_policy(spec.policy)
+            state = policy.observe(spec, tx.job.policy_state, observation_of(run))
+            tx.save_job(state, tx.job.decisions)
+        log.info(
+            "run completed",
+            extra={"job_id": job_id, "run_id": run_id, "cost": run.cost, "reached_target": reached_target},
+        )
+        return run
+
+    def fail_run(
+        self, job_id: str, run_id: str, reason: str, energy_j: float = 0.0, time_s: float = 0.0, epochs: float = 0.0
+    ) -> RunRecord:
+        """Record a crashed run. It is not evidence against its configuration. Idempotent."""
+        with self.store.job_transaction(job_id) as tx:
+            run = tx.get_run(run_id)
+            if run.state == RUN_FAILED:
+                return run
+            if run.state == RUN_COMPLETED:
+                raise FailedPreconditionError(f"run {run_id!r} was already completed; it cannot also fail")
+            run.state = RUN_FAILED
+            run.reason = reason
+            run.energy_j, run.time_s, run.epochs = energy_j, time_s, epochs
+            run.cost = energy_time_cost(tx.job.spec.eta, energy_j, time_s, run.max_power_w)
+            run.finished_unix_s = self.clock()
+            tx.update_run(run)
+        log.info("run failed", extra={"job_id": job_id, "run_id": run_id, "reason": reason})
+        return run
+
+    def heartbeat(self, job_id: str, run_id: str) -> float:
+        """Renew a run's lease; returns when it lapses (seconds since the epoch)."""
+        with self.store.job_transaction(job_id) as tx:
+            run = self._in_flight_run(tx, run_id, "heartbeat")
+            run.lease_expires_unix_s = self.clock() + self.lease_s
+            tx.update_run(run)
+        return run.lease_expires_unix_s
+
+    def expire_lapsed_runs(self) -> int:
+        """Mark in-flight runs whose lease lapsed as expired. Safe to run on every replica at once."""
+        now = self.clock()
+        expired = 0
+        for job_id, run_id in list(self.store.expired_runs(now)):
+            try:
+                with self.store.job_transaction(job_id) as tx:
+                    run = tx.get_run(run_id)
+                    if run.state != RUN_IN_FLIGHT or run.lease_expires_unix_s >= now:
+                        continue  # another replica got there first, or a heartbeat arrived
+                    run.state = RUN_EXPIRED
+                    run.reason = "lease expired: no heartbeat or report"
+                    run.finished_unix_s = now
+                    tx.update_run(run)
+                    expired += 1
+                    log.info("run expired", extra={"job_id": job_id, "run_id": run_id})
+            except NotFoundError:
+                continue  # the job was deleted meanwhile
+        return expired
+
+    def rebuild_job(self, job_id: str) -> JobRecord:
+        """Recompute a job's policy state from its run log (completed runs in completion order)."""
+        with self.store.job_transaction(job_id) as tx:
+            spec = tx.job.spec
+            policy = get_policy(spec.policy)
+            state = policy.new_state(spec)
+            completed = [r for r in tx.list_runs() if r.state == RUN_COMPLETED]
+            for run in sorted(completed, key=lambda r: (r.finished_unix_s, r.seq)):
+                state = policy.observe(spec, state, observation_of(run))
+            tx.save_job(state, tx.job.decisions)
+            return tx.job
+
+    # -------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _in_flight_run(tx: JobTransaction, run_id: str, action: str) -> RunRecord:
+        run = tx.get_run(run_id)
+        if run.state != RUN_IN_FLIGHT:
+            raise FailedPreconditionError(f"cannot {action}: run {run_id!r} is {run.state.replace('_', ' ')}")
+        return run
+
+    @staticmethod
+    def _epoch_cost(tx: JobTransaction, run: RunRecord) -> float | None:
+        profile = tx.profiles(run.gpu_model).get(run.batch_size, {})
+        point = profile.get(run.power_limit_w)
+        if point is not None:
+            return epoch_cost(tx.job.spec.eta, point, run.max_power_w)
+        if run.epochs > 0:
+            return run.cost / run.epochs
+        return None
+
+
+def observation_of(run: RunRecord) -> Observation:
+    """What the policy learns from a completed run."""
+    return Observation(
+        batch_size=run.batch_size,
+        gpu_model=run.gpu_model,
+        power_limit_w=run.power_limit_w,
+        epochs=run.epochs,
+        energy_j=run.energy_j,
+        time_s=run.time_s,
+        cost=run.cost,
+        reached_target=run.reached_target,
+        max_power_w=run.max_power_w,
+        epoch_cost=run.epoch_cost,
+    )
+
+
+__all__ = [
+    "RUN_COMPLETED",
+    "RUN_EXPIRED",
+    "RUN_FAILED",
+    "RUN_IN_FLIGHT",
+    "JobView",
+    "OptimizerService",
+    "ProgressVerdict",
+    "RunGpu",
+    "Suggestion",
+    "observation_of",
+    "spec_differences",
+]

@@ -1,0 +1,192 @@
+"""The storage interface. The servicer never sees SQL: it talks to a :class:`Store`.
+
+Runs, their reports and power profiles are the source of truth; a job's policy state is derived
+from them and saved in the same transaction as the change that produced it. Every change to one
+job happens inside :meth:`Store.job_transaction`, which serialises writers of that job (SQLite:
+one writer at a time; PostgreSQL: a row lock on the job), so concurrent reports are never lost or
+counted twice. Records are passed by value.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer_server.policy.base import JobSpec, ProfilePoint
+
+RUN_IN_FLIGHT = "in_flight"
+RUN_COMPLETED = "completed"
+RUN_FAILED = "failed"
+RUN_EXPIRED = "expired"
+RUN_STATES = (RUN_IN_FLIGHT, RUN_COMPLETED, RUN_FAILED, RUN_EXPIRED)
+
+
+@dataclass
+class JobRecord:
+    """A stored job: its spec, derived policy state, and how many suggestions it has made."""
+
+    spec: JobSpec
+    policy_state: dict[str, Any]
+    created_unix_s: float
+    decisions: int = 0
+
+
+@dataclass
+class RunRecord:
+    """One execution of a job, from suggestion to completion, failure or expiry."""
+
+    run_id: str
+    job_id: str
+    state: str
+    batch_size: int
+    power_limit_w: float  # per GPU; 0 while the run still has to profile
+    profile_power_limits_w: tuple[float, ...]
+    phase: str
+    explanation: str
+    gpu_model: str
+    gpu_count: int
+    max_power_w: float
+    created_unix_s: float
+    lease_expires_unix_s: float
+    request_id: str = ""
+    finished_unix_s: float = 0.0
+    energy_j: float = 0.0
+    time_s: float = 0.0
+    epochs: float = 0.0
+    reached_target: bool = False
+    cost: float = 0.0
+    final_metric: float | None = None
+    reason: str = ""
+    profiled: bool = False
+    epoch_cost: float | None = None
+    seq: int = 0  # order of creation within the job, assigned by the store
+
+
+@dataclass
+class ProfileRecord:
+    """A measured power profile of one batch size on one GPU model."""
+
+    gpu_model: str
+    batch_size: int
+    points: dict[float, ProfilePoint] = field(default_factory=dict)
+    run_id: str = ""
+
+
+class JobTransaction(ABC):
+    """Exclusive, atomic access to one job. Obtained from :meth:`Store.job_transaction`.
+
+    Everything done through it commits together when the ``with`` block ends normally and rolls
+    back when it raises.
+    """
+
+    job: JobRecord
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run ``run_id`` of this job. Raises ``NotFoundError``."""
+
+    @abstractmethod
+    def find_run_by_request(self, request_id: str) -> RunRecord | None:
+        """The run created by Suggest with this idempotency key, if any."""
+
+    @abstractmethod
+    def list_runs(self) -> list[RunRecord]:
+        """All of this job's runs in creation order."""
+
+    @abstractmethod
+    def runs_in_flight(self) -> list[RunRecord]:
+        """This job's runs in state ``in_flight``."""
+
+    @abstractmethod
+    def insert_run(self, run: RunRecord) -> RunRecord:
+        """Add a new run; returns it with ``seq`` assigned."""
+
+    @abstractmethod
+    def update_run(self, run: RunRecord) -> None:
+        """Overwrite a run's mutable fields (state, measurements, power limit, lease)."""
+
+    @abstractmethod
+    def profiles(self, gpu_model: str) -> dict[int, dict[float, ProfilePoint]]:
+        """Stored power profiles of this job on ``gpu_model``: batch size -> power limit -> point."""
+
+    @abstractmethod
+    def put_profile(self, profile: ProfileRecord) -> None:
+        """Store (replace) the profile of ``(gpu_model, batch_size)``."""
+
+    @abstractmethod
+    def save_job(self, policy_state: dict[str, Any], decisions: int) -> None:
+        """Persist the job's new policy state and suggestion counter."""
+
+
+class Store(ABC):
+    """Persistent jobs, runs and profiles. Implementations: SQLite and PostgreSQL."""
+
+    @abstractmethod
+    def create_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert ``job`` unless its id exists. Returns ``(stored job, created)``.
+
+        When the id exists, the stored job is returned with ``created=False``; the caller decides
+        whether the specs conflict.
+        """
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord:
+        """The job. Raises ``NotFoundError``."""
+
+    @abstractmethod
+    def list_jobs(self, prefix: str = "", limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
+        """Jobs whose id starts with ``prefix`` and sorts after ``after_job_id``, ascending by id."""
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Delete the job, its runs and profiles. Raises ``NotFoundError``."""
+
+    @abstractmethod
+    def job_transaction(self, job_id: str) -> AbstractContextManager[JobTransaction]:
+        """Lock job ``job_id`` for an atomic change. Raises ``NotFoundError``."""
+
+    @abstractmethod
+    def list_runs(self, job_id: str, limit: int = 0) -> list[RunRecord]:
+        """The job's runs in creation order; with ``limit`` > 0 only the most recent ``limit``."""
+
+    @abstractmethod
+    def run_counts(self, job_id: str) -> dict[str, int]:
+        """Number of the job's runs in each state (every state present as a key)."""
+
+    @abstractmethod
+    def list_profiles(self, job_id: str) -> list[ProfileRecord]:
+        """Every stored power profile of the job."""
+
+    @abstractmethod
+    def expired_runs(self, now_unix_s: float) -> Iterator[tuple[str, str]]:
+        """``(job_id, run_id)`` of runs in flight whose lease lapsed before ``now_unix_s``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Further use is an error."""
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by ``url``: ``sqlite:///PATH`` or ``postgresql://...``."""
+    from optimizer_server.errors import InvalidArgumentError
+
+    if url.startswith("sqlite:///"):
+        from optimizer_server.store.sqlite import SqliteStore
+
+        # SQLAlchemy's convention: sqlite:///relative/path.db and sqlite:////absolute/path.db
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise InvalidArgumentError("sqlite URL without a path: use sqlite:///PATH")
+        return SqliteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from optimizer_server.store.postgres import PostgresStore
+        except ImportError as exc:  # psycopg is an optional extra
+            raise InvalidArgumentError(
+                "PostgreSQL support needs the 'postgres' extra: pip install 'powerbandit[postgres]'"
+            ) from exc
+        return PostgresStore(url)
+    raise InvalidArgumentError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")

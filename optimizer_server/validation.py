@@ -1,0 +1,143 @@
+"""Validation at the edge: protobuf requests to trusted domain values, or ``InvalidArgumentError``.
+
+Every message names the field and says what would be accepted, so a user can fix the call.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Sequence
+
+from optimizer_server.errors import InvalidArgumentError, ResourceExhaustedError
+from optimizer_server.policy import POLICY_NAMES, JobSpec
+from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA
+from optimizer_server.service import RunGpu
+from powerbandit.v1 import optimizer_pb2 as pb
+
+MAX_ID_LENGTH = 200
+MAX_TEXT_LENGTH = 2000
+MAX_BATCH_SIZES = 64
+MAX_POWER_LIMITS = 64
+MAX_EPOCHS_LIMIT = 1_000_000
+MAX_GPU_COUNT = 4096
+MAX_POWER_LIMIT_W = 10_000.0
+MAX_MEASUREMENT = 1e15  # joules or seconds: far beyond any real run, guards against overflow
+
+
+def identifier(value: str, field: str) -> str:
+    """A job/run/request id: 1-200 printable characters."""
+    if not value:
+        raise InvalidArgumentError(f"{field} is empty; give a non-empty id")
+    if len(value) > MAX_ID_LENGTH:
+        raise ResourceExhaustedError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    if any(unicodedata.category(ch)[0] == "C" for ch in value):
+        raise InvalidArgumentError(f"{field} contains control or unassigned characters; use printable text")
+    return value
+
+
+def optional_identifier(value: str, field: str) -> str:
+    """Like :func:`identifier`, but the empty string is allowed."""
+    return identifier(value, field) if value else ""
+
+
+def text(value: str, field: str) -> str:
+    """Free text up to 2000 characters."""
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ResourceExhaustedError(f"{field} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}")
+    return value
+
+
+def finite(value: float, field: str, *, low: float | None = None, high: float | None = None) -> float:
+    """A finite float within ``[low, high]``."""
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"{field} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise InvalidArgumentError(f"{field} must be >= {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise InvalidArgumentError(f"{field} must be <= {high:g}, got {value:g}")
+    return value
+
+
+def measurement(value: float, field: str) -> float:
+    """A non-negative, finite measurement (energy, time, epochs)."""
+    return finite(value, field, low=0.0, high=MAX_MEASUREMENT)
+
+
+def job_spec(msg: pb.JobSpec) -> JobSpec:
+    """A validated :class:`JobSpec` from its message, defaults filled in."""
+    job_id = identifier(msg.job_id, "spec.job_id")
+    if not msg.batch_sizes:
+        raise InvalidArgumentError("spec.batch_sizes is empty; list the batch sizes the job may use")
+    if len(msg.batch_sizes) > MAX_BATCH_SIZES:
+        raise ResourceExhaustedError(
+            f"spec.batch_sizes has {len(msg.batch_sizes)} entries; the limit is {MAX_BATCH_SIZES}"
+        )
+    if any(b <= 0 for b in msg.batch_sizes):
+        raise InvalidArgumentError(f"spec.batch_sizes must all be positive, got {list(msg.batch_sizes)}")
+    if len(set(msg.batch_sizes)) != len(msg.batch_sizes):
+        raise InvalidArgumentError(f"spec.batch_sizes has duplicates: {list(msg.batch_sizes)}")
+    if msg.default_batch_size not in msg.batch_sizes:
+        raise InvalidArgumentError(
+            f"spec.default_batch_size {msg.default_batch_size} is not one of spec.batch_sizes {sorted(msg.batch_sizes)}"
+        )
+    if not 0 < msg.max_epochs <= MAX_EPOCHS_LIMIT:
+        raise InvalidArgumentError(f"spec.max_epochs must be in 1..{MAX_EPOCHS_LIMIT}, got {msg.max_epochs}")
+    eta = finite(msg.eta, "spec.eta", low=0.0, high=1.0) if msg.HasField("eta") else DEFAULT_ETA
+    beta = finite(msg.beta, "spec.beta", low=1.0, high=1e6) if msg.HasField("beta") else DEFAULT_BETA
+    policy = msg.policy or POLICY_NAMES[0]
+    if policy not in POLICY_NAMES:
+        raise InvalidArgumentError(f"spec.policy {policy!r} is unknown; use one of {', '.join(POLICY_NAMES)}")
+    if msg.window < 0:
+        raise InvalidArgumentError(f"spec.window must be >= 0 (0 = all observations), got {msg.window}")
+    return JobSpec(
+        job_id=job_id,
+        batch_sizes=tuple(sorted(int(b) for b in msg.batch_sizes)),
+        default_batch_size=int(msg.default_batch_size),
+        target_metric=finite(msg.target_metric, "spec.target_metric"),
+        max_epochs=int(msg.max_epochs),
+        eta=eta,
+        beta=beta,
+        higher_is_better=msg.metric_direction != pb.METRIC_DIRECTION_LOWER_IS_BETTER,
+        policy=policy,
+        window=int(msg.window),
+        seed=int(msg.seed) & 0x7FFFFFFFFFFFFFFF,
+    )
+
+
+def run_gpu(msg: pb.GpuInfo, present: bool) -> RunGpu:
+    """A validated :class:`RunGpu` from a Suggest request's ``gpu`` field."""
+    if not present:
+        raise InvalidArgumentError("gpu is missing; say which GPUs the run uses (model, count, power-limit range)")
+    model = identifier(msg.model, "gpu.model")
+    if not 1 <= msg.count <= MAX_GPU_COUNT:
+        raise InvalidArgumentError(f"gpu.count must be in 1..{MAX_GPU_COUNT}, got {msg.count}")
+    low = finite(msg.min_power_limit_w, "gpu.min_power_limit_w", low=1.0, high=MAX_POWER_LIMIT_W)
+    high = finite(msg.max_power_limit_w, "gpu.max_power_limit_w", low=low, high=MAX_POWER_LIMIT_W)
+    if len(msg.power_limits_w) > MAX_POWER_LIMITS:
+        raise ResourceExhaustedError(
+            f"gpu.power_limits_w has {len(msg.power_limits_w)} entries; the limit is {MAX_POWER_LIMITS}"
+        )
+    limits = tuple(finite(p, "gpu.power_limits_w", low=low, high=high) for p in msg.power_limits_w)
+    return RunGpu(model, int(msg.count), low, high, limits)
+
+
+def profile_measurements(msgs: Sequence[pb.ProfileMeasurement]) -> list[tuple[float, float, float]]:
+    """``(power limit, average power, seconds per step)`` per measurement, validated."""
+    if not msgs:
+        raise InvalidArgumentError("measurements is empty; report at least one power limit")
+    if len(msgs) > MAX_POWER_LIMITS:
+        raise ResourceExhaustedError(f"{len(msgs)} measurements; the limit is {MAX_POWER_LIMITS}")
+    out = []
+    seen: set[float] = set()
+    for i, m in enumerate(msgs):
+        limit = finite(m.power_limit_w, f"measurements[{i}].power_limit_w", low=1.0, high=MAX_POWER_LIMIT_W)
+        if limit in seen:
+            raise InvalidArgumentError(f"measurements[{i}].power_limit_w {limit:g} W is reported twice")
+        seen.add(limit)
+        power = finite(m.average_power_w, f"measurements[{i}].average_power_w", low=0.0, high=1e6)
+        step = finite(m.time_per_step_s, f"measurements[{i}].time_per_step_s", low=0.0, high=1e6)
+        if step <= 0:
+            raise InvalidArgumentError(f"measurements[{i}].time_per_step_s must be > 0, got {step:g}")
+        out.append((limit, power, step))
+    return out

@@ -1,0 +1,152 @@
+"""Unit tests of ``powerbandit`` (structured Thompson sampling on epochs-to-target)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from optimizer_server.policy.base import (
+    JobSpec,
+    Observation,
+    ProfilePoint,
+    SuggestContext,
+    decision_rng,
+)
+from optimizer_server.policy.powerbandit import PowerBanditPolicy
+from optimizer_server.policy.registry import POLICY_NAMES, get_policy
+
+SPEC = JobSpec("j", (8, 16, 32, 64, 128), 32, 0.5, 100)
+LIMITS = (100.0, 250.0)
+
+
+def profile(time_s: float) -> dict[float, ProfilePoint]:
+    return {100.0: ProfilePoint(100.0, 95.0, 2 * time_s), 250.0: ProfilePoint(250.0, 200.0, time_s)}
+
+
+def ctx(profiled: dict[int, float] | None = None, in_flight: tuple[int, ...] = ()) -> SuggestContext:
+    profiles = {b: profile(t) for b, t in (profiled or {}).items()}
+    return SuggestContext("v100", 250.0, LIMITS, profiles=profiles, in_flight=in_flight)
+
+
+def obs(b: int, epochs: float, reached: bool = True, ec: float = 100.0, gpu: str = "v100") -> Observation:
+    cost = epochs * ec
+    return Observation(b, gpu, 250.0, epochs, cost, 1.0, cost, reached, 250.0, epoch_cost=ec)
+
+
+def test_default_and_registered() -> None:
+    assert POLICY_NAMES[0] == "powerbandit"
+    assert get_policy("powerbandit").name == "powerbandit"
+
+
+def test_first_run_is_default_and_profiles() -> None:
+    policy = PowerBanditPolicy()
+    d = policy.suggest(SPEC, policy.new_state(SPEC), ctx(), decision_rng(0, 0))
+    assert d.batch_size == 32 and d.power_limit_w is None and d.profile_power_limits_w == LIMITS
+    assert d.phase == "explore"
+
+
+def test_uses_best_power_limit_from_profile() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.observe(SPEC, policy.new_state(SPEC), obs(32, 10))
+    c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
+    for i in range(20):
+        d = policy.suggest(SPEC, state, c, decision_rng(3, i))
+        if d.batch_size in (16, 32, 64):
+            assert d.power_limit_w is not None and d.profile_power_limits_w == ()
+
+
+def test_state_json_and_replay_and_determinism() -> None:
+    policy = PowerBanditPolicy()
+    history = [obs(32, 10), obs(16, 12), obs(64, 30, reached=False), obs(16, 11), obs(8, 0, reached=False)]
+    state = policy.new_state(SPEC)
+    for o in history:
+        state = json.loads(json.dumps(policy.observe(SPEC, state, o)))
+    replay = policy.new_state(SPEC)
+    for o in history:
+        replay = policy.observe(SPEC, replay, o)
+    assert json.dumps(replay, sort_keys=True) == json.dumps(state, sort_keys=True)
+    c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
+    first = [policy.suggest(SPEC, state, c, decision_rng(5, i)) for i in range(30)]
+    second = [policy.suggest(SPEC, replay, c, decision_rng(5, i)) for i in range(30)]
+    assert first == second
+
+
+def test_converges_to_cheapest_arm() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    # epochs: 8:40, 16:20, 32:12, 64:11, 128: diverges. Epoch cost falls with b.
+    epochs = {8: 40, 16: 20, 32: 12, 64: 11, 128: None}
+    times = {8: 40.0, 16: 20.0, 32: 10.0, 64: 7.0, 128: 6.0}
+    picks = []
+    for i in range(60):
+        profiled = {b: times[b] for b in state["epoch_cost"].get("v100", {}) for b in [int(b)]}
+        d = policy.suggest(SPEC, state, ctx(profiled), decision_rng(11, i))
+        picks.append(d.batch_size)
+        k = epochs[d.batch_size]
+        ec = times[d.batch_size] * 200.0
+        state = policy.observe(SPEC, state, obs(d.batch_size, k or 25, reached=k is not None, ec=ec))
+    assert picks[-20:].count(64) >= 17  # 64: 11 * 7 beats 32: 12 * 10
+    assert picks.count(8) <= 2  # far from anything good: hardly explored
+
+
+def test_in_flight_untried_arm_not_handed_out_twice() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.observe(SPEC, policy.new_state(SPEC), obs(32, 10))
+    state = policy.observe(SPEC, state, obs(32, 10))
+    c = ctx({32: 10.0}, in_flight=(16,))
+    for i in range(50):
+        assert policy.suggest(SPEC, state, c, decision_rng(2, i)).batch_size != 16
+    c = ctx({32: 10.0}, in_flight=(16, 64))
+    for i in range(50):
+        assert policy.suggest(SPEC, state, c, decision_rng(2, i)).batch_size == 32
+
+
+def test_all_arms_failed_fallback_never_raises() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    for b in SPEC.batch_sizes:
+        for _ in range(3):
+            state = policy.observe(SPEC, state, obs(b, 5 if b != 64 else 9, reached=False))
+    d = policy.suggest(SPEC, state, ctx(), decision_rng(0, 0))
+    assert d.phase == "fallback"
+    assert "failed" in d.explanation
+    assert d.batch_size == 64  # ran the furthest before being stopped
+    assert d.batch_size in SPEC.batch_sizes
+
+
+def test_cost_bound_is_beta_times_cheapest_recurrence() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    assert policy.cost_bound(SPEC, state) == math.inf
+    state = policy.observe(SPEC, state, obs(32, 10))  # 1000
+    state = policy.observe(SPEC, state, obs(16, 2, reached=False))  # 200 ...
+    state = policy.observe(SPEC, state, obs(16, 7))  # ... + 700 = 900
+    assert policy.cost_bound(SPEC, state) == pytest.approx(2.0 * 900.0)
+
+
+def test_epochs_shared_across_gpu_models() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    for _ in range(3):
+        state = policy.observe(SPEC, state, obs(32, 10, gpu="a40"))
+    arms = {a.batch_size: a for a in policy.summarize(SPEC, state)}
+    assert arms[32].epochs_mean == pytest.approx(10.0, rel=0.05)
+    # A V100 run of the same job starts from that knowledge: it does not restart at the default
+    # blindly but samples among tried and neighbouring batch sizes.
+    d = policy.suggest(SPEC, state, ctx(), decision_rng(0, 0))
+    assert d.batch_size in (16, 32, 64)
+
+
+def test_summarize_statuses() -> None:
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    state = policy.observe(SPEC, state, obs(32, 10))
+    state = policy.observe(SPEC, state, obs(128, 3, reached=False))
+    state = policy.observe(SPEC, state, obs(128, 3, reached=False))
+    arms = {a.batch_size: a for a in policy.summarize(SPEC, state)}
+    assert arms[32].status == "active" and arms[32].successes == 1
+    assert arms[128].status == "pruned" and arms[8].status == "unexplored"
+    assert arms[32].cost_low <= arms[32].cost_mean <= arms[32].cost_high
+    assert math.isnan(arms[8].cost_mean)
