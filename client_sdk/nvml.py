@@ -32,14 +32,12 @@ What it does, and how it degrades:
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType, ModuleType
@@ -168,12 +166,6 @@ def _chain_signal(signum: int, previous: Any, frame: FrameType | None) -> None:
         # Default action (terminate): re-deliver the signal with the default disposition.
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-
-
-def _restore_at_exit(ref: weakref.ReferenceType[NvmlGpu]) -> None:
-    gpu = ref()
-    if gpu is not None:
-        gpu._restore_at_exit()
 
 
 class NvmlGpu(Gpu):
@@ -495,6 +487,10 @@ class NvmlGpu(Gpu):
                     self._originals_mw[pos] = int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle))
             self._arm_restore()
             for d in self._devices:
+                if not self._originals_mw:
+                    # A signal handler restored the limits meanwhile and handed the signal on to a handler
+                    # that let the program continue: don't leave later GPUs changed and untracked.
+                    return self.power_limit_w()
                 target_mw = min(max(round(w * 1000), d.min_limit_mw), d.max_limit_mw)
                 try:
                     nvml.nvmlDeviceSetPowerManagementLimit(d.handle, target_mw)
@@ -575,7 +571,8 @@ class NvmlGpu(Gpu):
     def _arm_restore(self) -> None:
         """Install atexit and SIGTERM/SIGINT restore hooks (once per change; main thread only for signals)."""
         if self._atexit_callback is None:
-            self._atexit_callback = functools.partial(_restore_at_exit, weakref.ref(self))
+            # A strong reference on purpose: while a limit is changed, this object must live to restore it.
+            self._atexit_callback = self._restore_at_exit
             atexit.register(self._atexit_callback)
         if self._previous_handlers or threading.current_thread() is not threading.main_thread():
             if not self._previous_handlers:

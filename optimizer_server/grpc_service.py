@@ -90,7 +90,9 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         default_batch_size=spec.default_batch_size,
         target_metric=spec.target_metric,
         metric_direction=(
-            pb.METRIC_DIRECTION_HIGHER_IS_BETTER if spec.higher_is_better else pb.METRIC_DIRECTION_LOWER_IS_BETTER
+            pb.METRIC_DIRECTION_HIGHER_IS_BETTER
+            if spec.higher_is_better
+            else pb.METRIC_DIRECTION_LOWER_IS_BETTER
         ),
         max_epochs=spec.max_epochs,
         eta=spec.eta,
@@ -218,14 +220,18 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
 
     @translate_errors
-    async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any) -> pb.ReportProgressResponse:
+    async def ReportProgress(
+        self, request: pb.ReportProgressRequest, context: Any
+    ) -> pb.ReportProgressResponse:
         job_id = v.identifier(request.job_id, "job_id")
         run_id = v.identifier(request.run_id, "run_id")
         epochs = v.measurement(request.epochs, "epochs")
         energy = v.measurement(request.energy_j, "energy_j")
         time_s = v.measurement(request.time_s, "time_s")
         metric = v.finite(request.metric, "metric") if request.HasField("metric") else None
-        verdict = await self._call(self.service.report_progress, job_id, run_id, epochs, energy, time_s, metric)
+        verdict = await self._call(
+            self.service.report_progress, job_id, run_id, epochs, energy, time_s, metric
+        )
         return pb.ReportProgressResponse(
             stop=verdict.stop,
             reason=STOP_REASON_TO_PB[verdict.reason],
@@ -249,7 +255,9 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             time_s=v.measurement(request.time_s, "time_s"),
             epochs=v.measurement(request.epochs, "epochs"),
             reached_target=request.reached_target,
-            final_metric=v.finite(request.final_metric, "final_metric") if request.HasField("final_metric") else None,
+            final_metric=v.finite(request.final_metric, "final_metric")
+            if request.HasField("final_metric")
+            else None,
             power_limit_w=power,
         )
         return pb.CompleteRunResponse(run=run_to_pb(run))
@@ -297,4 +305,3 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
         await self._call(self.service.delete_job, v.identifier(request.job_id, "job_id"))
         return pb.DeleteJobResponse()
-

@@ -55,9 +55,13 @@ class RunningServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(self.service), self.server)
+        optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(
+            OptimizerServicer(self.service), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server
+        )
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
 

@@ -167,7 +167,9 @@ class OptimizerService:
         record = self.store.get_job(job_id)
         return self._view(record, max_runs=max_runs, with_runs=with_runs)
 
-    def list_jobs(self, prefix: str = "", page_size: int = 100, page_token: str = "") -> tuple[list[JobView], str]:
+    def list_jobs(
+        self, prefix: str = "", page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[JobView], str]:
         """A page of jobs (without runs) and the token of the next page ("" on the last)."""
         records = self.store.list_jobs(prefix, page_size + 1, page_token)
         more = len(records) > page_size
@@ -192,7 +194,9 @@ class OptimizerService:
                 best_limit = best_power_limit(spec.eta, gpu_profiles[best], last.max_power_w)
             limits = last.profile_power_limits_w or (last.power_limit_w,)
             context = SuggestContext(last.gpu_model, last.max_power_w, tuple(limits), gpu_profiles)
-            decision = policy.suggest(spec, record.policy_state, context, decision_rng(spec.seed, record.decisions))
+            decision = policy.suggest(
+                spec, record.policy_state, context, decision_rng(spec.seed, record.decisions)
+            )
             action = (
                 f"power limit {decision.power_limit_w:g} W"
                 if decision.power_limit_w is not None
@@ -276,7 +280,8 @@ class OptimizerService:
             run = self._in_flight_run(tx, run_id, "report a profile")
             spec = tx.job.spec
             points = {
-                limit: ProfilePoint(limit, power, step_s * steps_per_epoch) for limit, power, step_s in measurements
+                limit: ProfilePoint(limit, power, step_s * steps_per_epoch)
+                for limit, power, step_s in measurements
             }
             best = best_power_limit(spec.eta, points, run.max_power_w)
             tx.put_profile(ProfileRecord(run.gpu_model, run.batch_size, points, run_id))
@@ -301,7 +306,9 @@ class OptimizerService:
             run.lease_expires_unix_s = self.clock() + self.lease_s
             tx.update_run(run)
         if metric is not None and spec.reached(metric):
-            return ProgressVerdict(True, "target_reached", f"target {spec.target_metric:g} reached", cost, bound)
+            return ProgressVerdict(
+                True, "target_reached", f"target {spec.target_metric:g} reached", cost, bound
+            )
         if cost >= bound:
             return ProgressVerdict(
                 True,
@@ -369,7 +376,13 @@ class OptimizerService:
         return run
 
     def fail_run(
-        self, job_id: str, run_id: str, reason: str, energy_j: float = 0.0, time_s: float = 0.0, epochs: float = 0.0
+        self,
+        job_id: str,
+        run_id: str,
+        reason: str,
+        energy_j: float = 0.0,
+        time_s: float = 0.0,
+        epochs: float = 0.0,
     ) -> RunRecord:
         """Record a crashed run. It is not evidence against its configuration. Idempotent."""
         with self.store.job_transaction(job_id) as tx:

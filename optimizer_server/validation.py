@@ -44,7 +44,9 @@ def optional_identifier(value: str, field: str) -> str:
 def text(value: str, field: str) -> str:
     """Free text up to 2000 characters."""
     if len(value) > MAX_TEXT_LENGTH:
-        raise ResourceExhaustedError(f"{field} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}")
+        raise ResourceExhaustedError(
+            f"{field} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}"
+        )
     return value
 
 
@@ -108,7 +110,9 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
 def run_gpu(msg: pb.GpuInfo, present: bool) -> RunGpu:
     """A validated :class:`RunGpu` from a Suggest request's ``gpu`` field."""
     if not present:
-        raise InvalidArgumentError("gpu is missing; say which GPUs the run uses (model, count, power-limit range)")
+        raise InvalidArgumentError(
+            "gpu is missing; say which GPUs the run uses (model, count, power-limit range)"
+        )
     model = identifier(msg.model, "gpu.model")
     if not 1 <= msg.count <= MAX_GPU_COUNT:
         raise InvalidArgumentError(f"gpu.count must be in 1..{MAX_GPU_COUNT}, got {msg.count}")

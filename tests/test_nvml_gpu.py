@@ -155,6 +155,8 @@ def make_fake_nvml(devices: list[FakeDevice], init_error: str | None = None) -> 
             raise err("InvalidArgument")
         h.set_calls.append(mw)
         h.limit_mw = mw
+        if state.get("after_set"):
+            state["after_set"](h)
         print(f"fake-set {h.uuid} {mw}", flush=True)  # read by the subprocess test
 
     def nvmlDeviceGetTotalEnergyConsumption(h: FakeDevice) -> int:
@@ -387,6 +389,23 @@ def test_signal_handlers_restore_then_chain(install) -> None:
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
         assert [d.limit_mw for d in fake.devices] == [300_000, 300_000]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signal_during_set_leaves_no_gpu_changed(install) -> None:
+    fake = install(two_gpus(limit_mw=300_000))
+    signal.signal(signal.SIGTERM, lambda s, f: None)  # a graceful-shutdown handler: the program goes on
+
+    def deliver_sigterm(h: FakeDevice) -> None:
+        fake.state["after_set"] = None
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+
+    fake.state["after_set"] = deliver_sigterm
+    with NvmlGpu() as gpu:
+        assert gpu.set_power_limit(150) == 300.0
+        assert [d.limit_mw for d in fake.devices] == [300_000, 300_000]
+        assert gpu.set_power_limit(150) == 150.0  # and a later change is tracked again
+        assert callable_is_ours(signal.SIGTERM)
+    assert [d.limit_mw for d in fake.devices] == [300_000, 300_000]
 
 
 def test_sigterm_with_default_action_restores_then_dies(tmp_path: Path) -> None:

@@ -42,19 +42,48 @@ from optimizer_server.policy.base import (
 NOISE_SHAPE = 2.0  # Gamma prior shape of the log-epochs precision
 NOISE_SD = 0.15  # prior guess of the sd of log epochs-to-target between seeds
 TREND_SD = 0.35  # prior sd of log epochs between batch sizes one doubling apart
-EC_SLOPE_PRIOR = -0.35  # prior d log(epoch cost) / d log2(b) when it cannot be estimated
+EC_SLOPE_PRIOR = 0.0  # d log(epoch cost) / d log2(b) assumed from one profiled batch size
+EC_SLOPE_MAX = 1.2  # extrapolated slopes of log epoch cost are clamped to +-this per doubling
+EPOCH_SLOPE_MAX = 1.5  # same for log epochs-to-target
 EC_SD = 0.25  # sd of the extrapolated log epoch cost per doubling of distance
 CENSOR_FACTOR = 2.0  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
+EXPLORE_BOUND = 1.3  # an untried batch size is stopped at this multiple of the best mean cost
 FAIL_LIMIT = 2  # this many failures without any success take a batch size out
 _Z90 = 1.6448536269514722
 
 
-def _arm(state: Mapping[str, Any], b: int) -> Mapping[str, Any]:
-    return state["arms"][str(b)]
+def _new_arm() -> dict[str, Any]:
+    return {"log_epochs": [], "fail_epochs": [], "never_ran": 0, "ok_costs": []}
 
 
 def _tail(values: Sequence[float], window: int) -> Sequence[float]:
     return values[-window:] if window > 0 else values
+
+
+def _extrapolate(
+    points: Mapping[float, float], x: float, slope_range: tuple[float, float], default_slope: float
+) -> tuple[float, float]:
+    """Value at ``x`` from known ``points`` (x -> y): linear between the nearest known neighbours,
+    linear extrapolation (slope clamped to ``slope_range``) from the two nearest on one side.
+
+    Returns ``(y, distance to the nearest known x)``.
+    """
+    left = sorted((px for px in points if px < x), reverse=True)
+    right = sorted(px for px in points if px > x)
+    if x in points:
+        return points[x], 0.0
+    if left and right:
+        x0, x1 = left[0], right[0]
+        t = (x - x0) / (x1 - x0)
+        return points[x0] + t * (points[x1] - points[x0]), min(x - x0, x1 - x)
+    side = left or right
+    x0 = side[0]
+    slope = default_slope
+    if len(side) > 1:
+        x1 = side[1]
+        slope = (points[x0] - points[x1]) / (x0 - x1)
+    slope = min(max(slope, slope_range[0]), slope_range[1])
+    return points[x0] + slope * (x - x0), abs(x - x0)
 
 
 class PowerBanditPolicy:
@@ -68,8 +97,7 @@ class PowerBanditPolicy:
         return {
             "version": 1,
             "arms": {
-                str(int(b)): {"log_epochs": [], "fail_epochs": [], "never_ran": 0}
-                for b in sorted(spec.batch_sizes)
+                str(int(b)): _new_arm() for b in sorted(spec.batch_sizes)
             },
             "epoch_cost": {},  # gpu model -> str(b) -> cost of one epoch at the chosen power limit
             "observations": 0,
@@ -81,10 +109,11 @@ class PowerBanditPolicy:
         """Fold one finished run in: its epochs (exact or censored), epoch cost and recurrence."""
         arms = state["arms"]
         key = str(int(observation.batch_size))
-        arm = arms.setdefault(key, {"log_epochs": [], "fail_epochs": [], "never_ran": 0})
+        arm = arms.setdefault(key, _new_arm())
         epochs = float(observation.epochs)
         if observation.reached_target:
             arm["log_epochs"].append(math.log(max(epochs, 1e-3)))
+            arm["ok_costs"].append(float(observation.cost))
         elif epochs > 0:
             arm["fail_epochs"].append(epochs)
         else:
@@ -104,10 +133,29 @@ class PowerBanditPolicy:
             state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
         return state
 
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
-        """``beta`` times the cheapest finished recurrence (``inf`` before the first)."""
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+        """Largest cost a run may spend before it is told to stop.
+
+        ``beta`` times the cheapest finished recurrence (``inf`` before the first). When the run's
+        ``batch_size`` is given and it has never reached the target, the run is an exploration: it
+        is stopped sooner, at ``EXPLORE_BOUND`` times the best arm's mean cost, since by then it
+        is already known to be worse than what we have.
+        """
         best = state["min_recurrence_cost"]
-        return math.inf if best is None else spec.beta * float(best)
+        bound = math.inf if best is None else spec.beta * float(best)
+        if batch_size is None:
+            return bound
+        arm = state["arms"].get(str(int(batch_size)))
+        if arm and _tail(arm["ok_costs"], spec.window):
+            return bound
+        means = [
+            sum(c) / len(c)
+            for c in (_tail(a["ok_costs"], spec.window) for a in state["arms"].values())
+            if c
+        ]
+        if means:
+            bound = min(bound, EXPLORE_BOUND * min(means))
+        return bound
 
     # ---------------------------------------------------------------- model
     def _arm_data(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
@@ -115,7 +163,7 @@ class PowerBanditPolicy:
         data = {}
         log_censor = math.log(CENSOR_FACTOR)
         for b in sorted(int(x) for x in spec.batch_sizes):
-            arm = state["arms"].get(str(b), {"log_epochs": [], "fail_epochs": [], "never_ran": 0})
+            arm = state["arms"].get(str(b)) or _new_arm()
             ok = list(_tail(arm["log_epochs"], spec.window))
             fails = list(_tail(arm["fail_epochs"], spec.window))
             samples = ok + [math.log(e) + log_censor for e in fails]
@@ -158,6 +206,10 @@ class PowerBanditPolicy:
             mean0 += d["mean"] / var
         own = data[b]
         n = len(own["samples"])
+        if n == 0 and prec0 > 0.0:
+            points = {math.log2(c): d["mean"] for c, d in data.items() if d["samples"]}
+            y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0)
+            return y, noise_var + (TREND_SD * dist) ** 2
         if prec0 == 0.0:
             if n == 0:
                 return math.nan, math.inf
@@ -177,15 +229,6 @@ class PowerBanditPolicy:
         for key, ec in state["epoch_cost"].get(context.gpu_model, {}).items():
             known.setdefault(int(key), float(ec))
         return known
-
-    @staticmethod
-    def _ec_slope(known: Mapping[int, float]) -> float:
-        if len(known) < 2:
-            return EC_SLOPE_PRIOR
-        xs = np.log2(np.array(sorted(known), dtype=float))
-        ys = np.log(np.array([known[b] for b in sorted(known)], dtype=float))
-        slope = float(np.polyfit(xs, ys, 1)[0])
-        return min(max(slope, -1.0), 0.3)
 
     def _candidates(
         self, spec: JobSpec, data: Mapping[int, Mapping[str, Any]], context: SuggestContext
@@ -229,7 +272,7 @@ class PowerBanditPolicy:
         shape, rate = self._noise(data)
         noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else NOISE_SD**2
         known = self._epoch_costs(spec, state, context)
-        slope = self._ec_slope(known)
+        ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         costs: dict[int, float] = {}
         draws = rng.standard_normal(2 * len(candidates))
         for i, b in enumerate(candidates):
@@ -240,9 +283,8 @@ class PowerBanditPolicy:
             if b in known:
                 log_ec = math.log(known[b])
             elif known:
-                nearest = min(known, key=lambda c: (abs(math.log2(c) - math.log2(b)), c))
-                dist = math.log2(b) - math.log2(nearest)
-                log_ec = math.log(known[nearest]) + slope * dist + EC_SD * abs(dist) * float(draws[2 * i + 1])
+                y, dist = _extrapolate(ec_points, math.log2(b), (-EC_SLOPE_MAX, EC_SLOPE_MAX), EC_SLOPE_PRIOR)
+                log_ec = y + EC_SD * dist * float(draws[2 * i + 1])
             else:
                 log_ec = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec

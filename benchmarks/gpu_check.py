@@ -1,0 +1,143 @@
+"""Check NvmlGpu on a real GPU: versions, energy counter vs power polling, and a power-limit round trip.
+
+Run from the repository root::
+
+    python benchmarks/gpu_check.py [--seconds 3] [--poll-interval 0.1] [--no-set]
+
+It measures a few seconds of matrix multiplications (PyTorch on CUDA when installed; otherwise the GPU
+idles while the CPU waits) with the energy counter and with power polling at the same time, and prints
+both energies and their difference. It then sets one power limit (the midpoint of the allowed range),
+reads it back and restores the original. Exit status: 0 ok, 1 no GPU here, 2 a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from client_sdk.gpu import GpuUnavailableError  # noqa: E402
+from client_sdk.nvml import GpuConfigError, NvmlGpu  # noqa: E402
+
+
+def _matmul_workload(seconds: float) -> tuple[str, int]:
+    """Busy the job's GPU for ``seconds``; returns a description and the number of iterations."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        time.sleep(seconds)
+        return "no PyTorch with CUDA: GPU idle (sleep)", 0
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    iterations = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(10):
+            a @ b  # noqa: B018 - the work is the point
+        torch.cuda.synchronize()
+        iterations += 10
+    return f"torch.matmul 8192x8192 bf16 on {torch.cuda.get_device_name()}", iterations
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100.0 * (a - b) / b:+.2f} %" if b else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the checks; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of the measured work, s")
+    parser.add_argument("--poll-interval", type=float, default=0.1, help="power polling period, s")
+    parser.add_argument("--tail", type=float, default=2.0, help="idle seconds measured after the work, s")
+    parser.add_argument("--no-set", action="store_true", help="skip the power-limit round trip")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        polled = NvmlGpu(energy_source="polling", poll_interval_s=args.poll_interval)
+    except GpuUnavailableError as exc:  # includes GpuConfigError (MIG, mixed models...)
+        print(f"No GPU to check here: {exc}", file=sys.stderr)
+        return 1
+    ok = True
+    with polled:
+        try:
+            counted: NvmlGpu | None = NvmlGpu(energy_source="counter")
+        except GpuConfigError as exc:
+            print(f"energy counter: unavailable ({exc}); polling only")
+            counted = None
+        try:
+            info = polled.info()
+            print("== GPU")
+            for key, value in polled.system_info().items():
+                print(f"{key:>20}: {value}")
+            print(f"{'model':>20}: {info.model} x {info.count} (NVML indices {list(polled.device_indices)})")
+            print(f"{'uuids':>20}: {', '.join(polled.device_uuids)}")
+
+            print(f"== energy: counter vs polling every {args.poll_interval:g} s")
+            polled.energy_j()  # start the polling thread
+            time.sleep(max(0.5, 3 * args.poll_interval))
+            t0 = polled.now_s()
+            p0 = polled.energy_j()
+            c0 = counted.energy_j() if counted else None
+            what, iterations = _matmul_workload(args.seconds)
+            t1 = polled.now_s()
+            p1 = polled.energy_j()
+            c1 = counted.energy_j() if counted else None
+            time.sleep(args.tail)
+            t2 = polled.now_s()
+            p2 = polled.energy_j()
+            c2 = counted.energy_j() if counted else None
+            print(f"{'workload':>20}: {what}, {iterations} matmuls in {t1 - t0:.3f} s")
+            for label, dt, ep, ec in (
+                ("work", t1 - t0, p1 - p0, None if c0 is None or c1 is None else c1 - c0),
+                (
+                    f"work + {args.tail:g} s idle",
+                    t2 - t0,
+                    p2 - p0,
+                    None if c0 is None or c2 is None else c2 - c0,
+                ),
+            ):
+                line = f"{label:>20}: polling {ep:9.1f} J ({ep / dt:6.1f} W)"
+                if ec is not None:
+                    line += f" | counter {ec:9.1f} J ({ec / dt:6.1f} W) | polling vs counter {_pct(ep, ec)}"
+                print(line)
+            print("  (NVML's power reading is a ~1 s average on Ampere and newer, so polling lags on")
+            print("   short windows; the idle tail lets it catch up.)")
+
+            print("== power limit")
+            print(f"{'allowed range':>20}: {info.min_power_limit_w:g} - {info.max_power_limit_w:g} W per GPU")
+            print(f"{'candidates':>20}: {', '.join(f'{w:g}' for w in info.power_limits_w)}")
+            print(f"{'can set':>20}: {info.can_set_power_limit}")
+            before = polled.power_limit_w()
+            print(f"{'in force':>20}: {before:g} W")
+            if args.no_set:
+                print("(skipped setting a limit: --no-set)")
+            elif not info.can_set_power_limit:
+                print("(cannot set limits here: see the warning above; run as root to check setting)")
+            else:
+                target = float(round((info.min_power_limit_w + info.max_power_limit_w) / 2))
+                applied = polled.set_power_limit(target)
+                print(f"{'set':>20}: asked {target:g} W -> in force {applied:g} W")
+                ok &= abs(applied - target) < 1.0
+                polled.restore_power_limit()
+                after = polled.power_limit_w()
+                print(f"{'restored':>20}: {after:g} W (was {before:g} W)")
+                ok &= abs(after - before) < 1.0
+        finally:
+            if counted is not None:
+                counted.close()
+    print("== OK" if ok else "== FAILED: a limit was not applied or not restored as asked")
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""``OptimizerClient``: the SDK's connection to the powerbandit server.
+
+>>> client = OptimizerClient("127.0.0.1:50051")                      # doctest: +SKIP
+>>> job = Job("team-a/resnet50", batch_sizes=[64, 128, 256], default_batch_size=128,
+...           target_metric=0.65, max_epochs=100)                   # doctest: +SKIP
+>>> with client.run(job, gpu=NvmlGpu()) as run:                      # doctest: +SKIP
+...     train(batch_size=run.batch_size, on_step=run.step, on_epoch=run.epoch_end)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from client_sdk.gpu import Gpu, GpuInfo
+from powerbandit.v1 import optimizer_pb2 as pb
+from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from client_sdk.run import TrainingRun
+
+log = logging.getLogger("powerbandit.sdk")
+
+# Retry transient failures (server restarting, replica failover). Suggest and CompleteRun are
+# idempotent (request ids, identical reports), so retrying them is safe.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "powerbandit.v1.OptimizerService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "3s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+class OptimizerClientError(RuntimeError):
+    """A call to the optimizer failed; ``code`` is the gRPC status code."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str, address: str) -> None:
+        self.method = method
+        self.code = code
+        self.details = details
+        self.address = address
+        if code == grpc.StatusCode.UNAVAILABLE:
+            hint = f"cannot reach the powerbandit server at {address} (is `powerbandit serve` running there?)"
+        else:
+            hint = details
+        super().__init__(f"{method} failed with {code.name}: {hint}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A recurring training job as the user describes it (see ``JobSpec`` in the .proto)."""
+
+    job_id: str
+    batch_sizes: Sequence[int]
+    default_batch_size: int
+    target_metric: float
+    max_epochs: int
+    eta: float = 0.5
+    beta: float = 2.0
+    higher_is_better: bool = True
+    policy: str = ""
+    window: int = 0
+    seed: int = 0
+
+    def to_pb(self) -> pb.JobSpec:
+        """This job as its protobuf message."""
+        return pb.JobSpec(
+            job_id=self.job_id,
+            batch_sizes=list(self.batch_sizes),
+            default_batch_size=self.default_batch_size,
+            target_metric=self.target_metric,
+            metric_direction=(
+                pb.METRIC_DIRECTION_HIGHER_IS_BETTER
+                if self.higher_is_better
+                else pb.METRIC_DIRECTION_LOWER_IS_BETTER
+            ),
+            max_epochs=self.max_epochs,
+            eta=self.eta,
+            beta=self.beta,
+            policy=self.policy,
+            window=self.window,
+            seed=self.seed,
+        )
+
+    def reached(self, metric: float) -> bool:
+        """Whether ``metric`` meets the target."""
+        return metric >= self.target_metric if self.higher_is_better else metric <= self.target_metric
+
+
+def gpu_info_to_pb(info: GpuInfo) -> pb.GpuInfo:
+    """The SDK's :class:`GpuInfo` as the message ``Suggest`` takes."""
+    return pb.GpuInfo(
+        model=info.model,
+        count=info.count,
+        min_power_limit_w=info.min_power_limit_w,
+        max_power_limit_w=info.max_power_limit_w,
+        power_limits_w=list(info.power_limits_w),
+    )
+
+
+class OptimizerClient:
+    """Typed calls to ``powerbandit.v1.OptimizerService``; errors become :class:`OptimizerClientError`.
+
+    ``credentials``: pass ``grpc.ssl_channel_credentials(...)`` for TLS; plaintext otherwise.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self.stub = pb_grpc.OptimizerServiceStub(self._channel)
+
+    def _call(self, method: str, request: object) -> object:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise OptimizerClientError(method, exc.code(), exc.details() or "", self.address) from None
+
+    # --------------------------------------------------------------------------------- calls
+    def register_job(self, job: Job) -> pb.RegisterJobResponse:
+        """Create the job (idempotent for an identical spec)."""
+        return self._call("RegisterJob", pb.RegisterJobRequest(spec=job.to_pb()))  # type: ignore[return-value]
+
+    def suggest(self, job_id: str, gpu: GpuInfo, request_id: str | None = None) -> pb.SuggestResponse:
+        """Start a run; retried calls with the same ``request_id`` return the same run."""
+        request = pb.SuggestRequest(
+            job_id=job_id, gpu=gpu_info_to_pb(gpu), request_id=request_id or uuid.uuid4().hex
+        )
+        return self._call("Suggest", request)  # type: ignore[return-value]
+
+    def report_profile(
+        self,
+        job_id: str,
+        run_id: str,
+        steps_per_epoch: float,
+        measurements: Sequence[tuple[float, float, float]],
+    ) -> pb.ReportProfileResponse:
+        """Report ``(power limit W, average power W, seconds per step)`` per profiled limit."""
+        request = pb.ReportProfileRequest(
+            job_id=job_id,
+            run_id=run_id,
+            steps_per_epoch=steps_per_epoch,
+            measurements=[
+                pb.ProfileMeasurement(power_limit_w=p, average_power_w=w, time_per_step_s=s)
+                for p, w, s in measurements
+            ],
+        )
+        return self._call("ReportProfile", request)  # type: ignore[return-value]
+
+    def report_progress(
+        self,
+        job_id: str,
+        run_id: str,
+        epochs: float,
+        energy_j: float,
+        time_s: float,
+        metric: float | None = None,
+    ) -> pb.ReportProgressResponse:
+        """Report cumulative progress; the answer says whether to stop."""
+        request = pb.ReportProgressRequest(
+            job_id=job_id, run_id=run_id, epochs=epochs, energy_j=energy_j, time_s=time_s
+        )
+        if metric is not None:
+            request.metric = metric
+        return self._call("ReportProgress", request)  # type: ignore[return-value]
+
+    def complete_run(
+        self,
+        job_id: str,
+        run_id: str,
+        *,
+        energy_j: float,
+        time_s: float,
+        epochs: float,
+        reached_target: bool,
+        power_limit_w: float = 0.0,
+        final_metric: float | None = None,
+    ) -> pb.CompleteRunResponse:
+        """End a run that trained."""
+        request = pb.CompleteRunRequest(
+            job_id=job_id,
+            run_id=run_id,
+            energy_j=energy_j,
+            time_s=time_s,
+            epochs=epochs,
+            reached_target=reached_target,
+            power_limit_w=power_limit_w,
+        )
+        if final_metric is not None and math.isfinite(final_metric):
+            request.final_metric = final_metric
+        return self._call("CompleteRun", request)  # type: ignore[return-value]
+
+    def fail_run(
+        self,
+        job_id: str,
+        run_id: str,
+        reason: str,
+        energy_j: float = 0.0,
+        time_s: float = 0.0,
+        epochs: float = 0.0,
+    ) -> pb.FailRunResponse:
+        """End a run that crashed (not counted against its configuration)."""
+        request = pb.FailRunRequest(
+            job_id=job_id,
+            run_id=run_id,
+            reason=reason[:2000],
+            energy_j=energy_j,
+            time_s=time_s,
+            epochs=epochs,
+        )
+        return self._call("FailRun", request)  # type: ignore[return-value]
+
+    def heartbeat(self, job_id: str, run_id: str) -> pb.HeartbeatResponse:
+        """Renew a run's lease."""
+        return self._call("Heartbeat", pb.HeartbeatRequest(job_id=job_id, run_id=run_id))  # type: ignore[return-value]
+
+    def get_job(self, job_id: str, max_runs: int = 0) -> pb.Job:
+        """The job with its arms, best configuration, profiles and runs."""
+        response = self._call("GetJob", pb.GetJobRequest(job_id=job_id, max_runs=max_runs))
+        return response.job  # type: ignore[attr-defined]
+
+    def list_jobs(self, prefix: str = "") -> list[pb.Job]:
+        """Every job whose id starts with ``prefix`` (all pages)."""
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            response = self._call(
+                "ListJobs", pb.ListJobsRequest(job_id_prefix=prefix, page_size=500, page_token=token)
+            )
+            jobs.extend(response.jobs)  # type: ignore[attr-defined]
+            token = response.next_page_token  # type: ignore[attr-defined]
+            if not token:
+                return jobs
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job and its history."""
+        self._call("DeleteJob", pb.DeleteJobRequest(job_id=job_id))
+
+    # --------------------------------------------------------------------------------- runs
+    def run(
+        self,
+        job: Job,
+        gpu: Gpu | None = None,
+        *,
+        steps_per_epoch: int | None = None,
+        register: bool = True,
+        heartbeat: bool = True,
+    ) -> TrainingRun:
+        """A context manager for one run of ``job``: suggestion in, measurements out.
+
+        ``gpu`` defaults to the NVML GPU of this machine (raising a clear error where there is
+        none; pass a :class:`~client_sdk.replay.ReplayGpu` for a dry run).
+        """
+        from client_sdk.run import TrainingRun
+
+        if gpu is None:
+            from client_sdk.nvml import NvmlGpu
+
+            gpu = NvmlGpu()
+        if register:
+            self.register_job(job)
+        return TrainingRun(self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> OptimizerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

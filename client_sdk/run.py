@@ -1,0 +1,292 @@
+"""One run of a recurring job, as a context manager.
+
+``with client.run(job, gpu) as run:`` asks the server for a configuration, applies its power limit,
+measures energy and time through the :class:`~client_sdk.gpu.Gpu`, profiles power limits during the
+first epoch when the server asks for it (call :meth:`TrainingRun.step` after every training step),
+reports progress at each :meth:`TrainingRun.epoch_end` (whose answer says whether to stop), and at
+the end completes the run, or fails it when the block raised. The original power limit is always
+restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from client_sdk.gpu import Gpu
+
+if TYPE_CHECKING:
+    from client_sdk.client import Job, OptimizerClient
+    from powerbandit.v1 import optimizer_pb2 as pb
+
+log = logging.getLogger("powerbandit.sdk.run")
+
+DEFAULT_WARMUP_STEPS = 5
+DEFAULT_MEASURE_STEPS = 20
+
+
+@dataclass(frozen=True)
+class ProfileMeasurement:
+    """One power limit's profile: per-GPU limit, average power (all GPUs), seconds per step."""
+
+    power_limit_w: float
+    average_power_w: float
+    time_per_step_s: float
+
+
+def cheapest_power_limit(measurements: list[ProfileMeasurement], eta: float, max_power_w: float) -> float:
+    """The limit minimising the cost of a step (same rule as the server's; highest limit on ties)."""
+
+    def step_cost(m: ProfileMeasurement) -> float:
+        return eta * m.average_power_w * m.time_per_step_s + (1 - eta) * max_power_w * m.time_per_step_s
+
+    return min(measurements, key=lambda m: (step_cost(m), -m.power_limit_w)).power_limit_w
+
+
+class _Profiler:
+    """Steps through candidate power limits: ``warmup`` steps to settle, ``measure`` steps measured."""
+
+    def __init__(self, run: TrainingRun, limits: tuple[float, ...], warmup: int, measure: int) -> None:
+        self.run = run
+        self.limits = limits
+        self.warmup = warmup
+        self.measure = measure
+        self.index = 0
+        self.step_in_slice = 0
+        self.start: tuple[float, float] | None = None
+        self.measurements: list[ProfileMeasurement] = []
+        self.done = False
+        self._enter_slice()
+
+    def _enter_slice(self) -> None:
+        self.in_force = self.run.gpu.set_power_limit(self.limits[self.index])
+        self.step_in_slice = 0
+        self.start = self.run.read_counters() if self.warmup == 0 else None
+
+    def on_step(self) -> None:
+        self.step_in_slice += 1
+        if self.step_in_slice == self.warmup:
+            self.start = self.run.read_counters()
+        if self.step_in_slice < self.warmup + self.measure:
+            return
+        energy, clock = self.run.read_counters()
+        assert self.start is not None
+        elapsed = clock - self.start[1]
+        if elapsed > 0:
+            self.measurements.append(
+                ProfileMeasurement(self.in_force, (energy - self.start[0]) / elapsed, elapsed / self.measure)
+            )
+        self.index += 1
+        if self.index < len(self.limits):
+            self._enter_slice()
+        else:
+            self.done = True
+
+
+class TrainingRun:
+    """The state of one run; see the module docstring. Create it with ``OptimizerClient.run``."""
+
+    def __init__(
+        self,
+        client: OptimizerClient,
+        job: Job,
+        gpu: Gpu,
+        *,
+        steps_per_epoch: int | None = None,
+        heartbeat: bool = True,
+        warmup_steps: int = DEFAULT_WARMUP_STEPS,
+        measure_steps: int = DEFAULT_MEASURE_STEPS,
+    ) -> None:
+        if steps_per_epoch is not None and steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+        self.client = client
+        self.job = job
+        self.gpu = gpu
+        self.steps_per_epoch = steps_per_epoch
+        self._heartbeat_enabled = heartbeat
+        self._warmup_steps = warmup_steps
+        self._measure_steps = measure_steps
+        self.suggestion: pb.SuggestResponse | None = None
+        self.epochs = 0
+        self.reached_target = False
+        self.last_metric: float | None = None
+        self.stop_reason = ""
+        self.completed_run: pb.Run | None = None
+        self._steps_in_epoch = 0
+        self._profiler: _Profiler | None = None
+        self._profile_reported = False
+        self._origin = (0.0, 0.0)
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------------------- accessors
+    @property
+    def run_id(self) -> str:
+        """The server's id of this run."""
+        return self._require().run_id
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size to train with."""
+        return self._require().batch_size
+
+    @property
+    def power_limit_w(self) -> float:
+        """The per-GPU power limit in force now."""
+        return self.gpu.power_limit_w()
+
+    @property
+    def profiling(self) -> bool:
+        """True while candidate power limits are being measured."""
+        return self._profiler is not None and not self._profiler.done
+
+    def _require(self) -> pb.SuggestResponse:
+        if self.suggestion is None:
+            raise RuntimeError("the run has not started: use it as `with client.run(job) as run:`")
+        return self.suggestion
+
+    def read_counters(self) -> tuple[float, float]:
+        """``(energy J, time s)`` since the run started."""
+        return self.gpu.energy_j() - self._origin[0], self.gpu.now_s() - self._origin[1]
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> TrainingRun:
+        info = self.gpu.info()
+        self.suggestion = self.client.suggest(self.job.job_id, info, request_id=uuid.uuid4().hex)
+        s = self.suggestion
+        self.gpu.begin_run(s.batch_size)
+        self._origin = (self.gpu.energy_j(), self.gpu.now_s())
+        if s.profile_power_limits_w and info.can_set_power_limit:
+            limits = tuple(s.profile_power_limits_w)
+            warmup, measure = self._warmup_steps, self._measure_steps
+            if self.steps_per_epoch:  # fit the whole profile into the first epoch, in equal slices
+                per_limit = max(1, self.steps_per_epoch // len(limits))
+                warmup = min(warmup, per_limit // 4)
+                measure = max(1, per_limit - warmup)
+            self._profiler = _Profiler(self, limits, warmup, measure)
+            log.info("run %s: batch size %d, profiling %d power limits", s.run_id, s.batch_size, len(limits))
+        elif s.profile_power_limits_w:
+            log.warning(
+                "run %s: cannot set power limits here; staying at %g W and reporting that limit",
+                s.run_id,
+                self.gpu.power_limit_w(),
+            )
+        else:
+            in_force = self.gpu.set_power_limit(s.power_limit_w)
+            log.info("run %s: batch size %d at %g W (%s)", s.run_id, s.batch_size, in_force, s.explanation)
+        if self._heartbeat_enabled and s.lease_s > 0:
+            self._heartbeat_thread = threading.Thread(
+                target=self._heartbeat_loop, args=(s.lease_s / 3,), name="powerbandit-heartbeat", daemon=True
+            )
+            self._heartbeat_thread.start()
+        return self
+
+    def _heartbeat_loop(self, interval_s: float) -> None:
+        while not self._stop_heartbeat.wait(interval_s):
+            try:
+                self.client.heartbeat(self.job.job_id, self.run_id)
+            except Exception as exc:  # the run goes on; the next beat may succeed
+                log.warning("heartbeat for run %s failed: %s", self.run_id, exc)
+
+    def step(self) -> None:
+        """Call after every training step: drives in-run power profiling (and replay time)."""
+        self._require()
+        self._steps_in_epoch += 1
+        if self.steps_per_epoch:
+            self.gpu.advance(1.0 / self.steps_per_epoch)
+        if self._profiler is not None and not self._profiler.done:
+            self._profiler.on_step()
+            if self._profiler.done:
+                self._finish_profile()
+
+    def _finish_profile(self) -> None:
+        assert self._profiler is not None
+        measurements = self._profiler.measurements
+        s = self._require()
+        if not measurements:
+            log.warning(
+                "run %s: power profile measured nothing; keeping %g W", s.run_id, self.gpu.power_limit_w()
+            )
+            return
+        best = cheapest_power_limit(measurements, s.eta, s.max_power_w)
+        self.gpu.set_power_limit(best)
+        if self.steps_per_epoch:
+            self._report_profile(self.steps_per_epoch)
+
+    def _report_profile(self, steps_per_epoch: float) -> None:
+        assert self._profiler is not None
+        s = self._require()
+        measurements = [
+            (m.power_limit_w, m.average_power_w, m.time_per_step_s) for m in self._profiler.measurements
+        ]
+        answer = self.client.report_profile(self.job.job_id, s.run_id, steps_per_epoch, measurements)
+        self._profile_reported = True
+        if answer.power_limit_w != self.gpu.power_limit_w():
+            self.gpu.set_power_limit(answer.power_limit_w)
+        log.info("run %s: profiled; using %g W", s.run_id, self.gpu.power_limit_w())
+
+    def epoch_end(self, metric: float | None = None) -> bool:
+        """Call after every epoch with the validation metric (if measured). Returns True to stop."""
+        s = self._require()
+        if self.steps_per_epoch:
+            remaining = self.steps_per_epoch - self._steps_in_epoch
+            if remaining > 0:
+                self.gpu.advance(remaining / self.steps_per_epoch)
+        elif self._steps_in_epoch == 0:  # no step() calls: the epoch is the unit of progress
+            self.gpu.advance(1.0)
+        if self._profiler is not None and self._profiler.done and not self._profile_reported:
+            if self._profiler.measurements and self._steps_in_epoch > 0:
+                self._report_profile(self._steps_in_epoch)
+        elif self._profiler is not None and not self._profiler.done:
+            log.warning(
+                "run %s: the first epoch ended before power profiling finished (too few run.step() calls); "
+                "keeping %g W",
+                s.run_id,
+                self.gpu.power_limit_w(),
+            )
+            self._profiler.done = True
+            self._profile_reported = True
+        self._steps_in_epoch = 0
+        self.epochs += 1
+        if metric is not None and math.isfinite(metric):
+            self.last_metric = metric
+            if self.job.reached(metric):
+                self.reached_target = True
+        energy, elapsed = self.read_counters()
+        verdict = self.client.report_progress(self.job.job_id, s.run_id, self.epochs, energy, elapsed, metric)
+        if verdict.stop:
+            self.stop_reason = verdict.message
+            if not self.reached_target:
+                log.info("run %s: the server asks to stop: %s", s.run_id, verdict.message)
+        return bool(verdict.stop) or self.reached_target
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self._stop_heartbeat.set()
+        try:
+            if self.suggestion is None:
+                return
+            energy, elapsed = self.read_counters()
+            if exc is not None:
+                reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc}"
+                self.client.fail_run(self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs)
+                log.warning("run %s failed: %s", self.run_id, reason)
+                return
+            response = self.client.complete_run(
+                self.job.job_id,
+                self.run_id,
+                energy_j=energy,
+                time_s=elapsed,
+                epochs=self.epochs,
+                reached_target=self.reached_target,
+                power_limit_w=self.gpu.power_limit_w(),
+                final_metric=self.last_metric,
+            )
+            self.completed_run = response.run
+        finally:
+            self.gpu.restore_power_limit()
+            if self._heartbeat_thread is not None:
+                self._heartbeat_thread.join(timeout=5)

@@ -1,0 +1,52 @@
+"""Logging set-up: one line per event, as text or JSON, with job and run ids when present."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+_EXTRA_KEYS = ("job_id", "run_id", "batch_size", "phase", "cost", "reached_target", "reason", "policy")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any known extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _EXTRA_KEYS:
+            if hasattr(record, key):
+                event[key] = getattr(record, key)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={getattr(record, k)}" for k in _EXTRA_KEYS if hasattr(record, k))
+        return f"{line} {extras}" if extras else line
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_default: bool = False) -> None:
+    """Log to stderr. ``quiet_default`` raises INFO to WARNING for commands that print their own output."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    if quiet_default and numeric == logging.INFO:
+        numeric = logging.WARNING
+    root.setLevel(numeric)

@@ -1,0 +1,304 @@
+"""The simulation loop and the run accounting of ``shared/traces/README.md``.
+
+Per run (:func:`execute_run`):
+
+- draw one training seed of the batch size uniformly (the simulation's own generator, separate
+  from the policy's);
+- the run may last ``min(max_epochs, (beta * min_cost) // epoch_cost)`` epochs (``min_cost``: the
+  cheapest finished recurrence so far), and no longer than the policy's own bound
+  ``cost_bound // epoch_cost``; a seed that needs more is stopped there and fails; a bound of 0
+  epochs means the run never starts and costs nothing;
+- the first run of a batch size on a GPU model profiles: its first epoch costs the mean over all
+  power limits, the rest runs at the best power limit; its profile is then stored for that GPU
+  model and handed to the policy like the server would.
+
+Per recurrence (:func:`simulate`): attempts until one reaches the target, all costs counted, then
+``min_cost`` is updated with the recurrence's total. Regret is measured against the oracle's
+expected cost, energy saving against the default configuration's expected energy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from optimizer_server.policy.base import (
+    Decision,
+    JobSpec,
+    Observation,
+    ProfilePoint,
+    SuggestContext,
+    energy_time_cost,
+)
+from simulations.backend import BackendFactory, DecisionBackend, InProcessBackend, in_process_backend
+from simulations.baselines import BASELINES, FixedPolicy, GridPolicy
+from simulations.traces import TraceJob
+
+MAX_ATTEMPTS_PER_RECURRENCE = 500
+
+
+class SimulationError(RuntimeError):
+    """The simulation cannot go on (e.g. a recurrence never reaches the target)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run, as written to ``runs.csv``."""
+
+    job: str
+    gpu: str
+    policy: str
+    seed: int
+    recurrence: int
+    attempt: int
+    batch_size: int
+    power_limit: float
+    epochs: int
+    energy_j: float
+    time_s: float
+    cost: float
+    reached: bool
+    profiled: bool
+    phase: str
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run did."""
+
+    power_limit: float
+    epochs: int
+    energy_j: float
+    time_s: float
+    cost: float
+    reached: bool
+    profiled: bool
+    epoch_cost: float
+
+
+@dataclass
+class SimResult:
+    """One simulation: a job, a policy, a seed."""
+
+    job: str
+    gpu: str
+    workload: str
+    target_metric: float
+    eta: float
+    beta: float
+    policy: str
+    seed: int
+    attempts: list[Attempt] = field(default_factory=list)
+    recurrence_costs: list[float] = field(default_factory=list)
+    oracle_costs: list[float] = field(default_factory=list)
+    default_costs: list[float] = field(default_factory=list)
+    default_energies: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``summary.json`` object of this simulation."""
+        energy = sum(a.energy_j for a in self.attempts)
+        cost = sum(self.recurrence_costs)
+        oracle = sum(self.oracle_costs)
+        default_energy = sum(self.default_energies)
+        return {
+            "job": self.job,
+            "gpu": self.gpu,
+            "workload": self.workload,
+            "target_metric": self.target_metric,
+            "eta": self.eta,
+            "beta": self.beta,
+            "policy": self.policy,
+            "seed": self.seed,
+            "recurrences": len(self.recurrence_costs),
+            "attempts": len(self.attempts),
+            "failed_attempts": sum(1 for a in self.attempts if not a.reached),
+            "profiling_runs": sum(1 for a in self.attempts if a.profiled),
+            "energy_j": energy,
+            "time_s": sum(a.time_s for a in self.attempts),
+            "cost": cost,
+            "default_cost": sum(self.default_costs),
+            "default_energy_j": default_energy,
+            "oracle_cost": oracle,
+            "regret_pct": 100.0 * (cost / oracle - 1.0) if oracle > 0 else math.nan,
+            "energy_saving_pct": 100.0 * (1.0 - energy / default_energy) if default_energy > 0 else math.nan,
+        }
+
+    def cumulative_regret_pct(self) -> np.ndarray:
+        """Cumulative cost over cumulative oracle cost, minus one, after each recurrence (in %)."""
+        return 100.0 * (np.cumsum(self.recurrence_costs) / np.cumsum(self.oracle_costs) - 1.0)
+
+
+def make_spec(job: TraceJob, policy: str, seed: int, batch_sizes: Sequence[int] | None = None) -> JobSpec:
+    """The :class:`JobSpec` a user would register for ``job``."""
+    return JobSpec(
+        job_id=f"{job.name}/{policy}/{seed}",
+        batch_sizes=tuple(batch_sizes if batch_sizes is not None else job.batch_sizes),
+        default_batch_size=job.default_batch_size,
+        target_metric=job.target_metric,
+        max_epochs=job.max_epochs,
+        eta=job.eta,
+        beta=job.beta,
+        higher_is_better=job.higher_is_better,
+        policy=policy,
+        seed=seed,
+    )
+
+
+def make_backend(job: TraceJob, spec: JobSpec, factory: BackendFactory | None = None) -> DecisionBackend:
+    """The backend of ``spec.policy``: a simulator baseline or, through ``factory``, a real policy."""
+    if spec.policy == "default":
+        return InProcessBackend(spec, FixedPolicy("default", job.default_batch_size, job.max_power))
+    if spec.policy == "oracle":
+        return InProcessBackend(spec, FixedPolicy("oracle", *job.oracle()))
+    if spec.policy == "grid":
+        return InProcessBackend(spec, GridPolicy())
+    return (factory or in_process_backend)(spec)
+
+
+def _snap_power_limit(job: TraceJob, b: int, p: float) -> float:
+    limits = job.power[b]
+    return p if p in limits else min(limits, key=lambda q: (abs(q - p), -q))
+
+
+def execute_run(
+    job: TraceJob,
+    batch_size: int,
+    power_limit: float | None,
+    trace_rng: np.random.Generator,
+    min_cost: float,
+    policy_bound: float = math.inf,
+) -> RunOutcome:
+    """Simulate one run with the README's accounting (see the module docstring).
+
+    ``power_limit=None`` means the run profiles power limits during its first epoch.
+    """
+    if batch_size not in job.power:
+        raise SimulationError(f"{job.name}: the policy chose batch size {batch_size}, not in the trace")
+    seeds = job.target_epochs[batch_size]
+    k = seeds[int(trace_rng.integers(len(seeds)))]
+    profiled = power_limit is None
+    p = job.best_power_limit(batch_size) if profiled else _snap_power_limit(job, batch_size, power_limit)
+    ec = job.epoch_cost(batch_size, p)
+    cap = job.max_epochs
+    if math.isfinite(min_cost):
+        cap = min(cap, int((job.beta * min_cost) // ec))
+    if math.isfinite(policy_bound):
+        cap = min(cap, max(int(policy_bound // ec), 0))
+    reached = k is not None and k <= cap
+    epochs = int(k) if reached else int(cap)  # type: ignore[arg-type]
+    if epochs <= 0:
+        return RunOutcome(p, 0, 0.0, 0.0, 0.0, False, False, ec)
+    point = job.power[batch_size][p]
+    energy = point.average_power_w * point.time_per_epoch_s * epochs
+    time = point.time_per_epoch_s * epochs
+    if profiled:
+        points = job.power[batch_size].values()
+        first_energy = sum(q.average_power_w * q.time_per_epoch_s for q in points) / len(points)
+        first_time = sum(q.time_per_epoch_s for q in points) / len(points)
+        energy += first_energy - point.average_power_w * point.time_per_epoch_s
+        time += first_time - point.time_per_epoch_s
+    cost = energy_time_cost(job.eta, energy, time, job.max_power)
+    return RunOutcome(p, epochs, energy, time, cost, reached, profiled, ec)
+
+
+class GpuProfiles:
+    """Power profiles reported so far, per GPU model and batch size (what the server stores)."""
+
+    def __init__(self) -> None:
+        self._by_gpu: dict[str, dict[int, dict[float, ProfilePoint]]] = {}
+
+    def context(self, job: TraceJob, in_flight: Sequence[int] = ()) -> SuggestContext:
+        """The :class:`SuggestContext` of a run of ``job`` on its GPU."""
+        return SuggestContext(
+            gpu_model=job.gpu,
+            max_power_w=job.max_power,
+            power_limits_w=job.power_limits,
+            profiles=self._by_gpu.setdefault(job.gpu, {}),
+            in_flight=tuple(in_flight),
+        )
+
+    def record(self, job: TraceJob, batch_size: int) -> None:
+        """Store the measured profile of ``batch_size`` on ``job``'s GPU."""
+        self._by_gpu.setdefault(job.gpu, {})[batch_size] = job.profile(batch_size)
+
+
+def observation(job: TraceJob, batch_size: int, out: RunOutcome) -> Observation:
+    """What the policy is told about a finished run."""
+    return Observation(
+        batch_size=batch_size,
+        gpu_model=job.gpu,
+        power_limit_w=out.power_limit,
+        epochs=float(out.epochs),
+        energy_j=out.energy_j,
+        time_s=out.time_s,
+        cost=out.cost,
+        reached_target=out.reached,
+        max_power_w=job.max_power,
+        epoch_cost=out.epoch_cost,
+    )
+
+
+def simulate(
+    job: TraceJob,
+    policy: str,
+    seed: int,
+    recurrences: int | None = None,
+    schedule: Callable[[int], TraceJob] | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> SimResult:
+    """Replay ``recurrences`` recurrences of ``job`` (``schedule(r)`` may swap the job per recurrence).
+
+    ``schedule`` is how the synthetic scenarios change the data (drift) or the GPU (alternation);
+    every job it returns must have the same batch sizes as ``job`` or a subset of them.
+    """
+    n = job.recurrences if recurrences is None else recurrences
+    spec = make_spec(job, policy, seed)
+    backend = make_backend(job, spec, backend_factory)
+    trace_rng = np.random.default_rng(seed)
+    profiles = GpuProfiles()
+    result = SimResult(job.name, job.gpu, job.workload, job.target_metric, job.eta, job.beta, policy, seed)
+    min_cost = math.inf
+    try:
+        for r in range(n):
+            current = schedule(r) if schedule is not None else job
+            total = 0.0
+            for attempt in range(MAX_ATTEMPTS_PER_RECURRENCE):
+                decision: Decision = backend.suggest(profiles.context(current))
+                b = int(decision.batch_size)
+                bound = backend.cost_bound(b)
+                out = execute_run(current, b, decision.power_limit_w, trace_rng, min_cost, bound)
+                if out.profiled:
+                    profiles.record(current, b)
+                backend.observe(observation(current, b, out))
+                total += out.cost
+                result.attempts.append(
+                    Attempt(
+                        current.name, current.gpu, policy, seed, r, attempt, b, out.power_limit, out.epochs,
+                        out.energy_j, out.time_s, out.cost, out.reached, out.profiled, decision.phase,
+                    )
+                )
+                if out.reached:
+                    break
+            else:
+                raise SimulationError(
+                    f"{job.name}/{policy}/seed {seed}: recurrence {r} did not reach the target in "
+                    f"{MAX_ATTEMPTS_PER_RECURRENCE} attempts"
+                )
+            min_cost = min(min_cost, total)
+            result.recurrence_costs.append(total)
+            ob, op = current.oracle()
+            result.oracle_costs.append(current.expected_cost(ob, op))
+            result.default_costs.append(current.expected_cost(current.default_batch_size, current.max_power))
+            result.default_energies.append(current.expected_energy(current.default_batch_size, current.max_power))
+    finally:
+        backend.close()
+    return result
+
+
+def is_baseline(policy: str) -> bool:
+    """Whether ``policy`` is a simulator-only baseline."""
+    return policy in BASELINES
