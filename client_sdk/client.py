@@ -58,8 +58,10 @@ class OptimizerClientError(RuntimeError):
         self.address = address
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = f"cannot reach the powerbandit server at {address} (is `powerbandit serve` running there?)"
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            hint = f"no answer from the powerbandit server at {address} in time (is it running and reachable?)"
         else:
-            hint = details
+            hint = f"{details} (server {address})"
         super().__init__(f"{method} failed with {code.name}: {hint}")
 
 

@@ -137,13 +137,14 @@ class OptimizerService:
 
         Raises ``AlreadyExistsError`` naming the differing fields otherwise.
         """
+        requested = spec
         if spec.seed == 0:
             spec = replace(spec, seed=secrets.randbits(63) or 1)
         policy = get_policy(spec.policy)
         record = JobRecord(spec, policy.new_state(spec), self.clock())
         stored, created = self.store.create_job(record)
         if not created:
-            differing = spec_differences(stored.spec, spec)
+            differing = spec_differences(stored.spec, requested)
             if differing:
                 details = ", ".join(
                     f"{name} (stored {stored.spec.to_dict()[name]!r}, requested {spec.to_dict()[name]!r})"

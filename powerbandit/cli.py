@@ -83,8 +83,9 @@ def _fmt(value: float, unit: str = "") -> str:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from client_sdk.client import OptimizerClient, OptimizerClientError
     from google.protobuf import json_format
+
+    from client_sdk.client import OptimizerClient, OptimizerClientError
 
     if args.jobs_command == "rebuild":
         from optimizer_server.service import OptimizerService

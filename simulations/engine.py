@@ -217,7 +217,7 @@ class GpuProfiles:
             gpu_model=job.gpu,
             max_power_w=job.max_power,
             power_limits_w=job.power_limits,
-            profiles=self._by_gpu.setdefault(job.gpu, {}),
+            profiles=dict(self._by_gpu.setdefault(job.gpu, {})),
             in_flight=tuple(in_flight),
         )
 

@@ -1,0 +1,185 @@
+"""``powerbandit simulate`` / ``python -m simulations``: replay the traces through policies.
+
+Example::
+
+    python -m simulations --all --policy zeus powerbandit --seeds 1-10 --jobs 2 --out sim-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from optimizer_server.policy.registry import POLICY_NAMES
+from simulations.backend import BackendFactory
+from simulations.baselines import BASELINES
+from simulations.engine import SimResult, simulate
+from simulations.progress import Progress
+from simulations.report import print_table, write_plots, write_runs_csv, write_summary_json
+from simulations.scenarios import SCENARIOS, simulate_alternating, simulate_concurrent, simulate_drift
+from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet
+
+ALL_POLICIES: tuple[str, ...] = (*BASELINES, *POLICY_NAMES)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1-10"``, ``"3"``, ``"1,4,7-9"`` -> list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
+    return seeds
+
+
+def parse_targets(items: Sequence[str]) -> dict[str, float]:
+    """``["cifar100=0.5", "squad=83.0"]`` -> ``{"cifar100": 0.5, "squad": 83.0}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in CANONICAL:
+            raise argparse.ArgumentTypeError(f"--target wants WORKLOAD=VALUE with WORKLOAD in {list(CANONICAL)}")
+        out[name] = float(value)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to ``parser``."""
+    sel = parser.add_argument_group("what to simulate")
+    sel.add_argument("--trace-dir", default=None, help="trace directory (default: ../shared/traces)")
+    sel.add_argument("--all", action="store_true", help="the 24 canonical jobs (the default selection)")
+    sel.add_argument("--gpu", nargs="+", choices=GPUS, default=None, help="GPU models")
+    sel.add_argument("--workload", nargs="+", choices=tuple(CANONICAL), default=None, help="workloads")
+    sel.add_argument("--target", nargs="+", default=[], metavar="WORKLOAD=VALUE", help="target metric overrides")
+    sel.add_argument("--eta", type=float, default=0.5, help="energy/time trade-off (default 0.5)")
+    sel.add_argument("--beta", type=float, default=2.0, help="early-stop multiple (default 2)")
+    sel.add_argument("--seeds", type=parse_seeds, default=[1], help="seeds, e.g. 1-10 (default 1)")
+    sel.add_argument(
+        "--policy", nargs="+", choices=ALL_POLICIES, default=["zeus", "powerbandit"], help="policies to compare"
+    )
+    sel.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="trace",
+        help="trace replay, or a synthetic scenario: drift, concurrent, alternating (GPU pairs)",
+    )
+    sel.add_argument("--recurrences", type=int, default=None, help="override the number of recurrences")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None, help="directory for runs.csv, summary.json, plots")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    out.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    out.add_argument("--quiet", action="store_true", help="no table, no progress bar")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One simulation to run (picklable for worker processes)."""
+
+    scenario: str
+    jobs: tuple[TraceJob, ...]
+    policy: str
+    seed: int
+    recurrences: int | None = None
+
+
+def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimResult:
+    """Run one :class:`Task`."""
+    job = task.jobs[0]
+    if task.scenario == "drift":
+        return simulate_drift(job, task.policy, task.seed, backend_factory=backend_factory)
+    if task.scenario == "concurrent":
+        return simulate_concurrent(job, task.policy, task.seed, backend_factory=backend_factory)
+    if task.scenario == "alternating":
+        return simulate_alternating(job, task.jobs[1], task.policy, task.seed, backend_factory=backend_factory)
+    return simulate(job, task.policy, task.seed, recurrences=task.recurrences, backend_factory=backend_factory)
+
+
+def _run_chunk(tasks: list[Task]) -> list[SimResult]:
+    return [run_task(t) for t in tasks]
+
+
+def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
+    """Every (job, policy, seed) the arguments select."""
+    jobs = traces.jobs(args.gpu, args.workload, parse_targets(args.target), args.eta, args.beta)
+    groups: list[tuple[TraceJob, ...]]
+    if args.scenario == "alternating":
+        by_workload: dict[str, list[TraceJob]] = {}
+        for j in jobs:
+            by_workload.setdefault(j.workload, []).append(j)
+        groups = [(js[i], js[i + 1]) for js in by_workload.values() for i in range(len(js) - 1)]
+    else:
+        groups = [(j,) for j in jobs]
+    return [
+        Task(args.scenario, group, policy, seed, args.recurrences)
+        for group in groups
+        for policy in args.policy
+        for seed in args.seeds
+    ]
+
+
+def run_tasks(
+    tasks: Sequence[Task], jobs: int = 1, quiet: bool = False, backend_factory: BackendFactory | None = None
+) -> list[SimResult]:
+    """Run ``tasks`` (in ``jobs`` processes when > 1), results in task order."""
+    results: list[SimResult | None] = [None] * len(tasks)
+    with Progress(len(tasks), "simulating", delay_s=1.0 if not quiet else float("inf")) as bar:
+        if jobs <= 1 or backend_factory is not None:
+            for i, task in enumerate(tasks):
+                results[i] = run_task(task, backend_factory)
+                bar.advance()
+        else:
+            size = max(1, len(tasks) // (jobs * 8))
+            chunks = [list(range(i, min(i + size, len(tasks)))) for i in range(0, len(tasks), size)]
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_run_chunk, [tasks[i] for i in idx]): idx for idx in chunks}
+                for future in as_completed(futures):
+                    for i, result in zip(futures[future], future.result(), strict=True):
+                        results[i] = result
+                    bar.advance(len(futures[future]))
+    return [r for r in results if r is not None]
+
+
+def run(args: argparse.Namespace, backend_factory: BackendFactory | None = None) -> int:
+    """Run the simulations the arguments ask for; returns the exit code."""
+    try:
+        traces = TraceSet(args.trace_dir)
+        tasks = build_tasks(args, traces)
+    except (FileNotFoundError, ValueError, argparse.ArgumentTypeError) as err:
+        print(f"simulate: {err}", file=sys.stderr)
+        return 2
+    if not tasks:
+        print("simulate: nothing selected", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    results = run_tasks(tasks, args.jobs, args.quiet, backend_factory)
+    elapsed = time.perf_counter() - start
+    summaries = [r.summary() for r in results]
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_runs_csv(results, args.out / "runs.csv")
+        summaries = write_summary_json(results, args.out / "summary.json")
+        if not args.no_plots:
+            write_plots(results, args.policy, args.out)
+    if not args.quiet:
+        print_table(summaries, args.policy, sys.stdout)
+        print(f"{len(results)} simulations in {elapsed:.1f} s" + (f"; outputs in {args.out}" if args.out else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulations``."""
+    parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

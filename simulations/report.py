@@ -1,0 +1,154 @@
+"""Simulation outputs: ``runs.csv``, ``summary.json``, the printed table and the PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from simulations.engine import Attempt, SimResult
+
+RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Attempt))
+
+
+def write_runs_csv(results: Sequence[SimResult], path: Path) -> None:
+    """Every attempt of every simulation, one row each."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RUN_COLUMNS)
+        for result in results:
+            for a in result.attempts:
+                writer.writerow(
+                    [
+                        a.job, a.gpu, a.policy, a.seed, a.recurrence, a.attempt, a.batch_size,
+                        f"{a.power_limit:g}", a.epochs, f"{a.energy_j:.6g}", f"{a.time_s:.6g}",
+                        f"{a.cost:.6g}", int(a.reached), int(a.profiled), a.phase,
+                    ]
+                )
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_summary_json(results: Sequence[SimResult], path: Path) -> list[dict[str, Any]]:
+    """One object per simulation; returns the list written."""
+    summaries = [{k: _clean(v) for k, v in r.summary().items()} for r in results]
+    path.write_text(json.dumps(summaries, indent=1) + "\n")
+    return summaries
+
+
+def table(summaries: Sequence[dict[str, Any]], policies: Sequence[str]) -> str:
+    """Per job and overall: mean regret and energy saving (over seeds) per policy."""
+    by_job: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        by_job[s["job"]][s["policy"]].append(s)
+    name_w = max([len("job"), *(len(j) for j in by_job)]) + 2
+    head = "job".ljust(name_w) + "".join(f"{p + ' regret%':>20}{p + ' saving%':>20}" for p in policies)
+    lines = [head, "-" * len(head)]
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(values)) if values else math.nan
+
+    for job, per_policy in by_job.items():
+        line = job.ljust(name_w)
+        for p in policies:
+            rows = per_policy.get(p, [])
+            line += f"{mean(rows, 'regret_pct'):20.2f}{mean(rows, 'energy_saving_pct'):20.2f}"
+        lines.append(line)
+    lines.append("-" * len(head))
+    line = "overall mean".ljust(name_w)
+    for p in policies:
+        rows = [s for s in summaries if s["policy"] == p]
+        line += f"{mean(rows, 'regret_pct'):20.2f}{mean(rows, 'energy_saving_pct'):20.2f}"
+    lines.append(line)
+    if len(policies) >= 2:
+        a, b = policies[-1], policies[0]
+        wins = sum(
+            1
+            for per_policy in by_job.values()
+            if mean(per_policy.get(a, []), "regret_pct") < mean(per_policy.get(b, []), "regret_pct")
+        )
+        lines.append(f"{a} has a lower mean regret than {b} on {wins} of {len(by_job)} jobs")
+    return "\n".join(lines)
+
+
+def print_table(summaries: Sequence[dict[str, Any]], policies: Sequence[str], stream: TextIO) -> None:
+    """Print :func:`table`."""
+    stream.write(table(summaries, policies) + "\n")
+
+
+def write_plots(results: Sequence[SimResult], policies: Sequence[str], out: Path) -> list[Path]:
+    """``regret.png`` (cumulative regret vs recurrence) and ``configs.png`` (choices over time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    jobs = list(dict.fromkeys(r.job for r in results))
+    cols = min(4, len(jobs))
+    rows = math.ceil(len(jobs) / cols)
+    colors = {p: f"C{i}" for i, p in enumerate(policies)}
+    paths = []
+
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, job in zip(axes.flat, jobs, strict=False):
+        for p in policies:
+            curves = [r.cumulative_regret_pct() for r in results if r.job == job and r.policy == p]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            ax.plot(np.arange(1, n + 1), mean, color=colors[p], label=p, lw=1.2)
+        ax.set_title(job, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    for ax in list(axes.flat)[len(jobs) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("recurrence")
+    fig.supylabel("cumulative regret vs oracle (%), mean over seeds")
+    fig.tight_layout()
+    paths.append(out / "regret.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, job in zip(axes.flat, jobs, strict=False):
+        for p in policies:
+            first = next((r for r in results if r.job == job and r.policy == p), None)
+            if first is None:
+                continue
+            x = np.arange(len(first.attempts))
+            bs = np.array([a.batch_size for a in first.attempts])
+            failed = np.array([not a.reached for a in first.attempts])
+            ax.scatter(x[~failed], bs[~failed], s=4, color=colors[p], label=f"{p} (seed {first.seed})")
+            ax.scatter(x[failed], bs[failed], s=10, marker="x", color=colors[p])
+        ax.set_yscale("log", base=2)
+        ax.set_title(job, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(jobs) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("attempt (x: did not reach the target)")
+    fig.supylabel("batch size")
+    fig.tight_layout()
+    paths.append(out / "configs.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    return paths
+
+
+def as_dict(attempt: Attempt) -> dict[str, Any]:
+    """One ``runs.csv`` row as a dict."""
+    return asdict(attempt)

@@ -1,0 +1,179 @@
+"""Synthetic scenarios built on the traces, for what the traces alone cannot show.
+
+All are deterministic given the simulation seed and follow the run accounting of
+:mod:`simulations.engine`.
+
+``drift``
+    Data drift: halfway through, epochs-to-target move ``shift`` batch sizes up the ladder (batch
+    size ``b_i`` now needs what ``b_{i-shift}`` needed), so larger batch sizes get cheaper and the
+    best batch size moves. Regret is measured against the oracle of each half.
+``alternating``
+    The job alternates between two GPU models (recurrence ``r`` runs on ``gpus[r % 2]``), on the
+    batch sizes both GPUs have. Epochs-to-target are the same on both, epoch costs are not; each
+    recurrence is compared with its own GPU's oracle.
+``concurrent``
+    Concurrent submissions: a recurrence is submitted every ``interval`` seconds, where
+    ``interval`` is the oracle's expected run time divided by ``overlap``, so about ``overlap``
+    runs are in flight and results arrive out of order (a run takes as long as it trains). A
+    failed run is retried at once. Policies see the in-flight batch sizes; ``min_cost`` is
+    updated as recurrences finish.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from simulations.backend import BackendFactory
+from simulations.engine import (
+    Attempt,
+    GpuProfiles,
+    SimResult,
+    SimulationError,
+    execute_run,
+    make_backend,
+    make_spec,
+    observation,
+    simulate,
+)
+from simulations.traces import TraceJob
+
+SCENARIOS: tuple[str, ...] = ("trace", "drift", "concurrent", "alternating")
+
+
+def drifted(job: TraceJob, shift: int = 2) -> TraceJob:
+    """``job`` after drift: batch size ``b_i`` takes the epochs-to-target of ``b_{i-shift}``."""
+    bs = job.batch_sizes
+    epochs = {b: job.target_epochs[bs[max(0, min(len(bs) - 1, i - shift))]] for i, b in enumerate(bs)}
+    return replace(job, target_epochs=epochs, _cache={})
+
+
+def restrict(job: TraceJob, batch_sizes: tuple[int, ...]) -> TraceJob:
+    """``job`` on a subset of its batch sizes (the default clipped into it)."""
+    keep = tuple(b for b in job.batch_sizes if b in batch_sizes)
+    if not keep:
+        raise ValueError(f"{job.name}: no batch size left")
+    b0 = job.default_batch_size
+    if b0 not in keep:
+        b0 = max((b for b in keep if b <= b0), default=keep[0])
+    return replace(
+        job,
+        batch_sizes=keep,
+        default_batch_size=b0,
+        target_epochs={b: job.target_epochs[b] for b in keep},
+        power={b: job.power[b] for b in keep},
+        _cache={},
+    )
+
+
+def simulate_drift(
+    job: TraceJob, policy: str, seed: int, shift: int = 2, backend_factory: BackendFactory | None = None
+) -> SimResult:
+    """The ``drift`` scenario (see the module docstring)."""
+    after = drifted(job, shift)
+    half = job.recurrences // 2
+
+    def schedule(r: int) -> TraceJob:
+        return job if r < half else after
+
+    result = simulate(job, policy, seed, schedule=schedule, backend_factory=backend_factory)
+    result.job = f"{job.name}+drift"
+    return result
+
+
+def simulate_alternating(
+    first: TraceJob, second: TraceJob, policy: str, seed: int, backend_factory: BackendFactory | None = None
+) -> SimResult:
+    """The ``alternating`` scenario between ``first`` and ``second`` (same workload and target)."""
+    common = tuple(b for b in first.batch_sizes if b in second.batch_sizes)
+    jobs = (restrict(first, common), restrict(second, common))
+    n = (first.recurrences + second.recurrences) // 2
+
+    def schedule(r: int) -> TraceJob:
+        return jobs[r % 2]
+
+    result = simulate(jobs[0], policy, seed, recurrences=n, schedule=schedule, backend_factory=backend_factory)
+    result.job = f"{first.workload}@{first.gpu}+{second.gpu}"
+    result.gpu = f"{first.gpu}+{second.gpu}"
+    return result
+
+
+def simulate_concurrent(
+    job: TraceJob,
+    policy: str,
+    seed: int,
+    overlap: float = 2.0,
+    backend_factory: BackendFactory | None = None,
+) -> SimResult:
+    """The ``concurrent`` scenario (see the module docstring)."""
+    ob, op = job.oracle()
+    point = job.power[ob][op]
+    interval = job.mean_epochs(ob) * point.time_per_epoch_s / overlap
+    spec = make_spec(job, policy, seed)
+    backend = make_backend(job, spec, backend_factory)
+    trace_rng = np.random.default_rng(seed)
+    profiles = GpuProfiles()
+    result = SimResult(
+        f"{job.name}+concurrent", job.gpu, job.workload, job.target_metric, job.eta, job.beta, policy, seed
+    )
+    n = job.recurrences
+    totals = [0.0] * n
+    attempts = [0] * n
+    done = [False] * n
+    min_cost = math.inf
+    # (end time, sequence, recurrence, batch size, outcome, phase)
+    running: list[tuple[float, int, int, int, object, str]] = []
+    seq = 0
+
+    def launch(r: int, now: float) -> None:
+        nonlocal seq
+        if attempts[r] >= 500:
+            raise SimulationError(f"{job.name}/{policy}: recurrence {r} never reached the target")
+        context = profiles.context(job, in_flight=[item[3] for item in running])
+        decision = backend.suggest(context)
+        b = int(decision.batch_size)
+        out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, backend.cost_bound(b))
+        if out.profiled:
+            profiles.record(job, b)
+        heapq.heappush(running, (now + out.time_s, seq, r, b, out, decision.phase))
+        seq += 1
+
+    def reap_until(t: float) -> None:
+        nonlocal min_cost
+        while running and running[0][0] <= t:
+            end, _, r, b, out, phase = heapq.heappop(running)
+            backend.observe(observation(job, b, out))  # type: ignore[arg-type]
+            totals[r] += out.cost  # type: ignore[attr-defined]
+            result.attempts.append(
+                Attempt(
+                    job.name, job.gpu, policy, seed, r, attempts[r], b, out.power_limit, out.epochs,  # type: ignore[attr-defined]
+                    out.energy_j, out.time_s, out.cost, out.reached, out.profiled, phase,  # type: ignore[attr-defined]
+                )
+            )
+            attempts[r] += 1
+            if out.reached:  # type: ignore[attr-defined]
+                done[r] = True
+                min_cost = min(min_cost, totals[r])
+            else:
+                launch(r, end)
+
+    try:
+        for r in range(n):
+            now = r * interval
+            reap_until(now)
+            launch(r, now)
+        reap_until(math.inf)
+    finally:
+        backend.close()
+    if not all(done):
+        raise SimulationError(f"{job.name}/{policy}: unfinished recurrences")
+    oracle = job.expected_cost(ob, op)
+    result.recurrence_costs = totals
+    result.oracle_costs = [oracle] * n
+    result.default_costs = [job.expected_cost(job.default_batch_size, job.max_power)] * n
+    result.default_energies = [job.expected_energy(job.default_batch_size, job.max_power)] * n
+    return result
+
