@@ -60,8 +60,10 @@ def synthetic_job() -> TraceJob:
     )
 
 
-def load_job(trace_dir: str | None, workload: str, gpu: str) -> tuple[TraceJob, str]:
+def load_job(trace_dir: str | None, workload: str, gpu: str, synthetic: bool = False) -> tuple[TraceJob, str]:
     """The demo's job and a sentence saying where its numbers come from."""
+    if synthetic:
+        return synthetic_job(), "a built-in SYNTHETIC job (numbers made up, not measured)"
     candidates = (
         [Path(trace_dir)] if trace_dir else [Path("../shared/traces/zeus_nsdi23"), default_trace_dir()]
     )
@@ -95,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eta", type=float, default=0.5, help="energy-time trade-off in [0, 1] (default 0.5)"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the job and of the replayed training")
+    parser.add_argument("--synthetic", action="store_true", help="use the built-in synthetic job even if traces exist")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     if args.recurrences < 1:
         raise SystemExit("error: --recurrences must be at least 1")
-    trace, source = load_job(args.trace_dir, args.workload, args.gpu)
+    trace, source = load_job(args.trace_dir, args.workload, args.gpu, args.synthetic)
     print(f"job data: {source}")
     if args.server:
         return _replay(OptimizerClient(args.server), trace, args)

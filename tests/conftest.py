@@ -40,7 +40,9 @@ def small_job(job_id: str = "team/job", **overrides: object) -> Job:
 
 def gpu_pb(model: str = "NVIDIA A40", count: int = 1) -> pb.GpuInfo:
     """A Suggest request's GPU field."""
-    return pb.GpuInfo(model=model, count=count, min_power_limit_w=100, max_power_limit_w=300, power_limits_w=[100, 200, 300])
+    return pb.GpuInfo(
+        model=model, count=count, min_power_limit_w=100, max_power_limit_w=300, power_limits_w=[100, 200, 300]
+    )
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ def suggest(stub: pb_grpc.OptimizerServiceStub, job_id: str = "team/job", **kw: 
     return stub.Suggest(pb.SuggestRequest(job_id=job_id, gpu=gpu_pb(), **kw))
 
 
-def complete(stub: pb_grpc.OptimizerServiceStub, run_id: str, job_id: str = "team/job", **kw: object) -> pb.Run:
+def complete(
+    stub: pb_grpc.OptimizerServiceStub, run_id: str, job_id: str = "team/job", **kw: object
+) -> pb.Run:
     values = {"energy_j": 1000.0, "time_s": 10.0, "epochs": 5.0, "reached_target": True}
     values.update(kw)
     return stub.CompleteRun(pb.CompleteRunRequest(job_id=job_id, run_id=run_id, **values)).run
@@ -49,7 +51,9 @@ def test_register_is_idempotent_and_refuses_a_different_spec(stub: pb_grpc.Optim
     assert first.created and not again.created
     assert first.spec == again.spec
     assert first.spec.eta == 0.5 and first.spec.beta == 2.0 and first.spec.policy == "powerbandit"
-    details = expect(Code.ALREADY_EXISTS, stub.RegisterJob, pb.RegisterJobRequest(spec=small_job(max_epochs=30).to_pb()))
+    details = expect(
+        Code.ALREADY_EXISTS, stub.RegisterJob, pb.RegisterJobRequest(spec=small_job(max_epochs=30).to_pb())
+    )
     assert "max_epochs" in details and "20" in details and "30" in details
 
 
@@ -112,9 +116,15 @@ def test_complete_twice_counts_once(stub: pb_grpc.OptimizerServiceStub) -> None:
     job = stub.GetJob(pb.GetJobRequest(job_id="team/job")).job
     assert job.completed_runs == 1
     assert sum(a.observations for a in job.arms) == 1
-    different = pb.CompleteRunRequest(job_id="team/job", run_id=run_id, energy_j=2000, time_s=10, epochs=5, reached_target=True)
+    different = pb.CompleteRunRequest(
+        job_id="team/job", run_id=run_id, energy_j=2000, time_s=10, epochs=5, reached_target=True
+    )
     expect(Code.FAILED_PRECONDITION, stub.CompleteRun, different)
-    expect(Code.FAILED_PRECONDITION, stub.FailRun, pb.FailRunRequest(job_id="team/job", run_id=run_id, reason="x"))
+    expect(
+        Code.FAILED_PRECONDITION,
+        stub.FailRun,
+        pb.FailRunRequest(job_id="team/job", run_id=run_id, reason="x"),
+    )
 
 
 def test_suggest_with_request_id_returns_the_same_run(stub: pb_grpc.OptimizerServiceStub) -> None:
@@ -143,8 +153,12 @@ def test_progress_says_when_to_stop(stub: pb_grpc.OptimizerServiceStub) -> None:
     complete(stub, first, energy_j=1000.0, time_s=10.0)  # cost 0.5*1000 + 0.5*300*10 = 2000
     run_id = suggest(stub).run_id
 
-    def progress(epochs: float, energy: float, time_s: float, metric: float | None = None) -> pb.ReportProgressResponse:
-        request = pb.ReportProgressRequest(job_id="team/job", run_id=run_id, epochs=epochs, energy_j=energy, time_s=time_s)
+    def progress(
+        epochs: float, energy: float, time_s: float, metric: float | None = None
+    ) -> pb.ReportProgressResponse:
+        request = pb.ReportProgressRequest(
+            job_id="team/job", run_id=run_id, epochs=epochs, energy_j=energy, time_s=time_s
+        )
         if metric is not None:
             request.metric = metric
         return stub.ReportProgress(request)
@@ -192,12 +206,18 @@ BAD_SPECS = [
     ("unknown policy", {"policy": "random"}, Code.INVALID_ARGUMENT),
     ("overlong job id", {"job_id": "x" * 201}, Code.RESOURCE_EXHAUSTED),
     ("control characters in id", {"job_id": "a\x00b"}, Code.INVALID_ARGUMENT),
-    ("too many batch sizes", {"batch_sizes": tuple(range(1, 100)), "default_batch_size": 1}, Code.RESOURCE_EXHAUSTED),
+    (
+        "too many batch sizes",
+        {"batch_sizes": tuple(range(1, 100)), "default_batch_size": 1},
+        Code.RESOURCE_EXHAUSTED,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("what", "overrides", "code"), BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
-def test_bad_specs_are_refused(stub: pb_grpc.OptimizerServiceStub, what: str, overrides: dict, code: Code) -> None:
+def test_bad_specs_are_refused(
+    stub: pb_grpc.OptimizerServiceStub, what: str, overrides: dict, code: Code
+) -> None:
     job_id = overrides.pop("job_id", "bad/job")
     spec = small_job(job_id, **overrides).to_pb()
     expect(code, stub.RegisterJob, pb.RegisterJobRequest(spec=spec))
@@ -269,6 +289,8 @@ def test_health_and_reflection(server: EmbeddedServer) -> None:
         status = health.Check(health_pb2.HealthCheckRequest(service="powerbandit.v1.OptimizerService")).status
         assert status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        answers = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = {s.name for a in answers for s in a.list_services_response.service}
         assert "powerbandit.v1.OptimizerService" in names

@@ -42,7 +42,14 @@ def _generate_client(out: Path) -> Path:
 
     include = Path(protoc.__file__).parent / "_proto"
     proto = REPO_ROOT / "protos" / "powerbandit" / "v1" / "optimizer.proto"
-    args = ["protoc", f"-I{proto.parent}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", str(proto)]
+    args = [
+        "protoc",
+        f"-I{proto.parent}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        str(proto),
+    ]
     assert protoc.main(args) == 0
     script = out / "client.py"
     script.write_text(PROTO_CLIENT)

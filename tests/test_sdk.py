@@ -70,7 +70,10 @@ def test_profile_is_reused_by_later_runs_of_the_batch_size(client: OptimizerClie
 
 def test_exception_fails_the_run_and_restores_the_limit(client: OptimizerClient) -> None:
     gpu = ReplayGpu(SMALL_TABLE)
-    with pytest.raises(RuntimeError, match="loss is NaN"), client.run(small_job(), gpu, heartbeat=False) as run:
+    with (
+        pytest.raises(RuntimeError, match="loss is NaN"),
+        client.run(small_job(), gpu, heartbeat=False) as run,
+    ):
         run.epoch_end(0.1)
         raise RuntimeError("loss is NaN")
     (stored,) = client.get_job("team/job").runs
@@ -82,7 +85,10 @@ def test_without_permission_the_run_reports_the_limit_in_force(
     client: OptimizerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     gpu = ReplayGpu(SMALL_TABLE, can_set_power_limit=False)
-    with caplog.at_level(logging.WARNING), client.run(small_job(), gpu, steps_per_epoch=STEPS, heartbeat=False) as run:
+    with (
+        caplog.at_level(logging.WARNING),
+        client.run(small_job(), gpu, steps_per_epoch=STEPS, heartbeat=False) as run,
+    ):
         train(run, target_epoch=2)
     assert run.completed_run is not None and run.completed_run.power_limit_w == 300
     assert any("cannot set power limits" in r.getMessage() for r in caplog.records)
@@ -111,7 +117,10 @@ def test_unreachable_server_error_names_the_address() -> None:
 
 def test_heartbeats_keep_a_run_alive_and_silence_expires_it(tmp_path) -> None:  # noqa: ANN001
     url = f"sqlite:///{tmp_path / 'lease.db'}"
-    with EmbeddedServer(url, lease_s=0.6, sweep_interval_s=0.1) as server, OptimizerClient(server.address) as client:
+    with (
+        EmbeddedServer(url, lease_s=0.6, sweep_interval_s=0.1) as server,
+        OptimizerClient(server.address) as client,
+    ):
         with client.run(small_job(), ReplayGpu(SMALL_TABLE), heartbeat=True) as alive:
             time.sleep(1.5)
             alive.epoch_end(0.95)

@@ -224,10 +224,17 @@ def write_tiny_trace(root: Path) -> Path:
         "cifar100,shufflenetv2,8,adadelta,0.1,1,0.5,8\n"
     )
     header = "dataset,network,batch_size,optimizer,power_limit,time_per_epoch,average_power\n"
-    rows = [f"cifar100,shufflenetv2,{b},adadelta,{p},{t},{w}" for b, p, t, w in [
-        (8, 100, 20.0, 100.0), (8, 200, 10.0, 180.0), (16, 100, 16.0, 90.0), (16, 200, 8.0, 190.0),
-        (32, 100, 9.0, 95.0), (32, 200, 5.0, 195.0),
-    ]]
+    rows = [
+        f"cifar100,shufflenetv2,{b},adadelta,{p},{t},{w}"
+        for b, p, t, w in [
+            (8, 100, 20.0, 100.0),
+            (8, 200, 10.0, 180.0),
+            (16, 100, 16.0, 90.0),
+            (16, 200, 8.0, 190.0),
+            (32, 100, 9.0, 95.0),
+            (32, 200, 5.0, 195.0),
+        ]
+    ]
     (root / "summary_power_v100.csv").write_text(header + "\n".join(rows) + "\n")
     return root
 
@@ -248,15 +255,47 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     trace = write_tiny_trace(tmp_path / "t")
     out = tmp_path / "out"
     argv = [
-        "--trace-dir", str(trace), "--gpu", "v100", "--workload", "cifar100", "--seeds", "1-2",
-        "--policy", "default", "oracle", "grid", "zeus", "powerbandit", "--out", str(out), "--jobs", "2",
+        "--trace-dir",
+        str(trace),
+        "--gpu",
+        "v100",
+        "--workload",
+        "cifar100",
+        "--seeds",
+        "1-2",
+        "--policy",
+        "default",
+        "oracle",
+        "grid",
+        "zeus",
+        "powerbandit",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
     ]
     assert cli.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary) == 5 * 2
-    for key in ("recurrences", "attempts", "failed_attempts", "energy_j", "time_s", "cost", "default_cost",
-                "oracle_cost", "regret_pct", "energy_saving_pct", "gpu", "workload", "target_metric", "eta",
-                "beta", "policy", "seed"):
+    for key in (
+        "recurrences",
+        "attempts",
+        "failed_attempts",
+        "energy_j",
+        "time_s",
+        "cost",
+        "default_cost",
+        "oracle_cost",
+        "regret_pct",
+        "energy_saving_pct",
+        "gpu",
+        "workload",
+        "target_metric",
+        "eta",
+        "beta",
+        "policy",
+        "seed",
+    ):
         assert key in summary[0]
     header = (out / "runs.csv").read_text().splitlines()[0]
     assert header.startswith("job,gpu,policy,seed,recurrence,attempt,batch_size,power_limit,epochs")

@@ -35,7 +35,6 @@ from optimizer_server.policy.base import (
     Observation,
     SuggestContext,
     choose_power_limit,
-    epoch_cost,
 )
 
 # One set of hyperparameters for every job (never tuned per workload).
@@ -225,7 +224,10 @@ class PowerBanditPolicy:
         known: dict[int, float] = {}
         for b, profile in context.profiles.items():
             if profile and int(b) in spec.batch_sizes:
-                known[int(b)] = min(epoch_cost(spec.eta, pt, context.max_power_w) for pt in profile.values())
+                eta, mp = spec.eta, context.max_power_w
+                known[int(b)] = min(
+                    (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s for pt in profile.values()
+                )
         for key, ec in state["epoch_cost"].get(context.gpu_model, {}).items():
             known.setdefault(int(key), float(ec))
         return known

@@ -48,6 +48,13 @@ def _direction_list(arms: list[int], center: int, direction: str) -> list[int]:
     return sorted(arms[idx + 1 :])
 
 
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    """Mean and population variance (``np.var``), in plain Python for speed on short lists."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, sum((v - mean) ** 2 for v in values) / n
+
+
 def _windowed(costs: list[float], window: int) -> list[float]:
     return costs[-window:] if window > 0 else costs
 
@@ -131,10 +138,8 @@ class ZeusPolicy:
             return b, "explore", f"batch size {b} has fewer than {TS_MIN_OBSERVATIONS} observations"
         samples: dict[int, float] = {}
         for b in arms:
-            values = np.asarray(costs[b], dtype=float)
-            mean = float(values.mean())
-            var = float(values.var())
-            samples[b] = mean if var == 0.0 else float(rng.normal(mean, math.sqrt(var / len(values))))
+            mean, var = _mean_var(costs[b])
+            samples[b] = mean if var == 0.0 else float(rng.normal(mean, math.sqrt(var / len(costs[b]))))
         best = min(arms, key=lambda b: samples[b])
         return best, "exploit", f"Thompson sample: batch size {best} has the lowest sampled cost"
 
@@ -211,9 +216,8 @@ class ZeusPolicy:
             else:
                 status = "active"
             if costs:
-                values = np.asarray(costs, dtype=float)
-                mean = float(values.mean())
-                half = _Z90 * math.sqrt(float(values.var()) / len(values))
+                mean, var = _mean_var(costs)
+                half = _Z90 * math.sqrt(var / len(costs))
                 low, high = mean - half, mean + half
             else:
                 mean = low = high = math.nan

@@ -1,0 +1,89 @@
+"""The ``powerbandit`` command as a user runs it: help, demo, serve with graceful shutdown, jobs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client_sdk.client import OptimizerClient
+from tests.conftest import TRACE_DIR, small_job
+
+CLI = [sys.executable, "-m", "powerbandit"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["demo"], ["jobs"], ["db"], ["simulate"]])
+def test_help(command: list[str]) -> None:
+    done = run_cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: powerbandit" in done.stdout
+
+
+def test_demo_on_the_synthetic_job_converges() -> None:
+    done = run_cli("demo", "--synthetic", "--recurrences", "12")
+    assert done.returncode == 0, done.stderr
+    assert "SYNTHETIC" in done.stdout
+    assert re.search(r"converged to: batch size \d+, power limit [\d.]+ W", done.stdout)
+    assert "saved" in done.stdout
+    assert len(re.findall(r"^\s+\d+\s+\d+\s+\d+", done.stdout, re.M)) >= 12  # one line per run
+
+
+@pytest.mark.skipif(not TRACE_DIR.exists(), reason=f"published traces not found at {TRACE_DIR}")
+def test_demo_on_the_published_traces() -> None:
+    done = run_cli("demo", "--trace-dir", str(TRACE_DIR), "--workload", "squad", "--gpu", "a40", "--recurrences", "8")
+    assert done.returncode == 0, done.stderr
+    assert "measured traces" in done.stdout and "squad on a40" in done.stdout
+
+
+def test_serve_jobs_and_graceful_sigterm(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'served.db'}"
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--db", db, "--listen", "127.0.0.1:0", "--grace-s", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "POWERBANDIT_LOG_FORMAT": "text"},
+    )
+    try:
+        address = None
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        while time.monotonic() < deadline and address is None:
+            line = proc.stderr.readline()
+            match = re.search(r"serving on (127\.0\.0\.1:\d+)", line)
+            address = match.group(1) if match else None
+        assert address, "the server did not say where it listens"
+        with OptimizerClient(address) as client:
+            client.register_job(small_job("cli/job"))
+        listed = run_cli("jobs", "--server", address, "list")
+        assert listed.returncode == 0 and "cli/job" in listed.stdout
+        shown = run_cli("jobs", "--server", address, "show", "cli/job")
+        assert shown.returncode == 0 and "batch" in shown.stdout and "next run" in shown.stdout
+        missing = run_cli("jobs", "--server", address, "show", "nope")
+        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        rest = proc.stderr.read()
+        assert "shutdown requested" in rest and "server stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    down = run_cli("jobs", "--server", address, "list", timeout=60)
+    assert down.returncode == 1 and address in down.stderr
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    done = run_cli("db", "upgrade", "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    assert done.returncode == 0 and "up to date" in done.stdout

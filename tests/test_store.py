@@ -1,0 +1,125 @@
+"""The store on its own: one behaviour suite (SQLite here; other implementations reuse it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from optimizer_server.policy import JobSpec, ProfilePoint
+from optimizer_server.store.base import (
+    RUN_COMPLETED,
+    RUN_IN_FLIGHT,
+    JobRecord,
+    ProfileRecord,
+    RunRecord,
+    Store,
+    open_store,
+)
+
+SPEC = JobSpec("s/job", (32, 64), 64, 0.8, 10, seed=3)
+
+
+def make_run(run_id: str, job_id: str = "s/job", **kw: object) -> RunRecord:
+    values: dict[str, object] = dict(
+        run_id=run_id, job_id=job_id, state=RUN_IN_FLIGHT, batch_size=64, power_limit_w=0.0,
+        profile_power_limits_w=(100.0, 200.0), phase="explore", explanation="why", gpu_model="A40",
+        gpu_count=1, max_power_w=300.0, created_unix_s=1.0, lease_expires_unix_s=100.0,
+    )  # fmt: skip
+    values.update(kw)
+    return RunRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield s
+    s.close()
+
+
+def test_jobs_create_get_list_delete(store: Store) -> None:
+    job, created = store.create_job(JobRecord(SPEC, {"n": 1}, 5.0))
+    assert created and job.spec == SPEC and job.policy_state == {"n": 1}
+    again, created = store.create_job(JobRecord(SPEC, {"n": 2}, 6.0))
+    assert not created and again.policy_state == {"n": 1}
+    store.create_job(JobRecord(JobSpec("s/other_", (8,), 8, 1.0, 2), {}, 1.0))
+    store.create_job(JobRecord(JobSpec("t/job", (8,), 8, 1.0, 2), {}, 1.0))
+    assert [j.spec.job_id for j in store.list_jobs("s/")] == ["s/job", "s/other_"]
+    assert [j.spec.job_id for j in store.list_jobs("s/other_")] == ["s/other_"]  # '_' is literal
+    assert [j.spec.job_id for j in store.list_jobs(limit=1, after_job_id="s/job")] == ["s/other_"]
+    store.delete_job("s/job")
+    with pytest.raises(NotFoundError):
+        store.get_job("s/job")
+    with pytest.raises(NotFoundError):
+        store.delete_job("s/job")
+
+
+def test_transaction_commits_runs_profiles_and_state_together(store: Store) -> None:
+    store.create_job(JobRecord(SPEC, {}, 0.0))
+    with store.job_transaction("s/job") as tx:
+        first = tx.insert_run(make_run("r1"))
+        second = tx.insert_run(make_run("r2", request_id="key"))
+        assert (first.seq, second.seq) == (0, 1)
+        tx.put_profile(ProfileRecord("A40", 64, {100.0: ProfilePoint(100.0, 90.0, 12.0)}, "r1"))
+        tx.save_job({"seen": 2, "best": float("inf")}, 2)
+    with store.job_transaction("s/job") as tx:
+        assert tx.find_run_by_request("key").run_id == "r2"
+        assert tx.find_run_by_request("nope") is None
+        assert [r.run_id for r in tx.runs_in_flight()] == ["r1", "r2"]
+        assert tx.profiles("A40") == {64: {100.0: ProfilePoint(100.0, 90.0, 12.0)}}
+        assert tx.profiles("V100") == {}
+        run = tx.get_run("r1")
+        run.state, run.energy_j, run.reached_target = RUN_COMPLETED, 5.0, True
+        tx.update_run(run)
+    job = store.get_job("s/job")
+    assert job.policy_state == {"seen": 2, "best": float("inf")} and job.decisions == 2
+    assert store.run_counts("s/job")["completed"] == 1 and store.run_counts("s/job")["in_flight"] == 1
+    assert [r.run_id for r in store.list_runs("s/job", limit=1)] == ["r2"]
+    stored = store.list_runs("s/job")[0]
+    assert (
+        stored.energy_j == 5.0 and stored.reached_target and stored.profile_power_limits_w == (100.0, 200.0)
+    )
+    assert [(p.gpu_model, p.batch_size) for p in store.list_profiles("s/job")] == [("A40", 64)]
+
+
+def test_a_failed_transaction_changes_nothing(store: Store) -> None:
+    store.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+    with pytest.raises(RuntimeError), store.job_transaction("s/job") as tx:
+        tx.insert_run(make_run("r1"))
+        tx.save_job({"v": 1}, 1)
+        raise RuntimeError("boom")
+    assert store.get_job("s/job").policy_state == {"v": 0}
+    assert store.list_runs("s/job") == []
+
+
+def test_unknown_ids_raise_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError), store.job_transaction("nope"):
+        pass
+    store.create_job(JobRecord(SPEC, {}, 0.0))
+    with pytest.raises(NotFoundError), store.job_transaction("s/job") as tx:
+        tx.get_run("nope")
+
+
+def test_expired_runs_are_listed(store: Store) -> None:
+    store.create_job(JobRecord(SPEC, {}, 0.0))
+    with store.job_transaction("s/job") as tx:
+        tx.insert_run(make_run("old", lease_expires_unix_s=10.0))
+        tx.insert_run(make_run("fresh", lease_expires_unix_s=1000.0))
+    assert list(store.expired_runs(50.0)) == [("s/job", "old")]
+
+
+def test_bad_urls_and_newer_schema_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="unsupported database URL"):
+        open_store("mysql://x")
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+    path = tmp_path / "future.db"
+    open_store(f"sqlite:///{path}").close()
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(FailedPreconditionError, match="newer"):
+        open_store(f"sqlite:///{path}")
