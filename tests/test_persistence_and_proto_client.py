@@ -13,7 +13,6 @@ import pytest
 from optimizer_server.server import EmbeddedServer
 from tests.conftest import REPO_ROOT
 
-
 PROTO_CLIENT = """
 import json, sys
 import grpc
