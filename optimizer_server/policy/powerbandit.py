@@ -47,7 +47,8 @@ EPOCH_SLOPE_MAX = 1.5  # same for log epochs-to-target
 EC_SD = 0.25  # sd of the extrapolated log epoch cost per doubling of distance
 CENSOR_FACTOR = 2.0  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
 EXPLORE_BOUND = 1.3  # an untried batch size is stopped at this multiple of the best mean cost
-FAIL_LIMIT = 2  # this many failures without any success take a batch size out
+FAIL_LIMIT = 2
+NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates  # this many failures without any success take a batch size out
 _Z90 = 1.6448536269514722
 
 
@@ -247,11 +248,15 @@ class PowerBanditPolicy:
             if d["ok"] or d["fails"]:
                 out.add(b)
             if d["ok"]:
-                for j in (i - 1, i + 1):
-                    if 0 <= j < len(arms):
+                for step in (-1, 1):
+                    for hop in range(1, int(NEIGHBOUR_REACH) + 1):
+                        j = i + step * hop
+                        if not 0 <= j < len(arms):
+                            break
                         nb = data[arms[j]]
-                        if not (nb["ok"] or nb["fails"] or nb["never_ran"]):
-                            out.add(arms[j])
+                        if nb["ok"] or nb["fails"] or nb["never_ran"]:
+                            break
+                        out.add(arms[j])
         return sorted(out)
 
     # -------------------------------------------------------------- suggest
