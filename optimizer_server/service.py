@@ -229,11 +229,11 @@ class OptimizerService:
         with self.store.job_transaction(job_id) as tx:
             spec = tx.job.spec
             policy = get_policy(spec.policy)
-            max_cost = policy.cost_bound(spec, tx.job.policy_state)
             if request_id:
                 existing = tx.find_run_by_request(request_id)
                 if existing is not None:
-                    return Suggestion(existing, spec, max_cost)
+                    bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size)
+                    return Suggestion(existing, spec, bound)
             in_flight = [r.batch_size for r in tx.runs_in_flight() if r.lease_expires_unix_s >= now]
             limits = gpu.candidate_power_limits()
             context = SuggestContext(gpu.model, gpu.max_power_w, limits, tx.profiles(gpu.model), in_flight)
@@ -260,6 +260,7 @@ class OptimizerService:
                 )
             )
             tx.save_job(tx.job.policy_state, tx.job.decisions + 1)
+            max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size)
         log.info(
             "run suggested",
             extra={"job_id": job_id, "run_id": run.run_id, "batch_size": run.batch_size, "phase": run.phase},
@@ -300,7 +301,7 @@ class OptimizerService:
             run = self._in_flight_run(tx, run_id, "report progress")
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
-            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state)
+            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric
@@ -315,7 +316,8 @@ class OptimizerService:
                 True,
                 "cost_bound",
                 f"cost so far {cost:.4g} reached the early-stop bound {bound:.4g} "
-                f"(beta {spec.beta:g} x the best run cost); this batch size is unlikely to pay off",
+                "(set by beta x the best run cost, tighter for unproven batch sizes); "
+                "this run is unlikely to pay off",
                 cost,
                 bound,
             )

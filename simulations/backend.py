@@ -9,7 +9,6 @@ exactly as the server does.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -52,7 +51,6 @@ class InProcessBackend:
         self.policy = policy if policy is not None else get_policy(spec.policy)
         self.state: dict[str, Any] = self.policy.new_state(spec)
         self.decisions = 0
-        self._per_run_bound = "batch_size" in inspect.signature(self.policy.cost_bound).parameters
 
     def suggest(self, context: SuggestContext) -> Decision:
         """Ask the policy, with the generator of this decision's index."""
@@ -65,10 +63,8 @@ class InProcessBackend:
         self.state = self.policy.observe(self.spec, self.state, observation)
 
     def cost_bound(self, batch_size: int | None = None) -> float:
-        """The policy's bound for a run of ``batch_size`` (passed on when the policy takes it)."""
-        if batch_size is not None and self._per_run_bound:
-            return float(self.policy.cost_bound(self.spec, self.state, batch_size=batch_size))  # type: ignore[call-arg]
-        return float(self.policy.cost_bound(self.spec, self.state))
+        """The policy's bound for a run of ``batch_size``."""
+        return float(self.policy.cost_bound(self.spec, self.state, batch_size))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -173,8 +173,12 @@ class Policy(Protocol):
         """Fold one finished run into the state and return the new state."""
         ...
 
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
-        """Largest cost one run may spend before it is told to stop (``inf`` when unbounded)."""
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+        """Largest cost one run may spend before it is told to stop (``inf`` when unbounded).
+
+        With ``batch_size``, the bound for a run of that batch size (a policy may stop
+        explorations sooner than the user's ``beta`` cap); without it, the job-wide cap.
+        """
         ...
 
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:

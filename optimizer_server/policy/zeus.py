@@ -197,8 +197,8 @@ class ZeusPolicy:
         prune.update(arms=good, center=prune["best"], direction="down", pos=0, good=[], best_cost=None)
 
     # ------------------------------------------------------------ the rest
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any]) -> float:
-        """``beta`` times the cheapest finished recurrence (``inf`` before the first)."""
+    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+        """``beta`` times the cheapest finished recurrence (``inf`` before the first), for every batch size."""
         best = state["min_recurrence_cost"]
         return math.inf if best is None else spec.beta * float(best)
 
