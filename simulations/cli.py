@@ -76,6 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trace replay, or a synthetic scenario: drift, concurrent, alternating (GPU pairs)",
     )
     sel.add_argument("--recurrences", type=int, default=None, help="override the number of recurrences")
+    sel.add_argument(
+        "--via-server",
+        nargs="?",
+        const="embedded",
+        default=None,
+        metavar="ADDRESS",
+        help="take decisions from a real server over gRPC (ADDRESS, or an embedded one on a temporary SQLite "
+        "file when none is given); trace scenario only, sequential",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="directory for runs.csv, summary.json, plots")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -163,7 +172,17 @@ def run(args: argparse.Namespace, backend_factory: BackendFactory | None = None)
         print("simulate: nothing selected", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    results = run_tasks(tasks, args.jobs, args.quiet, backend_factory)
+    if getattr(args, "via_server", None) and backend_factory is None:
+        if args.scenario != "trace":
+            print("simulate: --via-server supports the trace scenario only", file=sys.stderr)
+            return 2
+        from simulations.server_backend import server_backends, trace_profiles
+
+        address = None if args.via_server == "embedded" else args.via_server
+        with server_backends(address, trace_profiles(traces)) as factory:
+            results = run_tasks(tasks, 1, args.quiet, factory)
+    else:
+        results = run_tasks(tasks, args.jobs, args.quiet, backend_factory)
     elapsed = time.perf_counter() - start
     summaries = [r.summary() for r in results]
     if args.out is not None:

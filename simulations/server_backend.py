@@ -1,0 +1,122 @@
+"""``--via-server``: the simulation's decisions come from a real server, over gRPC, through the SDK.
+
+:class:`ServerBackend` registers the simulated job on the server, asks ``Suggest`` for every run
+(with the GPU the trace describes), reports the profile the run measured (``ReportProfile``, from
+the trace) and completes the run (``CompleteRun``). The server stores everything and runs the same
+policy code, with the same per-decision random generator, so the decisions must equal those of the
+in-process simulation for the same seed; ``tests/test_simulator_via_server.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+from client_sdk.client import Job, OptimizerClient
+from client_sdk.gpu import GpuInfo
+from optimizer_server.policy.base import Decision, JobSpec, Observation, ProfilePoint, SuggestContext
+from simulations.backend import BackendFactory
+from simulations.traces import CANONICAL, TraceSet
+
+ProfileSource = Callable[[JobSpec, str, int], Mapping[float, ProfilePoint]]
+"""``(job spec, gpu model, batch size) -> measured profile``: what a profiling run would measure."""
+
+
+def trace_profiles(traces: TraceSet) -> ProfileSource:
+    """Profiles from the published traces; the workload is the part of the job id before ``@``."""
+
+    def lookup(spec: JobSpec, gpu: str, batch_size: int) -> Mapping[float, ProfilePoint]:
+        w = CANONICAL[spec.job_id.split("@", 1)[0]]
+        return traces.power[gpu][(w.dataset, w.network, w.optimizer)][batch_size]
+
+    return lookup
+
+_PHASES = {1: "explore", 2: "exploit", 3: "fallback"}
+
+
+class ServerBackend:
+    """A :class:`~simulations.backend.DecisionBackend` backed by a powerbandit server."""
+
+    def __init__(self, client: OptimizerClient, spec: JobSpec, profile_source: ProfileSource) -> None:
+        self.client = client
+        self.spec = spec
+        self.profile_source = profile_source
+        self.job_id = f"{spec.job_id}/{uuid.uuid4().hex[:8]}"  # a fresh job per simulation
+        client.register_job(
+            Job(
+                job_id=self.job_id,
+                batch_sizes=spec.batch_sizes,
+                default_batch_size=spec.default_batch_size,
+                target_metric=spec.target_metric,
+                max_epochs=spec.max_epochs,
+                eta=spec.eta,
+                beta=spec.beta,
+                higher_is_better=spec.higher_is_better,
+                policy=spec.policy,
+                window=spec.window,
+                seed=spec.seed,
+            )
+        )
+        self._run_id = ""
+        self._profiling = False
+        self._max_cost = math.inf
+
+    def suggest(self, context: SuggestContext) -> Decision:
+        """``Suggest`` for a run on the context's GPU (one GPU, the trace's power limits)."""
+        limits = tuple(context.power_limits_w)
+        gpu = GpuInfo(context.gpu_model, 1, min(limits), max(limits), limits, True)
+        answer = self.client.suggest(self.job_id, gpu, request_id=uuid.uuid4().hex)
+        self._run_id = answer.run_id
+        self._profiling = bool(answer.profile_power_limits_w)
+        self._max_cost = answer.max_cost
+        return Decision(
+            batch_size=answer.batch_size,
+            power_limit_w=None if self._profiling else answer.power_limit_w,
+            profile_power_limits_w=tuple(answer.profile_power_limits_w),
+            phase=_PHASES.get(answer.phase, "explore"),
+            explanation=answer.explanation,
+        )
+
+    def cost_bound(self, batch_size: int | None = None) -> float:
+        """The bound the server sent with the suggestion (computed for the run's batch size)."""
+        return self._max_cost
+
+    def observe(self, observation: Observation) -> None:
+        """Report the run's profile (when it profiled) and complete it."""
+        if self._profiling and observation.epochs > 0:
+            profile = self.profile_source(self.spec, observation.gpu_model, observation.batch_size)
+            measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in profile.items()]
+            self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
+        self.client.complete_run(
+            self.job_id,
+            self._run_id,
+            energy_j=observation.energy_j,
+            time_s=observation.time_s,
+            epochs=observation.epochs,
+            reached_target=observation.reached_target,
+            power_limit_w=observation.power_limit_w,
+        )
+
+    def close(self) -> None:
+        """Nothing to release (the client belongs to the caller)."""
+
+
+@contextmanager
+def server_backends(address: str | None, profile_source: ProfileSource) -> Iterator[BackendFactory]:
+    """A backend factory for ``address``, or for an embedded server on a temporary SQLite file."""
+    if address:
+        with OptimizerClient(address) as client:
+            yield lambda spec: ServerBackend(client, spec, profile_source)
+        return
+    import tempfile
+
+    from optimizer_server.server import EmbeddedServer
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedServer(f"sqlite:///{tmp}/simulate.db") as server,
+        OptimizerClient(server.address) as client,
+    ):
+        yield lambda spec: ServerBackend(client, spec, profile_source)
