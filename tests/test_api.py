@@ -220,6 +220,7 @@ BAD_SPECS = [
 def test_bad_specs_are_refused(
     stub: pb_grpc.OptimizerServiceStub, what: str, overrides: dict, code: Code
 ) -> None:
+    overrides = dict(overrides)  # shared between parametrised runs: never mutate
     job_id = overrides.pop("job_id", "bad/job")
     spec = small_job(job_id, **overrides).to_pb()
     expect(code, stub.RegisterJob, pb.RegisterJobRequest(spec=spec))

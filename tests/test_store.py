@@ -33,8 +33,9 @@ def make_run(run_id: str, job_id: str = "s/job", **kw: object) -> RunRecord:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(any_db_url: str) -> Iterator[Store]:
+    """Each test runs against SQLite and against PostgreSQL."""
+    s = open_store(any_db_url)
     yield s
     s.close()
 
@@ -110,16 +111,26 @@ def test_expired_runs_are_listed(store: Store) -> None:
     assert list(store.expired_runs(50.0)) == [("s/job", "old")]
 
 
-def test_bad_urls_and_newer_schema_are_refused(tmp_path: Path) -> None:
+def test_newer_schema_is_refused(any_db_url: str) -> None:
+    open_store(any_db_url).close()
+    if any_db_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(any_db_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    else:
+        import psycopg
+
+        with psycopg.connect(any_db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(FailedPreconditionError, match="newer"):
+        open_store(any_db_url)
+
+
+def test_bad_urls_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="unsupported database URL"):
         open_store("mysql://x")
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
-    path = tmp_path / "future.db"
-    open_store(f"sqlite:///{path}").close()
-    import sqlite3
-
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
-    with pytest.raises(FailedPreconditionError, match="newer"):
-        open_store(f"sqlite:///{path}")
+    with pytest.raises(InvalidArgumentError, match="cannot connect to PostgreSQL"):
+        open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")

@@ -1,0 +1,135 @@
+"""PostgreSQL store: several stateless server replicas in front of one database.
+
+Every change to a job runs in one transaction that first takes a row lock on the job
+(``SELECT ... FOR UPDATE``), so writers of one job are serialised across replicas while different
+jobs proceed in parallel. Connections come from a ``psycopg_pool`` pool. Schema migrations are
+applied at start under an advisory lock (safe when replicas start together), and a database whose
+schema is newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from optimizer_server.store.sql import Cursor, SqlStore
+
+log = logging.getLogger("powerbandit.store.postgres")
+
+_MIGRATION_LOCK = 0x70B4  # advisory lock key: one migrator at a time
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        policy_state TEXT NOT NULL,
+        created_unix_s DOUBLE PRECISION NOT NULL,
+        decisions BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        power_limit_w DOUBLE PRECISION NOT NULL,
+        profile_power_limits_w TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        explanation TEXT NOT NULL,
+        gpu_model TEXT NOT NULL,
+        gpu_count INTEGER NOT NULL,
+        max_power_w DOUBLE PRECISION NOT NULL,
+        request_id TEXT NOT NULL,
+        created_unix_s DOUBLE PRECISION NOT NULL,
+        lease_expires_unix_s DOUBLE PRECISION NOT NULL,
+        finished_unix_s DOUBLE PRECISION NOT NULL,
+        energy_j DOUBLE PRECISION NOT NULL,
+        time_s DOUBLE PRECISION NOT NULL,
+        epochs DOUBLE PRECISION NOT NULL,
+        reached_target INTEGER NOT NULL,
+        cost DOUBLE PRECISION NOT NULL,
+        final_metric DOUBLE PRECISION,
+        reason TEXT NOT NULL,
+        profiled INTEGER NOT NULL,
+        epoch_cost DOUBLE PRECISION
+    );
+    CREATE UNIQUE INDEX runs_job_seq ON runs (job_id, seq);
+    CREATE INDEX runs_job_request ON runs (job_id, request_id);
+    CREATE INDEX runs_state_lease ON runs (state, lease_expires_unix_s);
+    CREATE TABLE profiles (
+        job_id TEXT NOT NULL,
+        gpu_model TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        power_limit_w DOUBLE PRECISION NOT NULL,
+        average_power_w DOUBLE PRECISION NOT NULL,
+        time_per_epoch_s DOUBLE PRECISION NOT NULL,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (job_id, gpu_model, batch_size, power_limit_w)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class PostgresStore(SqlStore):
+    """A :class:`~optimizer_server.store.base.Store` in PostgreSQL (psycopg 3, pooled)."""
+
+    paramstyle = "format"
+
+    def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 16) -> None:
+        self.url = url
+        try:
+            psycopg.connect(url, connect_timeout=5).close()  # fail fast, with the driver's reason
+            self.pool = ConnectionPool(
+                url, min_size=min_connections, max_size=max_connections, open=True, timeout=10.0, name="powerbandit"
+            )
+            self.pool.wait(timeout=10.0)
+        except (psycopg.Error, Exception) as exc:
+            raise InvalidArgumentError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            current = int(cur.fetchone()[0] or 0)
+            if current > SCHEMA_VERSION:
+                raise FailedPreconditionError(
+                    f"database {_redact(self.url)} has schema version {current}, newer than this powerbandit "
+                    f"understands ({SCHEMA_VERSION}); upgrade powerbandit"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                cur.execute(MIGRATIONS[version - 1])
+                cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                log.info("applied schema migration %d", version)
+
+    @contextmanager
+    def _session(self, lock_job_id: str | None = None) -> Iterator[Cursor]:
+        try:
+            with self.pool.connection() as conn, conn.cursor() as cur:
+                if lock_job_id is not None:
+                    cur.execute("SELECT 1 FROM jobs WHERE job_id = %s FOR UPDATE", (lock_job_id,))
+                yield cur  # the pool commits on success and rolls back on an exception
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            raise UnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparsable URL>"
+    info.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in info.items())
