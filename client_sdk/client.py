@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -120,7 +122,9 @@ def gpu_info_to_pb(info: GpuInfo) -> pb.GpuInfo:
 class OptimizerClient:
     """Typed calls to ``powerbandit.v1.OptimizerService``; errors become :class:`OptimizerClientError`.
 
-    ``credentials``: pass ``grpc.ssl_channel_credentials(...)`` for TLS; plaintext otherwise.
+    ``token``: bearer token for servers with authentication (default: ``POWERBANDIT_TOKEN``).
+    ``tls``: use TLS, verifying the server with the system roots, or with ``root_cert`` (a PEM
+    file path) when given (``root_cert`` implies TLS; default from ``POWERBANDIT_TLS_ROOT_CERT``).
     """
 
     def __init__(
@@ -128,20 +132,27 @@ class OptimizerClient:
         address: str,
         *,
         timeout_s: float = 30.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_cert: str | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        token = token if token is not None else os.environ.get("POWERBANDIT_TOKEN") or None
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        root_cert = root_cert or os.environ.get("POWERBANDIT_TLS_ROOT_CERT") or None
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
+        if tls or root_cert:
+            roots = Path(root_cert).read_bytes() if root_cert else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
             self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.OptimizerServiceStub(self._channel)
 
     def _call(self, method: str, request: object) -> object:
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout_s)
+            return getattr(self.stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise OptimizerClientError(method, exc.code(), exc.details() or "", self.address) from None
 

@@ -29,3 +29,11 @@ class ResourceExhaustedError(OptimizerError):
 
 class UnavailableError(OptimizerError):
     """The store could not be reached or is busy; retrying may succeed."""
+
+
+class UnauthenticatedError(OptimizerError):
+    """No valid credentials were presented."""
+
+
+class PermissionDeniedError(OptimizerError):
+    """The credentials are valid but do not cover this job."""

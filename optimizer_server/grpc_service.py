@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from optimizer_server import validation as v
+from optimizer_server.auth import TokenAuth, authorize, current_principal
 from optimizer_server.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     OptimizerError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
+from optimizer_server.metrics import Metrics
 from optimizer_server.policy import JobSpec
 from optimizer_server.service import JobView, OptimizerService
 from optimizer_server.store.base import RunRecord
@@ -39,6 +44,8 @@ STATUS_OF: dict[type[OptimizerError], grpc.StatusCode] = {
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 PHASE_TO_PB = {"explore": pb.PHASE_EXPLORE, "exploit": pb.PHASE_EXPLOIT, "fallback": pb.PHASE_FALLBACK}
@@ -66,18 +73,33 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def translate_errors(handler: Handler) -> Handler:
-    """Turn domain errors raised by ``handler`` into gRPC statuses with their message."""
+def rpc(handler: Handler) -> Handler:
+    """Wrap an RPC handler: authenticate the caller, map domain errors to statuses, count it.
+
+    The caller's :class:`~optimizer_server.auth.Principal` is in ``current_principal`` while the
+    handler runs; handlers call :func:`~optimizer_server.auth.authorize` with the job id.
+    """
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: OptimizerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        token = None
         try:
+            token = current_principal.set(self.auth.authenticate(context.invocation_metadata()))
             return await handler(self, request, context)
         except OptimizerError as exc:
-            await context.abort(status_for(exc), str(exc))
+            code = status_for(exc)
+            await context.abort(code, str(exc))
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in %s", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await context.abort(code, "internal error; see the server log")
+        finally:
+            if token is not None:
+                current_principal.reset(token)
+            if self.metrics is not None:
+                self.metrics.observe_rpc(handler.__name__, code, time.perf_counter() - started)
 
     return wrapper  # type: ignore[return-value]
 
@@ -174,22 +196,27 @@ def job_to_pb(view: JobView) -> pb.Job:
 class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     """Implements ``powerbandit.v1.OptimizerService`` over an :class:`OptimizerService`."""
 
-    def __init__(self, service: OptimizerService) -> None:
+    def __init__(self, service: OptimizerService, auth: TokenAuth | None = None, metrics: Metrics | None = None) -> None:
         self.service = service
+        self.auth = auth if auth is not None else TokenAuth()
+        self.metrics = metrics
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    @translate_errors
+    @rpc
     async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgumentError("spec is missing")
-        spec, created = await self._call(self.service.register_job, v.job_spec(request.spec))
+        spec = v.job_spec(request.spec)
+        authorize(spec.job_id)
+        spec, created = await self._call(self.service.register_job, spec)
         return pb.RegisterJobResponse(spec=spec_to_pb(spec), created=created)
 
-    @translate_errors
+    @rpc
     async def Suggest(self, request: pb.SuggestRequest, context: Any) -> pb.SuggestResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         gpu = v.run_gpu(request.gpu, request.HasField("gpu"))
         request_id = v.optional_identifier(request.request_id, "request_id")
         suggestion = await self._call(self.service.suggest, job_id, gpu, request_id)
@@ -208,9 +235,10 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             eta=spec.eta,
         )
 
-    @translate_errors
+    @rpc
     async def ReportProfile(self, request: pb.ReportProfileRequest, context: Any) -> pb.ReportProfileResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         steps = v.finite(request.steps_per_epoch, "steps_per_epoch", low=0.0, high=1e12)
         if steps <= 0:
@@ -219,11 +247,12 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         limit, cost = await self._call(self.service.report_profile, job_id, run_id, steps, measurements)
         return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
 
-    @translate_errors
+    @rpc
     async def ReportProgress(
         self, request: pb.ReportProgressRequest, context: Any
     ) -> pb.ReportProgressResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         epochs = v.measurement(request.epochs, "epochs")
         energy = v.measurement(request.energy_j, "energy_j")
@@ -240,9 +269,10 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             max_cost=verdict.max_cost,
         )
 
-    @translate_errors
+    @rpc
     async def CompleteRun(self, request: pb.CompleteRunRequest, context: Any) -> pb.CompleteRunResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         power = request.power_limit_w
         if power != 0:
@@ -262,9 +292,10 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         )
         return pb.CompleteRunResponse(run=run_to_pb(run))
 
-    @translate_errors
+    @rpc
     async def FailRun(self, request: pb.FailRunRequest, context: Any) -> pb.FailRunResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         run = await self._call(
             self.service.fail_run,
@@ -277,31 +308,37 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         )
         return pb.FailRunResponse(run=run_to_pb(run))
 
-    @translate_errors
+    @rpc
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         expires = await self._call(self.service.heartbeat, job_id, run_id)
         return pb.HeartbeatResponse(lease_expires_unix_s=expires)
 
-    @translate_errors
+    @rpc
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
         job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
         if request.max_runs < 0:
             raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all), got {request.max_runs}")
         view = await self._call(self.service.get_job, job_id, request.max_runs)
         return pb.GetJobResponse(job=job_to_pb(view))
 
-    @translate_errors
+    @rpc
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         prefix = v.text(request.job_id_prefix, "job_id_prefix")
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgumentError(f"page_size must be in 0..1000 (0 = 100), got {request.page_size}")
         token = v.text(request.page_token, "page_token")
         views, next_token = await self._call(self.service.list_jobs, prefix, request.page_size or 100, token)
-        return pb.ListJobsResponse(jobs=[job_to_pb(view) for view in views], next_page_token=next_token)
+        principal = current_principal.get()  # a scoped token sees only its own jobs
+        visible = [job_to_pb(view) for view in views if principal.may_use(view.record.spec.job_id)]
+        return pb.ListJobsResponse(jobs=visible, next_page_token=next_token)
 
-    @translate_errors
+    @rpc
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
-        await self._call(self.service.delete_job, v.identifier(request.job_id, "job_id"))
+        job_id = v.identifier(request.job_id, "job_id")
+        authorize(job_id)
+        await self._call(self.service.delete_job, job_id)
         return pb.DeleteJobResponse()

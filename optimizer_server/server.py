@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from optimizer_server.auth import TokenAuth
+from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.grpc_service import OptimizerServicer
+from optimizer_server.metrics import Metrics
 from optimizer_server.service import DEFAULT_LEASE_S, OptimizerService
 from optimizer_server.store.base import Store, open_store
 from powerbandit.v1 import optimizer_pb2, optimizer_pb2_grpc
@@ -32,13 +38,37 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 @dataclass
 class ServerConfig:
-    """How to run the server."""
+    """How to run the server.
+
+    ``auth``: the token checker; ``None`` reads tokens from ``auth_tokens_file`` or the environment
+    (see :mod:`optimizer_server.auth`). Without tokens the server refuses to listen beyond loopback
+    unless ``allow_unauthenticated_remote`` is set. ``tls_cert``/``tls_key``: PEM files for TLS.
+    ``metrics_port``: serve Prometheus metrics on ``metrics_host:metrics_port`` (None: off).
+    """
 
     db_url: str = "sqlite:///powerbandit.db"
     listen: str = "127.0.0.1:50051"
     lease_s: float = DEFAULT_LEASE_S
     sweep_interval_s: float = 30.0
     grace_s: float = 10.0
+    auth: TokenAuth | None = None
+    auth_tokens_file: str | None = None
+    allow_unauthenticated_remote: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``host:port`` listens on the loopback interface only."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RunningServer:
@@ -46,8 +76,20 @@ class RunningServer:
 
     def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
         self.config = config
+        self.auth = config.auth if config.auth is not None else TokenAuth.from_environment(config.auth_tokens_file)
+        if not self.auth.enabled and not is_loopback(config.listen) and not config.allow_unauthenticated_remote:
+            raise InvalidArgumentError(
+                f"refusing to listen on {config.listen} without authentication: configure tokens "
+                "(--auth-tokens-file or POWERBANDIT_AUTH_TOKENS_FILE / POWERBANDIT_AUTH_TOKENS), listen on "
+                "127.0.0.1, or pass --allow-unauthenticated-remote"
+            )
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
         self.store = store if store is not None else open_store(config.db_url)
         self.service = OptimizerService(self.store, lease_s=config.lease_s)
+        self.metrics = Metrics(self.store)
+        self.store.transaction_observer = self.metrics.store_latency.observe
+        self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -56,7 +98,7 @@ class RunningServer:
             ]
         )
         optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(
-            OptimizerServicer(self.service), self.server
+            OptimizerServicer(self.service, self.auth, self.metrics), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -67,10 +109,27 @@ class RunningServer:
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
-        self.port = self.server.add_insecure_port(self.config.listen)
+        if self.config.tls_cert and self.config.tls_key:
+            try:
+                key = Path(self.config.tls_key).read_bytes()
+                cert = Path(self.config.tls_cert).read_bytes()
+            except OSError as exc:
+                raise InvalidArgumentError(f"cannot read the TLS certificate or key: {exc}") from exc
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.port = self.server.add_secure_port(self.config.listen, credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
+        if self.auth.enabled:
+            log.info("authentication: bearer tokens required")
+        else:
+            log.warning("authentication: OFF (no tokens configured); listening on %s only", self.config.listen)
+        log.info("TLS: %s", "on" if self.config.tls_cert else "off")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep())
@@ -105,6 +164,7 @@ class RunningServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.server.stop(grace)
+        self.metrics.close()
         self.store.close()
         log.info("server stopped")
 
@@ -129,7 +189,7 @@ class EmbeddedServer:
     ...     client = OptimizerClient(server.address)
     """
 
-    def __init__(self, db_url: str, listen: str = "127.0.0.1:0", **config: float) -> None:
+    def __init__(self, db_url: str, listen: str = "127.0.0.1:0", **config: Any) -> None:
         self.config = ServerConfig(db_url=db_url, listen=listen, **config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="powerbandit-server", daemon=True)
@@ -152,6 +212,12 @@ class EmbeddedServer:
         """``127.0.0.1:PORT``."""
         assert self._running is not None, "server not started"
         return self._running.address
+
+    @property
+    def running(self) -> RunningServer:
+        """The running server (its port, metrics port, service)."""
+        assert self._running is not None, "server not started"
+        return self._running
 
     @property
     def service(self) -> OptimizerService:

@@ -34,6 +34,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds a run may go without a heartbeat before it expires [POWERBANDIT_LEASE_S, 300]")  # fmt: skip
     p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")),
                    help="seconds in-flight RPCs get to finish on SIGTERM [POWERBANDIT_GRACE_S, 10]")  # fmt: skip
+    p.add_argument("--auth-tokens-file", default=_env("AUTH_TOKENS_FILE", "") or None,
+                   help="file of bearer tokens and their job-id prefixes [POWERBANDIT_AUTH_TOKENS_FILE; tokens may "
+                        "also come from POWERBANDIT_AUTH_TOKENS, never from the command line]")  # fmt: skip
+    p.add_argument("--allow-unauthenticated-remote", action="store_true",
+                   help="listen beyond loopback without tokens (not recommended)")  # fmt: skip
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate [POWERBANDIT_TLS_CERT]")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key [POWERBANDIT_TLS_KEY]")
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "-1")),
+                   help="serve Prometheus metrics on this port, -1 = off [POWERBANDIT_METRICS_PORT, -1]")  # fmt: skip
+    p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
+                   help="address of the metrics endpoint [POWERBANDIT_METRICS_HOST, 127.0.0.1]")  # fmt: skip
     p.add_argument("--sweep-interval-s", type=float, default=float(_env("SWEEP_INTERVAL_S", "30")),
                    help="how often lapsed leases are expired [POWERBANDIT_SWEEP_INTERVAL_S, 30]")  # fmt: skip
 
@@ -48,6 +59,12 @@ def _serve(args: argparse.Namespace) -> int:
         lease_s=args.lease_s,
         sweep_interval_s=args.sweep_interval_s,
         grace_s=args.grace_s,
+        auth_tokens_file=args.auth_tokens_file,
+        allow_unauthenticated_remote=args.allow_unauthenticated_remote,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         asyncio.run(serve_forever(config))

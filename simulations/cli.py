@@ -21,7 +21,13 @@ from simulations.baselines import BASELINES
 from simulations.engine import SimResult, simulate
 from simulations.progress import Progress
 from simulations.report import print_table, write_plots, write_runs_csv, write_summary_json
-from simulations.scenarios import SCENARIOS, simulate_alternating, simulate_concurrent, simulate_drift
+from simulations.scenarios import (
+    SCENARIOS,
+    simulate_alternating,
+    simulate_alternating_separately,
+    simulate_concurrent,
+    simulate_drift,
+)
 from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet
 
 ALL_POLICIES: tuple[str, ...] = (*BASELINES, *POLICY_NAMES)
@@ -112,6 +118,10 @@ def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimRe
         return simulate_concurrent(job, task.policy, task.seed, backend_factory=backend_factory)
     if task.scenario == "alternating":
         return simulate_alternating(job, task.jobs[1], task.policy, task.seed, backend_factory=backend_factory)
+    if task.scenario == "alternating-separate":
+        return simulate_alternating_separately(
+            job, task.jobs[1], task.policy, task.seed, backend_factory=backend_factory
+        )
     return simulate(job, task.policy, task.seed, recurrences=task.recurrences, backend_factory=backend_factory)
 
 
@@ -123,7 +133,7 @@ def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
     """Every (job, policy, seed) the arguments select."""
     jobs = traces.jobs(args.gpu, args.workload, parse_targets(args.target), args.eta, args.beta)
     groups: list[tuple[TraceJob, ...]]
-    if args.scenario == "alternating":
+    if args.scenario in ("alternating", "alternating-separate"):
         by_workload: dict[str, list[TraceJob]] = {}
         for j in jobs:
             by_workload.setdefault(j.workload, []).append(j)

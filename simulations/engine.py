@@ -261,7 +261,9 @@ def simulate(
     trace_rng = np.random.default_rng(seed)
     profiles = GpuProfiles()
     result = SimResult(job.name, job.gpu, job.workload, job.target_metric, job.eta, job.beta, policy, seed)
-    min_cost = math.inf
+    # The user's cap compares costs of one GPU model: MAX_POWER (so the cost's scale) differs
+    # between models, so a job that changes GPU keeps one ``min_cost`` per model.
+    min_cost: dict[str, float] = {}
     try:
         for r in range(n):
             current = schedule(r) if schedule is not None else job
@@ -270,7 +272,8 @@ def simulate(
                 decision: Decision = backend.suggest(profiles.context(current))
                 b = int(decision.batch_size)
                 bound = backend.cost_bound(b)
-                out = execute_run(current, b, decision.power_limit_w, trace_rng, min_cost, bound)
+                cap_cost = min_cost.get(current.gpu, math.inf)
+                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound)
                 if out.profiled:
                     profiles.record(current, b)
                 backend.observe(observation(current, b, out))
@@ -288,7 +291,7 @@ def simulate(
                     f"{job.name}/{policy}/seed {seed}: recurrence {r} did not reach the target in "
                     f"{MAX_ATTEMPTS_PER_RECURRENCE} attempts"
                 )
-            min_cost = min(min_cost, total)
+            min_cost[current.gpu] = min(min_cost.get(current.gpu, math.inf), total)
             result.recurrence_costs.append(total)
             ob, op = current.oracle()
             result.oracle_costs.append(current.expected_cost(ob, op))

@@ -11,6 +11,10 @@ All are deterministic given the simulation seed and follow the run accounting of
     The job alternates between two GPU models (recurrence ``r`` runs on ``gpus[r % 2]``), on the
     batch sizes both GPUs have. Epochs-to-target are the same on both, epoch costs are not; each
     recurrence is compared with its own GPU's oracle.
+``alternating-separate``
+    The same alternation, but learned as two independent jobs, one per GPU model (what a service
+    that keys everything by GPU would do). Comparing it with ``alternating`` shows what sharing
+    epochs-to-target across GPU models is worth.
 ``concurrent``
     Concurrent submissions: a recurrence is submitted every ``interval`` seconds, where
     ``interval`` is the oracle's expected run time divided by ``overlap``, so about ``overlap``
@@ -41,7 +45,7 @@ from simulations.engine import (
 )
 from simulations.traces import TraceJob
 
-SCENARIOS: tuple[str, ...] = ("trace", "drift", "concurrent", "alternating")
+SCENARIOS: tuple[str, ...] = ("trace", "drift", "concurrent", "alternating", "alternating-separate")
 
 
 def drifted(job: TraceJob, shift: int = 2) -> TraceJob:
@@ -96,6 +100,30 @@ def simulate_alternating(
         return jobs[r % 2]
 
     result = simulate(jobs[0], policy, seed, recurrences=n, schedule=schedule, backend_factory=backend_factory)
+    result.job = f"{first.workload}@{first.gpu}+{second.gpu}"
+    result.gpu = f"{first.gpu}+{second.gpu}"
+    return result
+
+
+def simulate_alternating_separately(
+    first: TraceJob, second: TraceJob, policy: str, seed: int, backend_factory: BackendFactory | None = None
+) -> SimResult:
+    """``alternating-separate``: each GPU's recurrences learned by its own job (no sharing)."""
+    common = tuple(b for b in first.batch_sizes if b in second.batch_sizes)
+    jobs = (restrict(first, common), restrict(second, common))
+    n = (first.recurrences + second.recurrences) // 2
+    halves = [
+        simulate(job, policy, seed, recurrences=(n + 1 - i) // 2, backend_factory=backend_factory)
+        for i, job in enumerate(jobs)
+    ]
+    result = replace(halves[0], attempts=[], recurrence_costs=[], oracle_costs=[], default_costs=[], default_energies=[])
+    for r in range(n):  # interleave the recurrences back into the alternating order
+        part, k = halves[r % 2], r // 2
+        result.attempts.extend(a for a in part.attempts if a.recurrence == k)
+        result.recurrence_costs.append(part.recurrence_costs[k])
+        result.oracle_costs.append(part.oracle_costs[k])
+        result.default_costs.append(part.default_costs[k])
+        result.default_energies.append(part.default_energies[k])
     result.job = f"{first.workload}@{first.gpu}+{second.gpu}"
     result.gpu = f"{first.gpu}+{second.gpu}"
     return result

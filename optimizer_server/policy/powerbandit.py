@@ -41,14 +41,19 @@ from optimizer_server.policy.base import (
 NOISE_SHAPE = 2.0  # Gamma prior shape of the log-epochs precision
 NOISE_SD = 0.15  # prior guess of the sd of log epochs-to-target between seeds
 TREND_SD = 0.35  # prior sd of log epochs between batch sizes one doubling apart
+TREND_PRIOR_N = 0.5  # weight (in neighbour pairs) of that prior against the observed differences
 EC_SLOPE_PRIOR = 0.0  # d log(epoch cost) / d log2(b) assumed from one profiled batch size
 EC_SLOPE_MAX = 1.2  # extrapolated slopes of log epoch cost are clamped to +-this per doubling
 EPOCH_SLOPE_MAX = 1.5  # same for log epochs-to-target
-EC_SD = 0.25  # sd of the extrapolated log epoch cost per doubling of distance
-CENSOR_FACTOR = 2.0  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
-EXPLORE_BOUND = 1.3  # an untried batch size is stopped at this multiple of the best mean cost
-FAIL_LIMIT = 2
-NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates  # this many failures without any success take a batch size out
+EPOCH_SLOPE_SD = 0.3  # prior sd of that slope: a slope from noisy neighbours is shrunk towards 0
+EC_SD = 0.1  # sd of the extrapolated log epoch cost per doubling of distance
+CENSOR_FACTOR = 1.3  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
+EXPLORE_BOUND = 1.4  # an untried batch size is stopped at this multiple of the best mean cost
+TS_SCALE = 0.5  # scale of the posterior sd of tried batch sizes in a Thompson draw
+EXPLORE_SCALE = 1.0  # same for untried ones
+BRIDGE_FAILED = False  # untried neighbours of a once-failed batch size are candidates too
+FAIL_LIMIT = 2  # this many failures without any success take a batch size out
+NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates
 _Z90 = 1.6448536269514722
 
 
@@ -61,7 +66,11 @@ def _tail(values: Sequence[float], window: int) -> Sequence[float]:
 
 
 def _extrapolate(
-    points: Mapping[float, float], x: float, slope_range: tuple[float, float], default_slope: float
+    points: Mapping[float, float],
+    x: float,
+    slope_range: tuple[float, float],
+    default_slope: float,
+    shrink: float = 0.0,
 ) -> tuple[float, float]:
     """Value at ``x`` from known ``points`` (x -> y): linear between the nearest known neighbours,
     linear extrapolation (slope clamped to ``slope_range``) from the two nearest on one side.
@@ -81,7 +90,10 @@ def _extrapolate(
     slope = default_slope
     if len(side) > 1:
         x1 = side[1]
-        slope = (points[x0] - points[x1]) / (x0 - x1)
+        dx2 = (x0 - x1) ** 2
+        # a slope between two noisy points close together is mostly noise: shrink it to the default
+        weight = dx2 / (dx2 + shrink) if shrink > 0 else 1.0
+        slope = default_slope + weight * ((points[x0] - points[x1]) / (x0 - x1) - default_slope)
     slope = min(max(slope, slope_range[0]), slope_range[1])
     return points[x0] + slope * (x - x0), abs(x - x0)
 
@@ -190,8 +202,23 @@ class PowerBanditPolicy:
         return shape, rate
 
     @staticmethod
+    def _trend_var(data: Mapping[int, Mapping[str, Any]], noise_var: float) -> float:
+        """Variance of log epochs per doubling of the batch size: the prior, updated with the
+        differences between neighbouring tried batch sizes (less their noise), so a job whose
+        batch sizes all need about the same epochs soon stops expecting big jumps."""
+        tried = [(math.log2(b), d) for b, d in sorted(data.items()) if d["ok"]]
+        total = TREND_PRIOR_N * TREND_SD**2
+        count = TREND_PRIOR_N
+        for (x0, d0), (x1, d1) in zip(tried, tried[1:], strict=False):
+            dx = x1 - x0
+            noise = noise_var * (1.0 / len(d0["samples"]) + 1.0 / len(d1["samples"]))
+            total += max((d1["mean"] - d0["mean"]) ** 2 - noise, 0.0) / dx**2
+            count += 1.0
+        return total / count
+
+    @staticmethod
     def _posterior_mu(
-        data: Mapping[int, Mapping[str, Any]], b: int, noise_var: float
+        data: Mapping[int, Mapping[str, Any]], b: int, noise_var: float, trend_var: float = TREND_SD**2
     ) -> tuple[float, float]:
         """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data as likelihood."""
         x = math.log2(b)
@@ -201,15 +228,16 @@ class PowerBanditPolicy:
             n = len(d["samples"])
             if c == b or n == 0:
                 continue
-            var = noise_var / n + (TREND_SD * (x - math.log2(c))) ** 2
+            var = noise_var / n + trend_var * (x - math.log2(c)) ** 2
             prec0 += 1.0 / var
             mean0 += d["mean"] / var
         own = data[b]
         n = len(own["samples"])
         if n == 0 and prec0 > 0.0:
             points = {math.log2(c): d["mean"] for c, d in data.items() if d["samples"]}
-            y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0)
-            return y, noise_var + (TREND_SD * dist) ** 2
+            shrink = 2.0 * noise_var / EPOCH_SLOPE_SD**2
+            y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0, shrink)
+            return y, noise_var + trend_var * dist**2
         if prec0 == 0.0:
             if n == 0:
                 return math.nan, math.inf
@@ -247,7 +275,9 @@ class PowerBanditPolicy:
                 continue
             if d["ok"] or d["fails"]:
                 out.add(b)
-            if d["ok"]:
+            if d["ok"] or (BRIDGE_FAILED and d["fails"]):
+                # an arm stopped once by the exploration bound may just have drawn a slow seed:
+                # its neighbours stay reachable (a second failure takes it out, see above)
                 for step in (-1, 1):
                     for hop in range(1, int(NEIGHBOUR_REACH) + 1):
                         j = i + step * hop
@@ -280,18 +310,20 @@ class PowerBanditPolicy:
         noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else NOISE_SD**2
         known = self._epoch_costs(spec, state, context)
         ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
+        trend_var = self._trend_var(data, noise_var)
         costs: dict[int, float] = {}
         draws = rng.standard_normal(2 * len(candidates))
         for i, b in enumerate(candidates):
-            mean, var = self._posterior_mu(data, b, noise_var)
+            mean, var = self._posterior_mu(data, b, noise_var, trend_var)
             if not math.isfinite(mean):
                 mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
-            mu = mean + math.sqrt(var) * float(draws[2 * i])
+            scale = TS_SCALE if data[b]["ok"] else EXPLORE_SCALE
+            mu = mean + scale * math.sqrt(var) * float(draws[2 * i])
             if b in known:
                 log_ec = math.log(known[b])
             elif known:
                 y, dist = _extrapolate(ec_points, math.log2(b), (-EC_SLOPE_MAX, EC_SLOPE_MAX), EC_SLOPE_PRIOR)
-                log_ec = y + EC_SD * dist * float(draws[2 * i + 1])
+                log_ec = y + EXPLORE_SCALE * EC_SD * dist * float(draws[2 * i + 1])
             else:
                 log_ec = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
@@ -351,7 +383,7 @@ class PowerBanditPolicy:
                 status = "pruned"
             else:
                 status = "active"
-            mean, var = self._posterior_mu(data, b, noise_var)
+            mean, var = self._posterior_mu(data, b, noise_var, self._trend_var(data, noise_var))
             epochs = math.exp(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
             if b in ec_any and math.isfinite(mean):
                 sd = math.sqrt(var)

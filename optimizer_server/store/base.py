@@ -10,7 +10,7 @@ counted twice. Records are passed by value.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +163,13 @@ class Store(ABC):
     @abstractmethod
     def expired_runs(self, now_unix_s: float) -> Iterator[tuple[str, str]]:
         """``(job_id, run_id)`` of runs in flight whose lease lapsed before ``now_unix_s``."""
+
+    @abstractmethod
+    def totals(self) -> dict[str, Any]:
+        """``{"jobs": N, "runs": {state: count}}`` over the whole store (for metrics)."""
+
+    transaction_observer: Callable[[float], None] | None = None
+    """Called with the duration in seconds of every job transaction, when set (metrics)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -8,6 +8,7 @@ Queries here use ``?`` placeholders; a subclass may rewrite them (``paramstyle``
 from __future__ import annotations
 
 import json
+import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -227,12 +228,25 @@ class SqlStore(Store):
 
     @contextmanager
     def job_transaction(self, job_id: str) -> Iterator[JobTransaction]:
-        with self._session(lock_job_id=job_id) as cur:
-            self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
-            row = cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"job {job_id!r} not found")
-            yield SqlJobTransaction(self, cur, row_to_job(row))
+        started = time.perf_counter()
+        try:
+            with self._session(lock_job_id=job_id) as cur:
+                self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
+                row = cur.fetchone()
+                if row is None:
+                    raise NotFoundError(f"job {job_id!r} not found")
+                yield SqlJobTransaction(self, cur, row_to_job(row))
+        finally:
+            if self.transaction_observer is not None:
+                self.transaction_observer(time.perf_counter() - started)
+
+    def totals(self) -> dict[str, Any]:
+        with self._session() as cur:
+            self._query(cur, "SELECT COUNT(*) FROM jobs")
+            jobs = int(cur.fetchone()[0])
+            self._query(cur, "SELECT state, COUNT(*) FROM runs GROUP BY state")
+            runs = dict.fromkeys(RUN_STATES, 0) | {str(s): int(n) for s, n in cur.fetchall()}
+        return {"jobs": jobs, "runs": runs}
 
     def list_runs(self, job_id: str, limit: int = 0) -> list[RunRecord]:
         with self._session() as cur:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError
+from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from optimizer_server.store.sql import Cursor, SqlStore
 
 log = logging.getLogger("powerbandit.store.sqlite")
@@ -127,14 +127,17 @@ class SqliteStore(SqlStore):
         with self._lock:
             cur = self._conn.cursor()
             # Every session takes the write lock: simple, and SQLite serialises writers anyway.
-            cur.execute("BEGIN IMMEDIATE" if lock_job_id is not None else "BEGIN")
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+                cur.execute("BEGIN IMMEDIATE" if lock_job_id is not None else "BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                else:
+                    cur.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # locked by another process, disk full, I/O error
+                raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
             finally:
                 cur.close()
 

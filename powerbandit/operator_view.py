@@ -1,0 +1,672 @@
+"""What the operator commands compute and draw, from ``Job`` messages read through the public API.
+
+Nothing here talks to a server or a database: every function takes the ``powerbandit.v1.Job``
+messages that ``GetJob``/``ListJobs`` return, so the numbers are the same against any replica.
+
+**How energy saved is estimated** (:func:`default_baseline`, :func:`job_summary`). Savings are
+counted per GPU model, against the job's *default configuration*: its default batch size ``b0`` at
+the GPU model's maximum power limit. The expected energy (and time) of one successful run at the
+default configuration is taken, in this order, from
+
+1. ``measured``: the mean energy of the completed runs that reached the target at ``b0`` with the
+   power limit at the maximum, on that GPU model;
+2. ``profile``: the measured power profile of ``b0`` on that GPU model at the maximum limit
+   (average power x epoch time) times the mean epochs to target of the runs at ``b0`` that
+   reached it (on any GPU model: epochs to target do not depend on the hardware).
+
+When neither exists (``b0`` never reached the target, or was never profiled at the maximum
+limit on that model) there is no baseline and no saving is claimed: the figure is ``None`` with
+the reason. Otherwise ``saved = successes x baseline - used``, where ``used`` is the energy
+reported by *every* finished run on that GPU model (completed, stopped early, failed, expired:
+exploration is paid for) and ``successes`` the runs that reached the target: what the same number
+of trained models would have cost at the default configuration, minus what they cost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from powerbandit.v1 import optimizer_pb2 as pb
+
+#: Tolerance when comparing power limits (W).
+LIMIT_TOLERANCE_W = 0.5
+
+RUN_STATE_NAMES = {
+    pb.RUN_STATE_UNSPECIFIED: "unknown",
+    pb.RUN_STATE_IN_FLIGHT: "in_flight",
+    pb.RUN_STATE_COMPLETED: "completed",
+    pb.RUN_STATE_FAILED: "failed",
+    pb.RUN_STATE_EXPIRED: "expired",
+}
+PHASE_NAMES = {
+    pb.PHASE_UNSPECIFIED: "",
+    pb.PHASE_EXPLORE: "explore",
+    pb.PHASE_EXPLOIT: "exploit",
+    pb.PHASE_FALLBACK: "fallback",
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])\s*$", re.I)
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+# ------------------------------------------------------------------------------------ formatting
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30m``, ``12h``, ``7d``, ``2w`` (also ``s``, decimals).
+
+    Raises ``ValueError`` with the accepted forms otherwise.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 30m, 12h, 7d, 2w"
+        )
+    return float(match.group(1)) * _UNIT_S[match.group(2).lower()]
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else ``None`` (JSON has no NaN or infinity)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def fmt_energy(joules: float | None) -> str:
+    """Energy for people: kJ below 1 kWh, kWh above; ``-`` when unknown."""
+    if joules is None or not math.isfinite(joules):
+        return "-"
+    if abs(joules) >= 3.6e6:
+        return f"{joules / 3.6e6:.2f} kWh"
+    return f"{joules / 1e3:.1f} kJ"
+
+
+def fmt_time(seconds: float | None) -> str:
+    """A duration for people (s, min, h, d); ``-`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if abs(seconds) >= 2 * 86400:
+        return f"{seconds / 86400:.1f} d"
+    if abs(seconds) >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if abs(seconds) >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+def fmt_num(value: float | None, unit: str = "") -> str:
+    """Four significant digits and a unit; ``-`` when unknown."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}{unit}"
+
+
+def fmt_unix(seconds: float) -> str:
+    """A timestamp as local ``YYYY-MM-DD HH:MM:SS``; ``-`` for 0."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds > 0 else "-"
+
+
+# ------------------------------------------------------------------------------------ estimates
+@dataclass(frozen=True)
+class Baseline:
+    """Expected energy and time of one successful run at the default configuration on one GPU model."""
+
+    energy_j: float
+    time_s: float
+    source: str  # "measured" or "profile"
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "energy_j": self.energy_j,
+            "time_s": self.time_s,
+            "source": self.source,
+            "detail": self.detail,
+        }
+
+
+def _finished(run: pb.Run) -> bool:
+    return run.state in (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_EXPIRED)
+
+
+def _succeeded(run: pb.Run) -> bool:
+    return run.state == pb.RUN_STATE_COMPLETED and run.reached_target
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def max_limit_w(job: pb.Job, gpu_model: str) -> float | None:
+    """The per-GPU maximum power limit of ``gpu_model`` as the job's runs reported it."""
+    limits = [r.max_power_w / r.gpu_count for r in job.runs if r.gpu_model == gpu_model and r.gpu_count > 0]
+    return max(limits) if limits else None
+
+
+def profile_point(job: pb.Job, gpu_model: str, batch_size: int, limit_w: float) -> pb.ProfilePoint | None:
+    """The profile point of ``batch_size`` on ``gpu_model`` at ``limit_w`` (within 0.5 W), if measured."""
+    for profile in job.profiles:
+        if profile.gpu_model == gpu_model and profile.batch_size == batch_size:
+            for point in profile.points:
+                if abs(point.power_limit_w - limit_w) <= LIMIT_TOLERANCE_W:
+                    return point
+    return None
+
+
+def mean_epochs_to_target(job: pb.Job, batch_size: int) -> float | None:
+    """Mean epochs of the runs at ``batch_size`` that reached the target (any GPU model)."""
+    epochs = [r.epochs for r in job.runs if r.batch_size == batch_size and _succeeded(r)]
+    return _mean(epochs) if epochs else None
+
+
+def default_baseline(job: pb.Job, gpu_model: str) -> tuple[Baseline | None, str]:
+    """The default configuration's expected successful run on ``gpu_model``, or ``None`` and why.
+
+    ``job`` must carry its runs (``GetJob`` with ``max_runs=0``). See the module docstring.
+    """
+    b0 = job.spec.default_batch_size
+    p_max = max_limit_w(job, gpu_model)
+    if p_max is None:
+        return None, f"no runs on {gpu_model}"
+    at_default = [
+        r
+        for r in job.runs
+        if r.gpu_model == gpu_model
+        and r.batch_size == b0
+        and _succeeded(r)
+        and abs(r.power_limit_w - p_max) <= LIMIT_TOLERANCE_W
+    ]
+    if at_default:
+        return (
+            Baseline(
+                _mean([r.energy_j for r in at_default]),
+                _mean([r.time_s for r in at_default]),
+                "measured",
+                f"mean of {len(at_default)} successful run(s) at batch size {b0}, {p_max:g} W on {gpu_model}",
+            ),
+            "",
+        )
+    epochs = mean_epochs_to_target(job, b0)
+    if epochs is None:
+        tried = sum(1 for r in job.runs if r.batch_size == b0 and _finished(r))
+        return None, f"default batch size {b0} has not reached the target yet ({tried} finished run(s) at it)"
+    point = profile_point(job, gpu_model, b0, p_max)
+    if point is None:
+        return None, f"default batch size {b0} was never measured at the maximum {p_max:g} W on {gpu_model}"
+    return (
+        Baseline(
+            point.average_power_w * point.time_per_epoch_s * epochs,
+            point.time_per_epoch_s * epochs,
+            "profile",
+            f"batch size {b0} profile at {p_max:g} W on {gpu_model} x {epochs:.3g} mean epochs to target",
+        ),
+        "",
+    )
+
+
+def best_expectation(job: pb.Job) -> dict[str, Any]:
+    """Expected energy, time and cost of one run at the current best configuration.
+
+    From the best batch size's profile at the best power limit on the most recent GPU model times
+    its mean epochs to target; else the mean of successful runs at that configuration. Values are
+    ``None`` (with ``detail`` saying why) when neither is measured.
+    """
+    b, limit = job.best_batch_size, job.best_power_limit_w
+    out: dict[str, Any] = {
+        "batch_size": b or None,
+        "power_limit_w": limit or None,
+        "gpu_model": None,
+        "energy_j": None,
+        "time_s": None,
+        "cost": None,
+        "source": None,
+        "detail": "",
+    }
+    if not b:
+        out["detail"] = "no batch size has reached the target yet"
+        return out
+    arm = next((a for a in job.arms if a.batch_size == b), None)
+    if arm is not None:
+        out["cost"] = finite(arm.cost_mean)
+    if not job.runs:
+        out["detail"] = "no runs"
+        return out
+    model = job.runs[-1].gpu_model
+    out["gpu_model"] = model
+    epochs = mean_epochs_to_target(job, b)
+    point = profile_point(job, model, b, limit) if limit else None
+    if point is not None and epochs is not None:
+        out.update(
+            energy_j=point.average_power_w * point.time_per_epoch_s * epochs,
+            time_s=point.time_per_epoch_s * epochs,
+            source="profile",
+            detail=f"profile at {limit:g} W on {model} x {epochs:.3g} mean epochs to target",
+        )
+        return out
+    measured = [
+        r
+        for r in job.runs
+        if r.gpu_model == model
+        and r.batch_size == b
+        and _succeeded(r)
+        and (not limit or abs(r.power_limit_w - limit) <= LIMIT_TOLERANCE_W)
+    ]
+    if measured:
+        out.update(
+            energy_j=_mean([r.energy_j for r in measured]),
+            time_s=_mean([r.time_s for r in measured]),
+            source="measured",
+            detail=f"mean of {len(measured)} successful run(s) at this configuration on {model}",
+        )
+    else:
+        out["detail"] = f"batch size {b} at {limit:g} W has no profile or successful run on {model}"
+    return out
+
+
+@dataclass
+class GroupUsage:
+    """Energy and time of a job's finished runs on one GPU model (in a time window)."""
+
+    gpu_model: str
+    runs: int = 0
+    successes: int = 0
+    energy_j: float = 0.0
+    time_s: float = 0.0
+
+
+def usage_by_gpu(runs: Iterable[pb.Run], since_unix_s: float = 0.0) -> dict[str, GroupUsage]:
+    """Finished runs (``finished_unix_s >= since_unix_s``) summed per GPU model."""
+    groups: dict[str, GroupUsage] = {}
+    for r in runs:
+        if not _finished(r) or r.finished_unix_s < since_unix_s:
+            continue
+        g = groups.setdefault(r.gpu_model, GroupUsage(r.gpu_model))
+        g.runs += 1
+        g.successes += int(_succeeded(r))
+        g.energy_j += r.energy_j
+        g.time_s += r.time_s
+    return groups
+
+
+def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
+    """One job's usage and estimated savings (JSON-ready; ``job`` must carry all its runs).
+
+    ``used`` and ``saved`` cover the runs finished at or after ``since_unix_s``; the baselines
+    use the job's whole history. ``saved.energy_j`` is ``None`` with ``saved.reason`` when no GPU
+    model has a baseline; when only some have, it covers those (listed in ``saved.uncovered``).
+    """
+    groups = usage_by_gpu(job.runs, since_unix_s)
+    per_gpu = []
+    saved_e = saved_t = base_e = covered_used = 0.0
+    covered, uncovered, reasons, methods = 0, [], [], set()
+    for model in sorted(groups):
+        g = groups[model]
+        baseline, reason = default_baseline(job, model)
+        row: dict[str, Any] = {
+            "gpu_model": model,
+            "runs": g.runs,
+            "successes": g.successes,
+            "energy_j": g.energy_j,
+            "time_s": g.time_s,
+            "baseline": baseline.to_dict() if baseline else None,
+            "saved_energy_j": None,
+            "saved_time_s": None,
+            "reason": reason or None,
+        }
+        if baseline is not None:
+            row["saved_energy_j"] = g.successes * baseline.energy_j - g.energy_j
+            row["saved_time_s"] = g.successes * baseline.time_s - g.time_s
+            saved_e += row["saved_energy_j"]
+            saved_t += row["saved_time_s"]
+            base_e += g.successes * baseline.energy_j
+            covered_used += g.energy_j
+            covered += 1
+            methods.add(baseline.source)
+        else:
+            uncovered.append(model)
+            reasons.append(reason)
+        per_gpu.append(row)
+    saved: dict[str, Any] = {
+        "energy_j": None,
+        "time_s": None,
+        "fraction": None,
+        "baseline_energy_j": None,
+        "method": None,
+        "uncovered": uncovered,
+        "reason": None,
+    }
+    if covered:
+        saved.update(
+            energy_j=saved_e,
+            time_s=saved_t,
+            fraction=(saved_e / base_e) if base_e > 0 else None,
+            baseline_energy_j=base_e,
+            method="+".join(sorted(methods)),
+            reason=("not counted: " + "; ".join(reasons)) if reasons else None,
+        )
+    elif groups:
+        saved["reason"] = "; ".join(reasons)
+    else:
+        saved["reason"] = "no finished runs" + (" in the window" if since_unix_s > 0 else "")
+    return {
+        "job_id": job.spec.job_id,
+        "completed_runs": job.completed_runs,
+        "in_flight_runs": job.in_flight_runs,
+        "failed_runs": job.failed_runs,
+        "finished_runs": sum(g.runs for g in groups.values()),
+        "successes": sum(g.successes for g in groups.values()),
+        "energy_j": sum(g.energy_j for g in groups.values()),
+        "time_s": sum(g.time_s for g in groups.values()),
+        "best": best_expectation(job),
+        "saved": saved,
+        "per_gpu": per_gpu,
+    }
+
+
+def cluster_report(jobs: Sequence[pb.Job], since_unix_s: float) -> dict[str, Any]:
+    """Cluster totals since ``since_unix_s``: energy, time, estimated saved; per GPU model and job."""
+    summaries = [job_summary(j, since_unix_s) for j in jobs]
+    by_gpu: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        for row in s["per_gpu"]:
+            g = by_gpu.setdefault(
+                row["gpu_model"],
+                {"gpu_model": row["gpu_model"], "runs": 0, "successes": 0, "energy_j": 0.0, "time_s": 0.0,
+                 "saved_energy_j": None, "uncovered_jobs": []},
+            )  # fmt: skip
+            g["runs"] += row["runs"]
+            g["successes"] += row["successes"]
+            g["energy_j"] += row["energy_j"]
+            g["time_s"] += row["time_s"]
+            if row["saved_energy_j"] is None:
+                g["uncovered_jobs"].append(s["job_id"])
+            else:
+                g["saved_energy_j"] = (g["saved_energy_j"] or 0.0) + row["saved_energy_j"]
+    active = [s for s in summaries if s["finished_runs"]]
+    saved_values = [s["saved"]["energy_j"] for s in active if s["saved"]["energy_j"] is not None]
+    return {
+        "since_unix_s": since_unix_s,
+        "until_unix_s": time.time(),
+        "total": {
+            "jobs": len(active),
+            "runs": sum(s["finished_runs"] for s in active),
+            "successes": sum(s["successes"] for s in active),
+            "energy_j": sum(s["energy_j"] for s in active),
+            "time_s": sum(s["time_s"] for s in active),
+            "saved_energy_j": sum(saved_values) if saved_values else None,
+            "jobs_without_estimate": [s["job_id"] for s in active if s["saved"]["energy_j"] is None],
+            "jobs_partially_estimated": [
+                s["job_id"] for s in active if s["saved"]["energy_j"] is not None and s["saved"]["uncovered"]
+            ],
+        },
+        "per_gpu": [by_gpu[m] for m in sorted(by_gpu)],
+        "per_job": [
+            {
+                "job_id": s["job_id"],
+                "runs": s["finished_runs"],
+                "successes": s["successes"],
+                "energy_j": s["energy_j"],
+                "time_s": s["time_s"],
+                "saved_energy_j": s["saved"]["energy_j"],
+                "saved_fraction": s["saved"]["fraction"],
+                "partial": bool(s["saved"]["energy_j"] is not None and s["saved"]["uncovered"]),
+                "reason": s["saved"]["reason"],
+            }
+            for s in active
+        ],
+    }
+
+
+def job_detail(job: pb.Job, recent: int = 20) -> dict[str, Any]:
+    """Everything ``jobs show`` prints, JSON-ready: spec, arms, profiles, recent runs, outlook."""
+    s = job.spec
+    arms = []
+    for a in job.arms:
+        finished = [r for r in job.runs if r.batch_size == a.batch_size and _finished(r)]
+        arms.append(
+            {
+                "batch_size": a.batch_size,
+                "status": a.status,
+                "observations": a.observations,
+                "successes": a.successes,
+                "observed_costs": [r.cost for r in finished if r.state == pb.RUN_STATE_COMPLETED],
+                "cost_mean": finite(a.cost_mean),
+                "cost_low": finite(a.cost_low),
+                "cost_high": finite(a.cost_high),
+                "epochs_mean": finite(a.epochs_mean),
+                "is_best": a.batch_size == job.best_batch_size,
+                "is_default": a.batch_size == s.default_batch_size,
+            }
+        )
+    return {
+        "spec": {
+            "job_id": s.job_id,
+            "batch_sizes": list(s.batch_sizes),
+            "default_batch_size": s.default_batch_size,
+            "target_metric": s.target_metric,
+            "metric_direction": (
+                "lower_is_better"
+                if s.metric_direction == pb.METRIC_DIRECTION_LOWER_IS_BETTER
+                else "higher_is_better"
+            ),
+            "max_epochs": s.max_epochs,
+            "eta": s.eta,
+            "beta": s.beta,
+            "policy": s.policy,
+            "window": s.window,
+            "seed": s.seed,
+        },
+        "created_unix_s": job.created_unix_s,
+        "completed_runs": job.completed_runs,
+        "in_flight_runs": job.in_flight_runs,
+        "failed_runs": job.failed_runs,
+        "best_batch_size": job.best_batch_size or None,
+        "best_power_limit_w": job.best_power_limit_w or None,
+        "max_cost": finite(job.max_cost),
+        "outlook": job.outlook,
+        "arms": arms,
+        "profiles": [
+            {
+                "gpu_model": p.gpu_model,
+                "batch_size": p.batch_size,
+                "points": [
+                    {
+                        "power_limit_w": pt.power_limit_w,
+                        "average_power_w": pt.average_power_w,
+                        "time_per_epoch_s": pt.time_per_epoch_s,
+                        "energy_per_epoch_j": pt.average_power_w * pt.time_per_epoch_s,
+                    }
+                    for pt in sorted(p.points, key=lambda pt: pt.power_limit_w)
+                ],
+            }
+            for p in sorted(job.profiles, key=lambda p: (p.gpu_model, p.batch_size))
+        ],
+        "recent_runs": [run_dict(r) for r in (job.runs[-recent:] if recent > 0 else job.runs)],
+        "summary": job_summary(job),
+    }
+
+
+def run_outcome(run: pb.Run) -> str:
+    """A run's outcome in words."""
+    if run.state == pb.RUN_STATE_IN_FLIGHT:
+        return "in flight"
+    if run.state == pb.RUN_STATE_COMPLETED:
+        if run.reached_target:
+            return "reached target"
+        return f"stopped: {run.reason}" if run.reason else "did not reach target"
+    name = RUN_STATE_NAMES.get(run.state, "unknown")
+    return f"{name}: {run.reason}" if run.reason else name
+
+
+def run_dict(run: pb.Run) -> dict[str, Any]:
+    """A run, JSON-ready."""
+    return {
+        "run_id": run.run_id,
+        "state": RUN_STATE_NAMES.get(run.state, "unknown"),
+        "phase": PHASE_NAMES.get(run.phase, ""),
+        "batch_size": run.batch_size,
+        "power_limit_w": run.power_limit_w,
+        "gpu_model": run.gpu_model,
+        "gpu_count": run.gpu_count,
+        "energy_j": run.energy_j,
+        "time_s": run.time_s,
+        "epochs": run.epochs,
+        "cost": run.cost,
+        "reached_target": run.reached_target,
+        "profiled": run.profiled,
+        "created_unix_s": run.created_unix_s,
+        "finished_unix_s": run.finished_unix_s,
+        "outcome": run_outcome(run),
+    }
+
+
+# ------------------------------------------------------------------------------------ plots
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _cost_scale(values: Iterable[float]) -> tuple[float, str]:
+    top = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    for factor, prefix in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
+        if top >= factor:
+            return factor, prefix
+    return 1.0, "J"
+
+
+def plot_job(job: pb.Job, out: str, *, figsize: tuple[float, float] = (12.0, 4.5), dpi: int = 100) -> None:
+    """Write a PNG: cost per run with the best-so-far line, and each batch size's posterior cost.
+
+    The image is ``figsize * dpi`` pixels. Cost is ``eta*energy + (1-eta)*MAX_POWER*time`` in
+    joules (energy-equivalent).
+    """
+    plt = _pyplot()
+    finished = [r for r in job.runs if _finished(r)]
+    arms = [a for a in job.arms]
+    factor, unit = _cost_scale(
+        [r.cost for r in finished] + [v for a in arms for v in (a.cost_mean, a.cost_high)]
+    )
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize, dpi=dpi, gridspec_kw={"width_ratios": [3, 2]})
+    fig.suptitle(
+        f"{job.spec.job_id}  (eta {job.spec.eta:g}, default batch size {job.spec.default_batch_size})"
+    )
+
+    kinds = (
+        ("reached target", lambda r: _succeeded(r), "o", "tab:green"),
+        ("stopped / missed target", lambda r: r.state == pb.RUN_STATE_COMPLETED and not r.reached_target,
+         "x", "tab:orange"),
+        ("failed / expired", lambda r: r.state != pb.RUN_STATE_COMPLETED, "v", "tab:gray"),
+    )  # fmt: skip
+    for label, keep, marker, color in kinds:
+        points = [(i, r.cost / factor) for i, r in enumerate(finished, start=1) if keep(r)]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            left.scatter(xs, ys, marker=marker, color=color, label=label, zorder=3)
+    best_x, best_y, best = [], [], math.inf
+    for i, r in enumerate(finished, start=1):
+        if _succeeded(r):
+            best = min(best, r.cost)
+        if math.isfinite(best):
+            best_x.append(i)
+            best_y.append(best / factor)
+    if best_x:
+        left.step(best_x, best_y, where="post", color="tab:blue", label="best so far (reached target)")
+    if finished:
+        model = finished[-1].gpu_model
+        baseline, _ = default_baseline(job, model)
+        if baseline is not None:
+            p_max = max_limit_w(job, model) or 0.0
+            count = finished[-1].gpu_count or 1
+            eta = job.spec.eta
+            cost = eta * baseline.energy_j + (1 - eta) * p_max * count * baseline.time_s
+            left.axhline(cost / factor, color="tab:red", linestyle="--",
+                         label=f"default config, estimated ({baseline.source})")  # fmt: skip
+    left.set_xlabel("run (in order of suggestion, finished runs only)")
+    left.set_ylabel(f"cost per run ({unit}, energy-equivalent)")
+    left.set_title("Cost per run")
+    left.grid(alpha=0.3)
+    if finished:
+        left.legend(loc="best", fontsize="small")
+    else:
+        left.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=left.transAxes)
+
+    labels = [str(a.batch_size) for a in arms]
+    xs = list(range(len(arms)))
+    known = [i for i, a in enumerate(arms) if math.isfinite(a.cost_mean)]
+    if known:
+        means = [arms[i].cost_mean / factor for i in known]
+        low = [
+            max(0.0, (arms[i].cost_mean - arms[i].cost_low) / factor)
+            if math.isfinite(arms[i].cost_low)
+            else 0.0
+            for i in known
+        ]
+        high = [
+            max(0.0, (arms[i].cost_high - arms[i].cost_mean) / factor)
+            if math.isfinite(arms[i].cost_high)
+            else 0.0
+            for i in known
+        ]
+        colors = ["tab:blue" if arms[i].batch_size == job.best_batch_size else "tab:gray" for i in known]
+        right.errorbar([xs[i] for i in known], means, yerr=[low, high], fmt="none", ecolor="black", capsize=4,
+                       label="90% credible interval")  # fmt: skip
+        right.scatter([xs[i] for i in known], means, c=colors, zorder=3, label="posterior mean (blue: best)")
+    for i, a in enumerate(arms):
+        if not math.isfinite(a.cost_mean):
+            right.annotate(a.status, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 6),
+                           textcoords="offset points", ha="center", fontsize="small", color="tab:gray")  # fmt: skip
+    right.set_xticks(xs, [f"{lab}*" if a.batch_size == job.spec.default_batch_size else lab
+                          for lab, a in zip(labels, arms, strict=True)])  # fmt: skip
+    right.set_xlabel("batch size (* = default)")
+    right.set_ylabel(f"cost of one run ({unit}, energy-equivalent)")
+    right.set_title("Posterior cost per batch size")
+    right.grid(alpha=0.3)
+    if known:
+        right.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def plot_report(
+    report: dict[str, Any], out: str, *, figsize: tuple[float, float] = (12.0, 5.0), dpi: int = 100
+) -> None:
+    """Write a PNG of a :func:`cluster_report`: energy used and estimated saved, per job and per GPU model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=figsize, dpi=dpi)
+    for ax, rows, key, title in (
+        (axes[0], report["per_job"], "job_id", "Per job"),
+        (axes[1], report["per_gpu"], "gpu_model", "Per GPU model"),
+    ):
+        names = [r[key] for r in rows]
+        used = [r["energy_j"] / 3.6e6 for r in rows]
+        saved = [(r["saved_energy_j"] or 0.0) / 3.6e6 for r in rows]
+        ys = list(range(len(rows)))
+        ax.barh([y - 0.2 for y in ys], used, height=0.4, color="tab:blue", label="energy used")
+        ax.barh([y + 0.2 for y in ys], saved, height=0.4, color="tab:green",
+                label="estimated saved vs default config")  # fmt: skip
+        for y, r in zip(ys, rows, strict=True):
+            if r["saved_energy_j"] is None:
+                ax.annotate("no estimate", (0, y + 0.2), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize="small", color="tab:gray")  # fmt: skip
+        ax.set_yticks(ys, names)
+        ax.invert_yaxis()
+        ax.set_xlabel("energy (kWh)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="x")
+        if rows:
+            ax.legend(loc="best", fontsize="small")
+        else:
+            ax.text(
+                0.5, 0.5, "no finished runs in the window", ha="center", va="center", transform=ax.transAxes
+            )
+    since = fmt_unix(report["since_unix_s"]) if report["since_unix_s"] > 0 else "the beginning"
+    fig.suptitle(f"powerbandit: energy since {since}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
