@@ -232,7 +232,7 @@ class OptimizerService:
             if request_id:
                 existing = tx.find_run_by_request(request_id)
                 if existing is not None:
-                    bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size)
+                    bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size, existing.gpu_model)
                     return Suggestion(existing, spec, bound)
             in_flight = [r.batch_size for r in tx.runs_in_flight() if r.lease_expires_unix_s >= now]
             limits = gpu.candidate_power_limits()
@@ -260,7 +260,7 @@ class OptimizerService:
                 )
             )
             tx.save_job(tx.job.policy_state, tx.job.decisions + 1)
-            max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size)
+            max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size, run.gpu_model)
         log.info(
             "run suggested",
             extra={"job_id": job_id, "run_id": run.run_id, "batch_size": run.batch_size, "phase": run.phase},
@@ -301,7 +301,7 @@ class OptimizerService:
             run = self._in_flight_run(tx, run_id, "report progress")
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
-            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size)
+            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, run.gpu_model)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric

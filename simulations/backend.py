@@ -51,11 +51,13 @@ class InProcessBackend:
         self.policy = policy if policy is not None else get_policy(spec.policy)
         self.state: dict[str, Any] = self.policy.new_state(spec)
         self.decisions = 0
+        self._gpu_model: str | None = None
 
     def suggest(self, context: SuggestContext) -> Decision:
         """Ask the policy, with the generator of this decision's index."""
         rng = decision_rng(self.spec.seed, self.decisions)
         self.decisions += 1
+        self._gpu_model = context.gpu_model
         return self.policy.suggest(self.spec, self.state, context, rng)
 
     def observe(self, observation: Observation) -> None:
@@ -64,7 +66,7 @@ class InProcessBackend:
 
     def cost_bound(self, batch_size: int | None = None) -> float:
         """The policy's bound for a run of ``batch_size``."""
-        return float(self.policy.cost_bound(self.spec, self.state, batch_size))
+        return float(self.policy.cost_bound(self.spec, self.state, batch_size, self._gpu_model))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -44,7 +44,9 @@ class _Recorder:
             state["recurrence_cost"] += float(observation.cost)
         return state
 
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
         best = state["min_recurrence_cost"]
         return math.inf if best is None else spec.beta * best
 

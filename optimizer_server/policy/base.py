@@ -173,11 +173,15 @@ class Policy(Protocol):
         """Fold one finished run into the state and return the new state."""
         ...
 
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
         """Largest cost one run may spend before it is told to stop (``inf`` when unbounded).
 
         With ``batch_size``, the bound for a run of that batch size (a policy may stop
-        explorations sooner than the user's ``beta`` cap); without it, the job-wide cap.
+        explorations sooner than the user's ``beta`` cap); without it, the job-wide cap. With
+        ``gpu_model``, costs are compared only with runs on that model: ``MAX_POWER``, and so the
+        scale of the cost, differs between GPU models.
         """
         ...
 

@@ -115,6 +115,7 @@ class PowerBanditPolicy:
             "observations": 0,
             "recurrence_cost": 0.0,
             "min_recurrence_cost": None,
+            "min_recurrence_cost_by_gpu": {},  # gpu model -> cheapest recurrence that ended on it
         }
 
     def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
@@ -140,26 +141,36 @@ class PowerBanditPolicy:
             total = float(state["recurrence_cost"]) + float(observation.cost)
             best = state["min_recurrence_cost"]
             state["min_recurrence_cost"] = total if best is None else min(float(best), total)
+            by_gpu = state.setdefault("min_recurrence_cost_by_gpu", {})
+            by_gpu[observation.gpu_model] = min(float(by_gpu.get(observation.gpu_model, math.inf)), total)
             state["recurrence_cost"] = 0.0
         else:
             state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
         return state
 
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
         """Largest cost a run may spend before it is told to stop.
 
         ``beta`` times the cheapest finished recurrence (``inf`` before the first). When the run's
         ``batch_size`` is given and it has never reached the target, the run is an exploration: it
         is stopped sooner, at ``EXPLORE_BOUND`` times the best arm's mean cost, since by then it
-        is already known to be worse than what we have.
+        is already known to be worse than what we have. With ``gpu_model``, only costs measured on
+        that GPU model are compared (the cost's scale differs between models).
         """
-        best = state["min_recurrence_cost"]
+        best = _best_recurrence(state, gpu_model)
         bound = math.inf if best is None else spec.beta * float(best)
         if batch_size is None:
             return bound
         arm = state["arms"].get(str(int(batch_size)))
         if arm and _tail(arm["ok_costs"], spec.window):
             return bound
+        seen_models = set(state.get("min_recurrence_cost_by_gpu", {})) | set(state.get("epoch_cost", {}))
+        if gpu_model is not None and seen_models - {gpu_model}:
+            # several GPU models: mean costs of other models are on another scale; use this one's
+            # cheapest recurrence only
+            return bound if best is None else min(bound, EXPLORE_BOUND * float(best))
         means = [
             sum(c) / len(c)
             for c in (_tail(a["ok_costs"], spec.window) for a in state["arms"].values())
@@ -394,3 +405,10 @@ class PowerBanditPolicy:
                 cost_mean = low = high = math.nan
             out.append(ArmSummary(b, status, tried, d["ok"], cost_mean, low, high, epochs))
         return out
+
+
+def _best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | None:
+    """The cheapest finished recurrence, on ``gpu_model`` when given (``None`` before the first)."""
+    if gpu_model is None:
+        return state["min_recurrence_cost"]
+    return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)

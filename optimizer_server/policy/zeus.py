@@ -90,6 +90,7 @@ class ZeusPolicy:
             "observations": 0,
             "recurrence_cost": 0.0,
             "min_recurrence_cost": None,
+            "min_recurrence_cost_by_gpu": {},  # gpu model -> cheapest recurrence that ended on it
         }
 
     @staticmethod
@@ -160,6 +161,8 @@ class ZeusPolicy:
             total = float(state["recurrence_cost"]) + float(observation.cost)
             best = state["min_recurrence_cost"]
             state["min_recurrence_cost"] = total if best is None else min(float(best), total)
+            by_gpu = state.setdefault("min_recurrence_cost_by_gpu", {})
+            by_gpu[observation.gpu_model] = min(float(by_gpu.get(observation.gpu_model, math.inf)), total)
             state["recurrence_cost"] = 0.0
         else:
             state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
@@ -197,9 +200,11 @@ class ZeusPolicy:
         prune.update(arms=good, center=prune["best"], direction="down", pos=0, good=[], best_cost=None)
 
     # ------------------------------------------------------------ the rest
-    def cost_bound(self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None) -> float:
-        """``beta`` times the cheapest finished recurrence (``inf`` before the first), for every batch size."""
-        best = state["min_recurrence_cost"]
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
+        """``beta`` times the cheapest finished recurrence (on ``gpu_model`` when given; ``inf`` before one)."""
+        best = _best_recurrence(state, gpu_model)
         return math.inf if best is None else spec.beta * float(best)
 
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
@@ -224,3 +229,10 @@ class ZeusPolicy:
             epochs = float(state["epochs_sum"].get(str(b), 0.0)) / succ if succ else math.nan
             out.append(ArmSummary(b, status, len(state["costs"].get(str(b), [])), succ, mean, low, high, epochs))
         return out
+
+
+def _best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | None:
+    """The cheapest finished recurrence, on ``gpu_model`` when given (``None`` before the first)."""
+    if gpu_model is None:
+        return state["min_recurrence_cost"]
+    return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
