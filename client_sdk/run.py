@@ -161,14 +161,8 @@ class TrainingRun:
         self.gpu.begin_run(s.batch_size)
         self._origin = (self.gpu.energy_j(), self.gpu.now_s())
         if s.profile_power_limits_w and info.can_set_power_limit:
-            limits = tuple(s.profile_power_limits_w)
-            warmup, measure = self._warmup_steps, self._measure_steps
-            if self.steps_per_epoch:  # fit the whole profile into the first epoch, in equal slices
-                per_limit = max(1, self.steps_per_epoch // len(limits))
-                warmup = min(warmup, per_limit // 4)
-                measure = max(1, per_limit - warmup)
-            self._profiler = _Profiler(self, limits, warmup, measure)
-            log.info("run %s: batch size %d, profiling %d power limits", s.run_id, s.batch_size, len(limits))
+            self._plan_profile(tuple(s.profile_power_limits_w))
+            log.info("run %s: batch size %d, profiling %d power limits", s.run_id, s.batch_size, len(s.profile_power_limits_w))
         elif s.profile_power_limits_w:
             log.warning(
                 "run %s: cannot set power limits here; staying at %g W and reporting that limit",
@@ -184,6 +178,29 @@ class TrainingRun:
             )
             self._heartbeat_thread.start()
         return self
+
+    def _plan_profile(self, limits: tuple[float, ...]) -> None:
+        warmup, measure = self._warmup_steps, self._measure_steps
+        if self.steps_per_epoch:  # fit the whole profile into the first epoch, in equal slices
+            per_limit = max(1, self.steps_per_epoch // len(limits))
+            warmup = min(warmup, per_limit // 4)
+            measure = max(1, per_limit - warmup)
+        self._profiler = _Profiler(self, limits, warmup, measure)
+
+    def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Say how many ``step()`` calls an epoch has, once the batch size is known.
+
+        Call it before the first ``step()`` (for example with ``len(loader)`` of the loader built
+        for ``run.batch_size``); a pending power profile is re-planned to fill the first epoch.
+        """
+        self._require()
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+        if self._steps_in_epoch or self.epochs:
+            raise RuntimeError("set_steps_per_epoch() must be called before the first run.step()")
+        self.steps_per_epoch = steps_per_epoch
+        if self._profiler is not None and not self._profiler.done:
+            self._plan_profile(self._profiler.limits)
 
     def _heartbeat_loop(self, interval_s: float) -> None:
         while not self._stop_heartbeat.wait(interval_s):

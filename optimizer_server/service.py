@@ -47,6 +47,15 @@ DEFAULT_LEASE_S = 300.0
 DEFAULT_POWER_LIMIT_STEP_W = 25.0
 
 
+def gpu_key(model: str, count: int) -> str:
+    """How profiles and per-GPU costs are keyed: the model, and the count when it is not 1.
+
+    A profile's average power is summed over the run's GPUs, so a 2-GPU profile must not be reused
+    by a 1-GPU run of the same model.
+    """
+    return model if count == 1 else f"{model} x{count}"
+
+
 @dataclass(frozen=True)
 class RunGpu:
     """The GPUs a run executes on (per-GPU power limits, watts)."""
@@ -190,11 +199,12 @@ class OptimizerService:
         outlook = "next run: the default batch size, profiling power limits (nothing learned yet)"
         if recent:
             last = recent[-1]
-            gpu_profiles = {p.batch_size: p.points for p in profiles if p.gpu_model == last.gpu_model}
+            last_key = gpu_key(last.gpu_model, last.gpu_count)
+            gpu_profiles = {p.batch_size: p.points for p in profiles if p.gpu_model == last_key}
             if best and best in gpu_profiles:
                 best_limit = best_power_limit(spec.eta, gpu_profiles[best], last.max_power_w)
             limits = last.profile_power_limits_w or (last.power_limit_w,)
-            context = SuggestContext(last.gpu_model, last.max_power_w, tuple(limits), gpu_profiles)
+            context = SuggestContext(last_key, last.max_power_w, tuple(limits), gpu_profiles)
             decision = policy.suggest(
                 spec, record.policy_state, context, decision_rng(spec.seed, record.decisions)
             )
@@ -232,11 +242,13 @@ class OptimizerService:
             if request_id:
                 existing = tx.find_run_by_request(request_id)
                 if existing is not None:
-                    bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size, existing.gpu_model)
+                    key = gpu_key(existing.gpu_model, existing.gpu_count)
+                    bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size, key)
                     return Suggestion(existing, spec, bound)
             in_flight = [r.batch_size for r in tx.runs_in_flight() if r.lease_expires_unix_s >= now]
             limits = gpu.candidate_power_limits()
-            context = SuggestContext(gpu.model, gpu.max_power_w, limits, tx.profiles(gpu.model), in_flight)
+            key = gpu_key(gpu.model, gpu.count)
+            context = SuggestContext(key, gpu.max_power_w, limits, tx.profiles(key), in_flight)
             decision = policy.suggest(
                 spec, tx.job.policy_state, context, decision_rng(spec.seed, tx.job.decisions)
             )
@@ -260,7 +272,7 @@ class OptimizerService:
                 )
             )
             tx.save_job(tx.job.policy_state, tx.job.decisions + 1)
-            max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size, run.gpu_model)
+            max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size, key)
         log.info(
             "run suggested",
             extra={"job_id": job_id, "run_id": run.run_id, "batch_size": run.batch_size, "phase": run.phase},
@@ -286,7 +298,7 @@ class OptimizerService:
                 for limit, power, step_s in measurements
             }
             best = best_power_limit(spec.eta, points, run.max_power_w)
-            tx.put_profile(ProfileRecord(run.gpu_model, run.batch_size, points, run_id))
+            tx.put_profile(ProfileRecord(gpu_key(run.gpu_model, run.gpu_count), run.batch_size, points, run_id))
             run.power_limit_w = best
             run.profiled = True
             run.lease_expires_unix_s = self.clock() + self.lease_s
@@ -301,7 +313,8 @@ class OptimizerService:
             run = self._in_flight_run(tx, run_id, "report progress")
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
-            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, run.gpu_model)
+            key = gpu_key(run.gpu_model, run.gpu_count)
+            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric
@@ -453,7 +466,7 @@ class OptimizerService:
 
     @staticmethod
     def _epoch_cost(tx: JobTransaction, run: RunRecord) -> float | None:
-        profile = tx.profiles(run.gpu_model).get(run.batch_size, {})
+        profile = tx.profiles(gpu_key(run.gpu_model, run.gpu_count)).get(run.batch_size, {})
         point = profile.get(run.power_limit_w)
         if point is not None:
             return epoch_cost(tx.job.spec.eta, point, run.max_power_w)
@@ -466,7 +479,7 @@ def observation_of(run: RunRecord) -> Observation:
     """What the policy learns from a completed run."""
     return Observation(
         batch_size=run.batch_size,
-        gpu_model=run.gpu_model,
+        gpu_model=gpu_key(run.gpu_model, run.gpu_count),
         power_limit_w=run.power_limit_w,
         epochs=run.epochs,
         energy_j=run.energy_j,
@@ -487,6 +500,7 @@ __all__ = [
     "OptimizerService",
     "ProgressVerdict",
     "RunGpu",
+    "gpu_key",
     "Suggestion",
     "observation_of",
     "spec_differences",
