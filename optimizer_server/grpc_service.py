@@ -6,7 +6,6 @@ Domain errors become status codes in exactly one place (:data:`STATUS_OF`); ever
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -202,7 +201,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self.metrics = metrics
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self.service.store.submit(fn, *args, **kwargs)
 
     @rpc
     async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:

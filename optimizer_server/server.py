@@ -148,7 +148,7 @@ class RunningServer:
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
-                expired = await asyncio.to_thread(self.service.expire_lapsed_runs)
+                expired = await self.store.submit(self.service.expire_lapsed_runs)
                 if expired:
                     log.info("expired %d runs whose lease lapsed", expired)
             except Exception:  # keep sweeping; the next round may succeed

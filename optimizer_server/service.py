@@ -271,7 +271,7 @@ class OptimizerService:
                     profiled=decision.power_limit_w is None,
                 )
             )
-            tx.save_job(tx.job.policy_state, tx.job.decisions + 1)
+            tx.save_job(None, tx.job.decisions + 1)
             max_cost = policy.cost_bound(spec, tx.job.policy_state, run.batch_size, key)
         log.info(
             "run suggested",

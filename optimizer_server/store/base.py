@@ -9,13 +9,16 @@ counted twice. Records are passed by value.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from optimizer_server.policy.base import JobSpec, ProfilePoint
+
+T = TypeVar("T")
 
 RUN_IN_FLIGHT = "in_flight"
 RUN_COMPLETED = "completed"
@@ -117,8 +120,8 @@ class JobTransaction(ABC):
         """Store (replace) the profile of ``(gpu_model, batch_size)``."""
 
     @abstractmethod
-    def save_job(self, policy_state: dict[str, Any], decisions: int) -> None:
-        """Persist the job's new policy state and suggestion counter."""
+    def save_job(self, policy_state: dict[str, Any] | None, decisions: int) -> None:
+        """Persist the job's suggestion counter and, unless ``None``, its new policy state."""
 
 
 class Store(ABC):
@@ -167,6 +170,13 @@ class Store(ABC):
     @abstractmethod
     def totals(self) -> dict[str, Any]:
         """``{"jobs": N, "runs": {state: count}}`` over the whole store (for metrics)."""
+
+    async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store-using call off the event loop (the server calls everything so).
+
+        The default runs it on a worker thread; a store may batch concurrent calls (SQLite does).
+        """
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     transaction_observer: Callable[[float], None] | None = None
     """Called with the duration in seconds of every job transaction, when set (metrics)."""

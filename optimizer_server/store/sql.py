@@ -154,12 +154,15 @@ class SqlJobTransaction(JobTransaction):
                 ),
             )  # fmt: skip
 
-    def save_job(self, policy_state: dict[str, Any], decisions: int) -> None:
-        self._execute(
-            "UPDATE jobs SET policy_state = ?, decisions = ? WHERE job_id = ?",
-            (_state_to_json(policy_state), decisions, self.job.spec.job_id),
-        )
-        self.job.policy_state = policy_state
+    def save_job(self, policy_state: dict[str, Any] | None, decisions: int) -> None:
+        if policy_state is None:  # a suggestion: only the counter moves
+            self._execute("UPDATE jobs SET decisions = ? WHERE job_id = ?", (decisions, self.job.spec.job_id))
+        else:
+            self._execute(
+                "UPDATE jobs SET policy_state = ?, decisions = ? WHERE job_id = ?",
+                (_state_to_json(policy_state), decisions, self.job.spec.job_id),
+            )
+            self.job.policy_state = policy_state
         self.job.decisions = decisions
 
 

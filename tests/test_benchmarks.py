@@ -1,0 +1,61 @@
+"""Opt-in (``pytest -m benchmark``): ``benchmarks/load.py`` runs briefly and prints its numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.benchmark
+
+LOAD = REPO_ROOT / "benchmarks" / "load.py"
+
+
+def load(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the load script; fails the test on a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, str(LOAD), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_load_against_a_spawned_sqlite_server_prints_json_numbers(tmp_path: Path) -> None:
+    done = load(
+        "--start-server", f"sqlite:///{tmp_path / 'bench.db'}", "--cycles", "60", "--seconds", "20",
+        "--concurrency", "4", "--jobs", "2", "--json", "--token-env", "BENCH_TOKEN",
+        "--server-env", "POWERBANDIT_LEASE_S=120",
+        env={"BENCH_TOKEN": "not-checked-by-a-server-without-auth"},
+    )  # fmt: skip
+    s = json.loads(done.stdout)
+    assert s["cycles"] == 60 and not s["errors"], s
+    assert s["cycles_per_s"] > 0
+    for name in ("Suggest", "CompleteRun", "cycle"):
+        lat = s["latency_ms"][name]
+        assert lat["count"] == 60 and 0 < lat["p50"] <= lat["p99"] and math.isfinite(lat["p99"]), lat
+
+
+def test_load_against_the_bare_server_prints_a_table() -> None:
+    done = load("--bare", "--cycles", "200", "--seconds", "20", "--concurrency", "8")
+    assert re.search(r"bare: 200 cycles in [\d.]+ s = [\d.]+ cycles/s", done.stdout), done.stdout
+    for name in ("Suggest", "CompleteRun", "cycle"):
+        assert re.search(rf"^\s+{name}\s+200\s+[\d.]+\s+[\d.]+", done.stdout, re.M), done.stdout
+
+
+def test_load_stops_at_the_time_bound() -> None:
+    done = load("--bare", "--cycles", "100000000", "--seconds", "1", "--concurrency", "2", "--json")
+    s = json.loads(done.stdout)
+    assert 0 < s["cycles"] < 100000000 and s["elapsed_s"] < 5, s
