@@ -529,12 +529,6 @@ def test_concurrent_fuzzed_completions_are_counted_once(live: Live) -> None:
     check_invariants(live)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug found by this fuzzer: a failed completion with tiny positive epochs (1e-200) puts "
-    "log(1e-200) into PowerBanditPolicy._arm_data's samples, and summarize()'s math.exp overflows: "
-    "GetJob and ListJobs (every job) answer INTERNAL. Remove this marker once fixed.",
-)
 def test_tiny_positive_epochs_do_not_break_get_job_or_list_jobs(tmp_path: Path) -> None:
     with EmbeddedServer(f"sqlite:///{tmp_path / 'tiny.db'}") as server:
         live = Live(server)

@@ -150,3 +150,60 @@ def test_summarize_statuses() -> None:
     assert arms[128].status == "pruned" and arms[8].status == "unexplored"
     assert arms[32].cost_low <= arms[32].cost_mean <= arms[32].cost_high
     assert math.isnan(arms[8].cost_mean)
+
+
+def test_epoch_cost_extrapolation_is_convex_below_the_profiled_range() -> None:
+    from optimizer_server.policy.powerbandit import EC_DOWN_SLOPE, _extrapolate_ec
+
+    # a cost that rises towards small batch sizes: below the profiled range it rises faster than
+    # the straight line through the two nearest points, but never beyond 2x per halving
+    rising = {5.0: math.log(2.0), 6.0: math.log(1.5)}
+    y, dist = _extrapolate_ec(rising, 4.0)
+    linear = math.log(2.0) + (math.log(2.0) - math.log(1.5))
+    assert dist == 1.0
+    assert linear < y <= math.log(2.0) - EC_DOWN_SLOPE + 1e-12
+    # a flat (saturated) curve stays flat, and inside the range it is an interpolation
+    flat = {2.0: 0.0, 3.0: 0.01}
+    assert _extrapolate_ec(flat, 1.0)[0] == pytest.approx(-0.01)
+    assert _extrapolate_ec(rising, 5.5)[0] == pytest.approx(0.5 * (math.log(2.0) + math.log(1.5)))
+    # above the range: the plain linear extrapolation
+    assert _extrapolate_ec(rising, 7.0)[0] == pytest.approx(math.log(1.5) - (math.log(2.0) - math.log(1.5)))
+
+
+def test_exploration_gate_weighs_gain_over_horizon_against_trial_loss() -> None:
+    from optimizer_server.policy.powerbandit import _worth_exploring
+
+    best = 10.0
+    # clearly cheaper: always worth it; far dearer and nearly certain: never
+    assert _worth_exploring(math.log(7.0), 0.04, best, 1.0)
+    assert not _worth_exploring(math.log(20.0), 0.01, best, 1000.0)
+    # a bit dearer but uncertain: worth it only for a long enough horizon
+    assert not _worth_exploring(math.log(12.0), 0.04, best, 1.0)
+    assert _worth_exploring(math.log(12.0), 0.04, best, 1000.0)
+
+
+def test_untried_arm_that_cannot_pay_off_is_not_explored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optimizer_server.policy.powerbandit as pb
+
+    policy = PowerBanditPolicy()
+    spec = JobSpec("g", (16, 32, 64), 64, 0.5, 100)
+    state = policy.new_state(spec)
+    # 64 and 32 reach the target in the same epochs; 32's epochs cost 1.1x 64's: 16 is expected to
+    # cost even more (the cost curve is convex). Thompson sampling alone still tries it now and
+    # then; the exploration gate never does
+    for b, t in ((64, 1.0), (32, 1.1)) * 3:
+        state = policy.observe(
+            spec,
+            state,
+            Observation(b, "v100", 250.0, 10.0, 10 * t * 200.0, 10 * t, 10 * t * 225.0, True, 250.0, t * 225.0),
+        )
+    context = SuggestContext("v100", 250.0, LIMITS, profiles={64: profile(1.0), 32: profile(1.1)})
+
+    def chosen() -> list[int]:
+        return [policy.suggest(spec, state, context, decision_rng(1, i)).batch_size for i in range(500)]
+
+    gated = chosen()
+    assert 16 not in gated
+    assert gated.count(64) > 400
+    monkeypatch.setattr(pb, "HORIZON_MIN", 1e12)  # an endless horizon: every chance is worth a trial
+    assert 16 in chosen()

@@ -12,12 +12,20 @@ policy only has to learn ``epochs_to_target(b)``, which does not depend on the G
 - A run that failed (stopped, or did not reach the target) is censored evidence: it took more
   than ``epochs`` epochs. It enters as a pseudo-observation a fixed factor above ``epochs``.
 - The epoch cost of a batch size not yet profiled on this GPU is extrapolated from the profiled
-  ones along ``log2(b)``, with an uncertainty that grows with the distance.
+  ones along ``log2(b)``, with an uncertainty that grows with the distance. Below the profiled
+  range a curve that already rises towards small batch sizes is steepened (convexity: the GPU
+  empties as the batch shrinks), which keeps the policy from trying small batch sizes whose
+  epochs are far dearer.
 
 A suggestion draws one sample of every candidate's cost and picks the cheapest (Thompson
 sampling). Candidates are the batch sizes already tried plus the untried neighbours of the ones
-that reached the target, so exploration grows outward from what works instead of sweeping. When
-nothing looks usable the policy still answers, with ``phase="fallback"``.
+that reached the target, so exploration grows outward from what works instead of sweeping. An
+untried neighbour must also be worth a trial (an expected-improvement gate): its expected saving
+per run over the best arm's mean cost, times a horizon (the job's age in runs, at least
+``HORIZON_MIN``: the number of future recurrences is unknown), must exceed the excess cost the
+trial run is expected to have. A trial run is stopped once it costs ``EXPLORE_BOUND`` times the
+best arm's mean (see :meth:`PowerBanditPolicy.cost_bound`). When nothing looks usable the policy
+still answers, with ``phase="fallback"``.
 """
 
 from __future__ import annotations
@@ -46,15 +54,36 @@ EC_SLOPE_PRIOR = 0.0  # d log(epoch cost) / d log2(b) assumed from one profiled 
 EC_SLOPE_MAX = 1.2  # extrapolated slopes of log epoch cost are clamped to +-this per doubling
 EPOCH_SLOPE_MAX = 1.5  # same for log epochs-to-target
 EPOCH_SLOPE_SD = 0.3  # prior sd of that slope: a slope from noisy neighbours is shrunk towards 0
+EC_DOWN_SLOPE = -math.log(2.0)  # steepest plausible log epoch cost per doubling: at most 2x per halving
+EC_DOWN_WEIGHT = 0.4  # below the profiled range the slope moves this far towards EC_DOWN_SLOPE
+EC_FLAT_SLOPE = 0.05  # a slope of log epoch cost flatter than this (per doubling) is not steepened
 EC_SD = 0.1  # sd of the extrapolated log epoch cost per doubling of distance
-CENSOR_FACTOR = 1.3  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
-EXPLORE_BOUND = 1.4  # an untried batch size is stopped at this multiple of the best mean cost
+CENSOR_FACTOR = 1.2  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
+EXPLORE_BOUND = 1.6  # an untried batch size is stopped at this multiple of the best mean cost
 TS_SCALE = 0.5  # scale of the posterior sd of tried batch sizes in a Thompson draw
 EXPLORE_SCALE = 1.0  # same for untried ones
 BRIDGE_FAILED = False  # untried neighbours of a once-failed batch size are candidates too
 FAIL_LIMIT = 2  # this many failures without any success take a batch size out
 NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates
+HORIZON_MIN = 40.0  # an exploration is weighed against at least this many future runs
+HORIZON_FRACTION = 1.0  # ... or this fraction of the runs observed so far (the job's age)
 _Z90 = 1.6448536269514722
+
+
+def _norm_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def _worth_exploring(log_mean: float, log_var: float, best: float, horizon: float) -> bool:
+    """Whether trying an arm whose cost is ``lognormal(log_mean, log_var)`` pays off against the
+    best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per run if it
+    is cheaper, times the horizon, against the expected excess cost of the one trial run."""
+    s = math.sqrt(max(log_var, 1e-12))
+    d = (math.log(best) - log_mean) / s
+    mean = _exp(log_mean + 0.5 * log_var)
+    gain = best * _norm_cdf(d) - mean * _norm_cdf(d - s)
+    loss = mean * _norm_cdf(s - d) - best * _norm_cdf(-d)
+    return horizon * max(gain, 0.0) > max(loss, 0.0)
 
 
 def _new_arm() -> dict[str, Any]:
@@ -98,6 +127,39 @@ def _extrapolate(
     return points[x0] + slope * (x - x0), abs(x - x0)
 
 
+def _extrapolate_ec(points: Mapping[float, float], x: float) -> tuple[float, float]:
+    """Log epoch cost at ``x = log2(b)`` from the profiled ``points`` (``log2(b) -> log cost``).
+
+    Inside the profiled range: linear interpolation. Outside it, linear extrapolation from the two
+    nearest points, except that the curve is convex (an epoch's cost rises ever faster as the
+    batch size shrinks and the GPU empties, but never more than ``2x`` per halving): going down,
+    a slope that already rises is steepened towards ``EC_DOWN_SLOPE``.
+    Returns ``(log cost, distance to the nearest profiled x)``.
+    """
+    if x in points:
+        return points[x], 0.0
+    left = sorted((px for px in points if px < x), reverse=True)
+    right = sorted(px for px in points if px > x)
+    if left and right:
+        return _extrapolate(points, x, (-EC_SLOPE_MAX, EC_SLOPE_MAX), EC_SLOPE_PRIOR)
+    down = bool(right)
+    side = right if down else left
+    x0 = side[0]
+    if len(side) > 1:
+        local = (points[x0] - points[side[1]]) / (x0 - side[1])
+        if down:
+            # only a curve that already rises towards small batch sizes is steepened: a flat one
+            # (the GPU saturated even there) stays flat
+            weight = EC_DOWN_WEIGHT * min(1.0, max(0.0, -local) / EC_FLAT_SLOPE)
+            slope = local + weight * (EC_DOWN_SLOPE - local)
+        else:
+            slope = local
+    else:
+        slope = EC_SLOPE_PRIOR
+    slope = min(max(slope, -EC_SLOPE_MAX), EC_SLOPE_MAX)
+    return points[x0] + slope * (x - x0), abs(x - x0)
+
+
 class PowerBanditPolicy:
     """Structured Thompson sampling over batch sizes (see the module docstring)."""
 
@@ -125,7 +187,7 @@ class PowerBanditPolicy:
         arm = arms.setdefault(key, _new_arm())
         epochs = float(observation.epochs)
         if observation.reached_target:
-            arm["log_epochs"].append(math.log(max(epochs, 1e-3)))
+            arm["log_epochs"].append(math.log(max(epochs, MIN_EPOCHS)))
             arm["ok_costs"].append(float(observation.cost))
         elif epochs > 0:
             arm["fail_epochs"].append(epochs)
@@ -189,7 +251,7 @@ class PowerBanditPolicy:
             arm = state["arms"].get(str(b)) or _new_arm()
             ok = list(_tail(arm["log_epochs"], spec.window))
             fails = list(_tail(arm["fail_epochs"], spec.window))
-            samples = ok + [math.log(e) + log_censor for e in fails]
+            samples = ok + [math.log(max(e, MIN_EPOCHS)) + log_censor for e in fails]
             data[b] = {
                 "ok": len(ok),
                 "fails": len(fails),
@@ -324,20 +386,37 @@ class PowerBanditPolicy:
         trend_var = self._trend_var(data, noise_var)
         costs: dict[int, float] = {}
         draws = rng.standard_normal(2 * len(candidates))
+        moments: dict[int, tuple[float, float]] = {}
         for i, b in enumerate(candidates):
             mean, var = self._posterior_mu(data, b, noise_var, trend_var)
             if not math.isfinite(mean):
                 mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
             scale = TS_SCALE if data[b]["ok"] else EXPLORE_SCALE
             mu = mean + scale * math.sqrt(var) * float(draws[2 * i])
+            ec_var = 0.0
             if b in known:
-                log_ec = math.log(known[b])
+                log_ec = ec_mean = math.log(known[b])
             elif known:
-                y, dist = _extrapolate(ec_points, math.log2(b), (-EC_SLOPE_MAX, EC_SLOPE_MAX), EC_SLOPE_PRIOR)
-                log_ec = y + EXPLORE_SCALE * EC_SD * dist * float(draws[2 * i + 1])
+                ec_mean, dist = _extrapolate_ec(ec_points, math.log2(b))
+                ec_var = (EC_SD * dist) ** 2
+                log_ec = ec_mean + EXPLORE_SCALE * EC_SD * dist * float(draws[2 * i + 1])
             else:
-                log_ec = 0.0
+                log_ec = ec_mean = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
+            moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
+        # an untried batch size is only worth a run when what it may save over the remaining runs
+        # (unknown: the job's age is the proxy) outweighs what the trial run is expected to waste
+        tried_ok = [b for b in candidates if data[b]["ok"] and b in known]
+        if tried_ok:
+            best_mean = min(_exp(moments[b][0] + 0.5 * moments[b][1]) for b in tried_ok)
+            horizon = max(HORIZON_MIN, HORIZON_FRACTION * float(state["observations"]))
+            keep = [
+                b
+                for b in candidates
+                if data[b]["ok"] or data[b]["fails"] or _worth_exploring(*moments[b], best_mean, horizon)
+            ]
+            if keep:
+                candidates = keep
         best = min(candidates, key=lambda b: (costs[b], b))
         tried = data[best]["ok"] or data[best]["fails"]
         phase = "exploit" if tried else "explore"
@@ -355,7 +434,7 @@ class PowerBanditPolicy:
 
         def score(b: int) -> tuple[float, ...]:
             d = data[b]
-            furthest = max((math.exp(x) for x in d["samples"]), default=0.0)
+            furthest = max((_exp(x) for x in d["samples"]), default=0.0)
             return (-d["ok"], d["never_ran"], d["fails"], -furthest, abs(b - spec.default_batch_size))
 
         b = min(data, key=score)
@@ -395,12 +474,12 @@ class PowerBanditPolicy:
             else:
                 status = "active"
             mean, var = self._posterior_mu(data, b, noise_var, self._trend_var(data, noise_var))
-            epochs = math.exp(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
+            epochs = _exp(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
             if b in ec_any and math.isfinite(mean):
                 sd = math.sqrt(var)
                 cost_mean = epochs * ec_any[b]
-                low = math.exp(mean - _Z90 * sd + 0.5 * noise_var) * ec_any[b]
-                high = math.exp(mean + _Z90 * sd + 0.5 * noise_var) * ec_any[b]
+                low = _exp(mean - _Z90 * sd + 0.5 * noise_var) * ec_any[b]
+                high = _exp(mean + _Z90 * sd + 0.5 * noise_var) * ec_any[b]
             else:
                 cost_mean = low = high = math.nan
             out.append(ArmSummary(b, status, tried, d["ok"], cost_mean, low, high, epochs))
@@ -412,3 +491,12 @@ def _best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float |
     if gpu_model is None:
         return state["min_recurrence_cost"]
     return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
+
+
+MIN_EPOCHS = 1e-3
+"""Epoch counts are floored here before taking logs (a report of 1e-200 epochs must not dominate)."""
+
+
+def _exp(x: float) -> float:
+    """``math.exp`` that saturates instead of overflowing (adversarial reports must not crash)."""
+    return math.exp(min(x, 700.0))
