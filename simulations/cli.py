@@ -23,6 +23,7 @@ from simulations.progress import Progress
 from simulations.report import print_table, write_plots, write_runs_csv, write_summary_json
 from simulations.scenarios import (
     SCENARIOS,
+    drifted,
     simulate_alternating,
     simulate_alternating_separately,
     simulate_concurrent,
@@ -140,6 +141,16 @@ def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
         groups = [(js[i], js[i + 1]) for js in by_workload.values() for i in range(len(js) - 1)]
     else:
         groups = [(j,) for j in jobs]
+    if args.scenario == "drift":
+        usable = []
+        for (j,) in groups:
+            try:
+                drifted(j).oracle()
+                usable.append((j,))
+            except ValueError:
+                print(f"simulate: skipping {j.name} for drift: after the drift no batch size reaches the "
+                      "target on every seed, so there is no oracle to measure regret against", file=sys.stderr)  # fmt: skip
+        groups = usable
     return [
         Task(args.scenario, group, policy, seed, args.recurrences)
         for group in groups

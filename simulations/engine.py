@@ -97,6 +97,7 @@ class SimResult:
     oracle_costs: list[float] = field(default_factory=list)
     default_costs: list[float] = field(default_factory=list)
     default_energies: list[float] = field(default_factory=list)
+    stuck: str = ""  # why the simulation stopped early: the policy kept failing one recurrence
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` object of this simulation."""
@@ -125,6 +126,7 @@ class SimResult:
             "oracle_cost": oracle,
             "regret_pct": 100.0 * (cost / oracle - 1.0) if oracle > 0 else math.nan,
             "energy_saving_pct": 100.0 * (1.0 - energy / default_energy) if default_energy > 0 else math.nan,
+            "stuck": self.stuck,
         }
 
     def cumulative_regret_pct(self) -> np.ndarray:
@@ -287,9 +289,11 @@ def simulate(
                 if out.reached:
                     break
             else:
-                raise SimulationError(
-                    f"{job.name}/{policy}/seed {seed}: recurrence {r} did not reach the target in "
-                    f"{MAX_ATTEMPTS_PER_RECURRENCE} attempts"
+                # The policy is stuck (the published one can be, after drift): record it, with the
+                # cost of the failed attempts, and stop this simulation rather than the whole batch.
+                result.stuck = (
+                    f"recurrence {r} did not reach the target in {MAX_ATTEMPTS_PER_RECURRENCE} attempts; "
+                    "simulation stopped there"
                 )
             min_cost[current.gpu] = min(min_cost.get(current.gpu, math.inf), total)
             result.recurrence_costs.append(total)
@@ -297,6 +301,8 @@ def simulate(
             result.oracle_costs.append(current.expected_cost(ob, op))
             result.default_costs.append(current.expected_cost(current.default_batch_size, current.max_power))
             result.default_energies.append(current.expected_energy(current.default_batch_size, current.max_power))
+            if result.stuck:
+                break
     finally:
         backend.close()
     return result

@@ -86,6 +86,9 @@ def table(summaries: Sequence[dict[str, Any]], policies: Sequence[str]) -> str:
 def print_table(summaries: Sequence[dict[str, Any]], policies: Sequence[str], stream: TextIO) -> None:
     """Print :func:`table`."""
     stream.write(table(summaries, policies) + "\n")
+    for s in summaries:
+        if s.get("stuck"):
+            stream.write(f"WARNING {s['job']} {s['policy']} seed {s['seed']}: stuck: {s['stuck']}\n")
 
 
 def write_plots(results: Sequence[SimResult], policies: Sequence[str], out: Path) -> list[Path]:

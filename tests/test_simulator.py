@@ -320,3 +320,18 @@ def test_progress_bar_draws_only_when_slow() -> None:
         for _ in range(4):
             bar.advance()
     assert "4/4" in loud.getvalue() and loud.getvalue().endswith("\n")
+
+
+def test_a_stuck_policy_is_recorded_not_raised() -> None:
+    # b=16 never reaches: a policy that insists on it is stuck in recurrence 1; the simulation stops
+    # there, keeps the cost of every failed attempt, and says so in its summary.
+    from simulations.engine import MAX_ATTEMPTS_PER_RECURRENCE
+
+    job = tiny_job(target_epochs={8: (10,), 16: (None,)}, recurrences=5, max_epochs=100)
+    backend = ScriptedBackend([8] + [16] * MAX_ATTEMPTS_PER_RECURRENCE)
+    result = simulate(job, "scripted", 1, backend_factory=lambda spec: backend)
+    s = result.summary()
+    assert "recurrence 1" in s["stuck"] and s["recurrences"] == 2
+    assert s["attempts"] == 1 + MAX_ATTEMPTS_PER_RECURRENCE
+    assert s["failed_attempts"] == MAX_ATTEMPTS_PER_RECURRENCE
+    assert s["cost"] == pytest.approx(sum(a.cost for a in result.attempts))
