@@ -87,3 +87,18 @@ def test_serve_jobs_and_graceful_sigterm(tmp_path: Path) -> None:
 def test_db_upgrade(tmp_path: Path) -> None:
     done = run_cli("db", "upgrade", "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert done.returncode == 0 and "up to date" in done.stdout
+
+
+def test_json_logs_carry_job_and_run_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from powerbandit.logs import configure_logging
+
+    configure_logging("INFO", "json")
+    logging.getLogger("powerbandit.server").info("run completed", extra={"job_id": "j/1", "run_id": "r1", "cost": 2.5})
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    event = json.loads(line)
+    assert event["message"] == "run completed" and event["job_id"] == "j/1" and event["run_id"] == "r1"
+    assert event["level"] == "INFO" and event["logger"] == "powerbandit.server" and event["time"].endswith("Z")
+    logging.getLogger().handlers.clear()
