@@ -88,13 +88,17 @@ def simulate_drift(
     return result
 
 
+def _alternation(first: TraceJob, second: TraceJob) -> tuple[tuple[TraceJob, TraceJob], int]:
+    """Both GPUs' jobs on their common batch sizes, and the number of recurrences to alternate."""
+    common = tuple(b for b in first.batch_sizes if b in second.batch_sizes)
+    return (restrict(first, common), restrict(second, common)), (first.recurrences + second.recurrences) // 2
+
+
 def simulate_alternating(
     first: TraceJob, second: TraceJob, policy: str, seed: int, backend_factory: BackendFactory | None = None
 ) -> SimResult:
     """The ``alternating`` scenario between ``first`` and ``second`` (same workload and target)."""
-    common = tuple(b for b in first.batch_sizes if b in second.batch_sizes)
-    jobs = (restrict(first, common), restrict(second, common))
-    n = (first.recurrences + second.recurrences) // 2
+    jobs, n = _alternation(first, second)
 
     def schedule(r: int) -> TraceJob:
         return jobs[r % 2]
@@ -109,9 +113,7 @@ def simulate_alternating_separately(
     first: TraceJob, second: TraceJob, policy: str, seed: int, backend_factory: BackendFactory | None = None
 ) -> SimResult:
     """``alternating-separate``: each GPU's recurrences learned by its own job (no sharing)."""
-    common = tuple(b for b in first.batch_sizes if b in second.batch_sizes)
-    jobs = (restrict(first, common), restrict(second, common))
-    n = (first.recurrences + second.recurrences) // 2
+    jobs, n = _alternation(first, second)
     halves = [
         simulate(job, policy, seed, recurrences=(n + 1 - i) // 2, backend_factory=backend_factory)
         for i, job in enumerate(jobs)

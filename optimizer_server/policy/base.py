@@ -223,6 +223,39 @@ def choose_power_limit(
     return None, tuple(context.power_limits_w)
 
 
+def new_recurrence_state() -> dict[str, Any]:
+    """The recurrence bookkeeping every policy keeps in its state (see :func:`fold_recurrence`)."""
+    return {
+        "recurrence_cost": 0.0,  # cost of the failed attempts of the recurrence under way
+        "min_recurrence_cost": None,  # cheapest finished recurrence, any GPU model
+        "min_recurrence_cost_by_gpu": {},  # gpu model -> cheapest recurrence that ended on it
+    }
+
+
+def fold_recurrence(state: dict[str, Any], observation: Observation) -> None:
+    """Add a run to the recurrence under way; a run that reached the target ends the recurrence.
+
+    A recurrence is the failed attempts of one scheduled execution plus the run that succeeded;
+    its total is what the ``beta`` early-stop cap compares against.
+    """
+    if observation.reached_target:
+        total = float(state["recurrence_cost"]) + float(observation.cost)
+        best = state["min_recurrence_cost"]
+        state["min_recurrence_cost"] = total if best is None else min(float(best), total)
+        by_gpu = state.setdefault("min_recurrence_cost_by_gpu", {})
+        by_gpu[observation.gpu_model] = min(float(by_gpu.get(observation.gpu_model, math.inf)), total)
+        state["recurrence_cost"] = 0.0
+    else:
+        state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
+
+
+def best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | None:
+    """The cheapest finished recurrence, on ``gpu_model`` when given (``None`` before the first)."""
+    if gpu_model is None:
+        return state["min_recurrence_cost"]
+    return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
+
+
 def decision_rng(seed: int, decision_index: int) -> np.random.Generator:
     """The random generator for a job's ``decision_index``-th suggestion.
 

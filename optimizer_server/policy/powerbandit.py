@@ -42,7 +42,10 @@ from optimizer_server.policy.base import (
     JobSpec,
     Observation,
     SuggestContext,
+    best_recurrence,
     choose_power_limit,
+    fold_recurrence,
+    new_recurrence_state,
 )
 
 # One set of hyperparameters for every job (never tuned per workload).
@@ -175,9 +178,7 @@ class PowerBanditPolicy:
             },
             "epoch_cost": {},  # gpu model -> str(b) -> cost of one epoch at the chosen power limit
             "observations": 0,
-            "recurrence_cost": 0.0,
-            "min_recurrence_cost": None,
-            "min_recurrence_cost_by_gpu": {},  # gpu model -> cheapest recurrence that ended on it
+            **new_recurrence_state(),
         }
 
     def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
@@ -199,15 +200,7 @@ class PowerBanditPolicy:
         if ec is not None and math.isfinite(ec) and ec > 0:
             state["epoch_cost"].setdefault(observation.gpu_model, {})[key] = float(ec)
         state["observations"] += 1
-        if observation.reached_target:
-            total = float(state["recurrence_cost"]) + float(observation.cost)
-            best = state["min_recurrence_cost"]
-            state["min_recurrence_cost"] = total if best is None else min(float(best), total)
-            by_gpu = state.setdefault("min_recurrence_cost_by_gpu", {})
-            by_gpu[observation.gpu_model] = min(float(by_gpu.get(observation.gpu_model, math.inf)), total)
-            state["recurrence_cost"] = 0.0
-        else:
-            state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
+        fold_recurrence(state, observation)
         return state
 
     def cost_bound(
@@ -221,7 +214,7 @@ class PowerBanditPolicy:
         is already known to be worse than what we have. With ``gpu_model``, only costs measured on
         that GPU model are compared (the cost's scale differs between models).
         """
-        best = _best_recurrence(state, gpu_model)
+        best = best_recurrence(state, gpu_model)
         bound = math.inf if best is None else spec.beta * float(best)
         if batch_size is None:
             return bound
@@ -484,13 +477,6 @@ class PowerBanditPolicy:
                 cost_mean = low = high = math.nan
             out.append(ArmSummary(b, status, tried, d["ok"], cost_mean, low, high, epochs))
         return out
-
-
-def _best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | None:
-    """The cheapest finished recurrence, on ``gpu_model`` when given (``None`` before the first)."""
-    if gpu_model is None:
-        return state["min_recurrence_cost"]
-    return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
 
 
 MIN_EPOCHS = 1e-3

@@ -32,7 +32,10 @@ from optimizer_server.policy.base import (
     JobSpec,
     Observation,
     SuggestContext,
+    best_recurrence,
     choose_power_limit,
+    fold_recurrence,
+    new_recurrence_state,
 )
 
 PRUNING_ROUNDS = 2
@@ -88,9 +91,7 @@ class ZeusPolicy:
             "successes": {},  # str(batch size) -> number of runs that reached the target
             "epochs_sum": {},  # str(batch size) -> sum of epochs of successful runs
             "observations": 0,
-            "recurrence_cost": 0.0,
-            "min_recurrence_cost": None,
-            "min_recurrence_cost_by_gpu": {},  # gpu model -> cheapest recurrence that ended on it
+            **new_recurrence_state(),
         }
 
     @staticmethod
@@ -158,14 +159,7 @@ class ZeusPolicy:
         if observation.reached_target:
             state["successes"][key] = state["successes"].get(key, 0) + 1
             state["epochs_sum"][key] = state["epochs_sum"].get(key, 0.0) + float(observation.epochs)
-            total = float(state["recurrence_cost"]) + float(observation.cost)
-            best = state["min_recurrence_cost"]
-            state["min_recurrence_cost"] = total if best is None else min(float(best), total)
-            by_gpu = state.setdefault("min_recurrence_cost_by_gpu", {})
-            by_gpu[observation.gpu_model] = min(float(by_gpu.get(observation.gpu_model, math.inf)), total)
-            state["recurrence_cost"] = 0.0
-        else:
-            state["recurrence_cost"] = float(state["recurrence_cost"]) + float(observation.cost)
+        fold_recurrence(state, observation)
 
         if self._expecting(state) == b:
             self._advance_pruning(state, b, cost, observation.reached_target)
@@ -204,7 +198,7 @@ class ZeusPolicy:
         self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
     ) -> float:
         """``beta`` times the cheapest finished recurrence (on ``gpu_model`` when given; ``inf`` before one)."""
-        best = _best_recurrence(state, gpu_model)
+        best = best_recurrence(state, gpu_model)
         return math.inf if best is None else spec.beta * float(best)
 
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
@@ -229,10 +223,3 @@ class ZeusPolicy:
             epochs = float(state["epochs_sum"].get(str(b), 0.0)) / succ if succ else math.nan
             out.append(ArmSummary(b, status, len(state["costs"].get(str(b), [])), succ, mean, low, high, epochs))
         return out
-
-
-def _best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | None:
-    """The cheapest finished recurrence, on ``gpu_model`` when given (``None`` before the first)."""
-    if gpu_model is None:
-        return state["min_recurrence_cost"]
-    return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
