@@ -207,3 +207,54 @@ def test_untried_arm_that_cannot_pay_off_is_not_explored(monkeypatch: pytest.Mon
     assert gated.count(64) > 400
     monkeypatch.setattr(pb, "HORIZON_MIN", 1e12)  # an endless horizon: every chance is worth a trial
     assert 16 in chosen()
+
+
+def test_state_stays_bounded_and_window_keeps_only_recent_samples() -> None:
+    from dataclasses import replace
+
+    policy = PowerBanditPolicy()
+    sizes = []
+    for spec in (SPEC, replace(SPEC, window=3)):
+        state = policy.new_state(spec)
+        for i in range(200):
+            state = policy.observe(spec, state, obs(32, 10 + i % 3))
+            state = policy.observe(spec, state, obs(16, 20 + i % 2, reached=i % 5 != 0))
+            if i in (10, 199):
+                sizes.append(len(json.dumps(state)))
+        if spec.window:
+            arm = state["arms"]["32"]
+            assert [round(math.exp(x)) for x in arm["ok"]["tail"]] == [12, 10, 11]  # i = 197, 198, 199
+            assert arm["ok"]["n"] == 200  # lifetime count kept beside the window
+    # 200 runs more do not make the state bigger (only the digits of the sums change)
+    assert sizes[1] - sizes[0] < 40 and sizes[3] - sizes[2] < 40
+
+
+def test_version_1_state_is_upgraded_to_the_same_model() -> None:
+    """A state saved by an older server (every sample kept) is converted on first use."""
+    policy = PowerBanditPolicy()
+    history = [obs(32, 10), obs(16, 12), obs(64, 30, reached=False), obs(16, 11), obs(8, 0, reached=False)]
+    state = policy.new_state(SPEC)
+    for o in history:
+        state = policy.observe(SPEC, state, o)
+    v1 = {
+        **{k: v for k, v in state.items() if k != "arms"},
+        "version": 1,
+        "arms": {str(b): {"log_epochs": [], "fail_epochs": [], "never_ran": 0, "ok_costs": []} for b in SPEC.batch_sizes},
+    }
+    for o in history:
+        arm = v1["arms"][str(o.batch_size)]
+        if o.reached_target:
+            arm["log_epochs"].append(math.log(o.epochs))
+            arm["ok_costs"].append(o.cost)
+        elif o.epochs > 0:
+            arm["fail_epochs"].append(o.epochs)
+        else:
+            arm["never_ran"] += 1
+    c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
+    old = json.loads(json.dumps(v1))
+    assert [policy.suggest(SPEC, old, c, decision_rng(5, i)) for i in range(20)] == [
+        policy.suggest(SPEC, state, c, decision_rng(5, i)) for i in range(20)
+    ]
+    assert policy.summarize(SPEC, json.loads(json.dumps(v1))) == policy.summarize(SPEC, state)
+    upgraded = policy.observe(SPEC, json.loads(json.dumps(v1)), obs(32, 9))
+    assert upgraded["version"] == 2 and upgraded == policy.observe(SPEC, state, obs(32, 9))

@@ -31,7 +31,7 @@ still answers, with ``phase="fallback"``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -89,12 +89,59 @@ def _worth_exploring(log_mean: float, log_var: float, best: float, horizon: floa
     return horizon * max(gain, 0.0) > max(loss, 0.0)
 
 
+STATE_VERSION = 2
+"""Version 2 keeps sufficient statistics per batch size (bounded state); version 1 kept every sample."""
+
+
+def _new_series() -> dict[str, Any]:
+    return {"n": 0, "sum": 0.0, "sumsq": 0.0, "max": None, "tail": []}
+
+
 def _new_arm() -> dict[str, Any]:
-    return {"log_epochs": [], "fail_epochs": [], "never_ran": 0, "ok_costs": []}
+    # ok: log epochs of runs that reached the target; fail: log epochs of runs that did not;
+    # cost: costs of runs that reached the target
+    return {"ok": _new_series(), "fail": _new_series(), "cost": _new_series(), "never_ran": 0}
 
 
-def _tail(values: Sequence[float], window: int) -> Sequence[float]:
-    return values[-window:] if window > 0 else values
+def _push(series: dict[str, Any], value: float, window: int) -> None:
+    """Add ``value`` to a series: running sums always, the last ``window`` values when ``window > 0``."""
+    series["n"] += 1
+    series["sum"] += value
+    series["sumsq"] += value * value
+    series["max"] = value if series["max"] is None else max(series["max"], value)
+    if window > 0:
+        series["tail"] = [*series["tail"][-(window - 1) :], value] if window > 1 else [value]
+
+
+def _stats(series: Mapping[str, Any], window: int) -> tuple[int, float, float, float]:
+    """``(n, sum, sum of squares, max)`` of a series: of its last ``window`` values when ``window > 0``."""
+    if window > 0:
+        tail = series["tail"]
+        if not tail:
+            return 0, 0.0, 0.0, -math.inf
+        return len(tail), math.fsum(tail), math.fsum(x * x for x in tail), max(tail)
+    top = series["max"]
+    return int(series["n"]), float(series["sum"]), float(series["sumsq"]), -math.inf if top is None else top
+
+
+def _upgrade(spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
+    """Convert a version-1 state (every sample kept) in place to the current version."""
+    if state.get("version", 1) >= STATE_VERSION:
+        return state
+    arms = {}
+    for key, old in state["arms"].items():
+        arm = _new_arm()
+        for value in old.get("log_epochs", []):
+            _push(arm["ok"], float(value), spec.window)
+        for epochs in old.get("fail_epochs", []):
+            _push(arm["fail"], math.log(max(float(epochs), MIN_EPOCHS)), spec.window)
+        for cost in old.get("ok_costs", []):
+            _push(arm["cost"], float(cost), spec.window)
+        arm["never_ran"] = int(old.get("never_ran", 0))
+        arms[key] = arm
+    state["arms"] = arms
+    state["version"] = STATE_VERSION
+    return state
 
 
 def _extrapolate(
@@ -172,7 +219,7 @@ class PowerBanditPolicy:
     def new_state(self, spec: JobSpec) -> dict[str, Any]:
         """Nothing observed: every batch size unexplored."""
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "arms": {
                 str(int(b)): _new_arm() for b in sorted(spec.batch_sizes)
             },
@@ -183,15 +230,16 @@ class PowerBanditPolicy:
 
     def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
         """Fold one finished run in: its epochs (exact or censored), epoch cost and recurrence."""
+        state = _upgrade(spec, state)
         arms = state["arms"]
         key = str(int(observation.batch_size))
         arm = arms.setdefault(key, _new_arm())
         epochs = float(observation.epochs)
         if observation.reached_target:
-            arm["log_epochs"].append(math.log(max(epochs, MIN_EPOCHS)))
-            arm["ok_costs"].append(float(observation.cost))
+            _push(arm["ok"], math.log(max(epochs, MIN_EPOCHS)), spec.window)
+            _push(arm["cost"], float(observation.cost), spec.window)
         elif epochs > 0:
-            arm["fail_epochs"].append(epochs)
+            _push(arm["fail"], math.log(max(epochs, MIN_EPOCHS)), spec.window)
         else:
             arm["never_ran"] += 1
         ec = observation.epoch_cost
@@ -218,8 +266,9 @@ class PowerBanditPolicy:
         bound = math.inf if best is None else spec.beta * float(best)
         if batch_size is None:
             return bound
+        state = _upgrade(spec, state)  # type: ignore[arg-type]
         arm = state["arms"].get(str(int(batch_size)))
-        if arm and _tail(arm["ok_costs"], spec.window):
+        if arm and _stats(arm["cost"], spec.window)[0]:
             return bound
         seen_models = set(state.get("min_recurrence_cost_by_gpu", {})) | set(state.get("epoch_cost", {}))
         if gpu_model is not None and seen_models - {gpu_model}:
@@ -227,9 +276,9 @@ class PowerBanditPolicy:
             # cheapest recurrence only
             return bound if best is None else min(bound, EXPLORE_BOUND * float(best))
         means = [
-            sum(c) / len(c)
-            for c in (_tail(a["ok_costs"], spec.window) for a in state["arms"].values())
-            if c
+            total / n
+            for n, total, _, _ in (_stats(a["cost"], spec.window) for a in state["arms"].values())
+            if n
         ]
         if means:
             bound = min(bound, EXPLORE_BOUND * min(means))
@@ -238,19 +287,26 @@ class PowerBanditPolicy:
     # ---------------------------------------------------------------- model
     def _arm_data(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
         """Per batch size: log-epoch samples (censored ones as pseudo-observations) and counts."""
+        state = _upgrade(spec, state)  # type: ignore[arg-type]
         data = {}
-        log_censor = math.log(CENSOR_FACTOR)
+        lc = math.log(CENSOR_FACTOR)
         for b in sorted(int(x) for x in spec.batch_sizes):
             arm = state["arms"].get(str(b)) or _new_arm()
-            ok = list(_tail(arm["log_epochs"], spec.window))
-            fails = list(_tail(arm["fail_epochs"], spec.window))
-            samples = ok + [math.log(max(e, MIN_EPOCHS)) + log_censor for e in fails]
+            n_ok, s_ok, q_ok, max_ok = _stats(arm["ok"], spec.window)
+            n_f, s_f, q_f, max_f = _stats(arm["fail"], spec.window)
+            # failed runs enter as pseudo-observations log(epochs) + log(CENSOR_FACTOR)
+            n = n_ok + n_f
+            total = s_ok + s_f + n_f * lc
+            mean = total / n if n else math.nan
+            sumsq = q_ok + q_f + 2.0 * lc * s_f + n_f * lc * lc
             data[b] = {
-                "ok": len(ok),
-                "fails": len(fails),
+                "ok": n_ok,
+                "fails": n_f,
                 "never_ran": int(arm["never_ran"]),
-                "samples": samples,
-                "mean": sum(samples) / len(samples) if samples else math.nan,
+                "n": n,
+                "mean": mean,
+                "ss": max(sumsq - n * mean * mean, 0.0) if n else 0.0,  # sum of squared deviations
+                "max": max(max_ok, max_f + lc),
             }
         return data
 
@@ -260,11 +316,9 @@ class PowerBanditPolicy:
         shape = NOISE_SHAPE
         rate = NOISE_SHAPE * NOISE_SD**2
         for d in data.values():
-            n = len(d["samples"])
-            if n > 1:
-                m = d["mean"]
-                shape += 0.5 * (n - 1)
-                rate += 0.5 * sum((x - m) ** 2 for x in d["samples"])
+            if d["n"] > 1:
+                shape += 0.5 * (d["n"] - 1)
+                rate += 0.5 * d["ss"]
         return shape, rate
 
     @staticmethod
@@ -277,7 +331,7 @@ class PowerBanditPolicy:
         count = TREND_PRIOR_N
         for (x0, d0), (x1, d1) in zip(tried, tried[1:], strict=False):
             dx = x1 - x0
-            noise = noise_var * (1.0 / len(d0["samples"]) + 1.0 / len(d1["samples"]))
+            noise = noise_var * (1.0 / d0["n"] + 1.0 / d1["n"])
             total += max((d1["mean"] - d0["mean"]) ** 2 - noise, 0.0) / dx**2
             count += 1.0
         return total / count
@@ -291,16 +345,16 @@ class PowerBanditPolicy:
         prec0 = 0.0
         mean0 = 0.0
         for c, d in data.items():
-            n = len(d["samples"])
+            n = d["n"]
             if c == b or n == 0:
                 continue
             var = noise_var / n + trend_var * (x - math.log2(c)) ** 2
             prec0 += 1.0 / var
             mean0 += d["mean"] / var
         own = data[b]
-        n = len(own["samples"])
+        n = own["n"]
         if n == 0 and prec0 > 0.0:
-            points = {math.log2(c): d["mean"] for c, d in data.items() if d["samples"]}
+            points = {math.log2(c): d["mean"] for c, d in data.items() if d["n"]}
             shrink = 2.0 * noise_var / EPOCH_SLOPE_SD**2
             y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0, shrink)
             return y, noise_var + trend_var * dist**2
@@ -427,7 +481,7 @@ class PowerBanditPolicy:
 
         def score(b: int) -> tuple[float, ...]:
             d = data[b]
-            furthest = max((_exp(x) for x in d["samples"]), default=0.0)
+            furthest = _exp(d["max"]) if d["n"] else 0.0
             return (-d["ok"], d["never_ran"], d["fails"], -furthest, abs(b - spec.default_batch_size))
 
         b = min(data, key=score)
