@@ -8,6 +8,7 @@ transaction per change so that concurrent reports are never lost or double count
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
@@ -454,7 +455,7 @@ class OptimizerService:
             for run in sorted(completed, key=lambda r: (r.finished_unix_s, r.seq)):
                 state = policy.observe(spec, state, observation_of(run))
             tx.save_job(state, tx.job.decisions)
-            return tx.job
+            return copy.deepcopy(tx.job)  # the store may keep using its own
 
     # -------------------------------------------------------------------------------- helpers
     @staticmethod

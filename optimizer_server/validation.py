@@ -31,7 +31,7 @@ def identifier(value: str, field: str) -> str:
         raise InvalidArgumentError(f"{field} is empty; give a non-empty id")
     if len(value) > MAX_ID_LENGTH:
         raise ResourceExhaustedError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    if any(unicodedata.category(ch)[0] == "C" for ch in value):
+    if not value.isprintable() and any(unicodedata.category(ch)[0] == "C" for ch in value):
         raise InvalidArgumentError(f"{field} contains control or unassigned characters; use printable text")
     return value
 

@@ -33,10 +33,19 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        # the server logs a line per run: format the date once per second, not once per line
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, super().formatTime(record, datefmt)[:-4]
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(f"{k}={getattr(record, k)}" for k in _EXTRA_KEYS if hasattr(record, k))
+        extras = " ".join(f"{k}={record.__dict__[k]}" for k in _EXTRA_KEYS if k in record.__dict__)
         return f"{line} {extras}" if extras else line
 
 
@@ -46,6 +55,11 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_default: 
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Neither format shows source lines, threads or processes: skip collecting them per record.
+    logging._srcfile = None  # the documented switch (see the logging HOWTO, "Optimization")
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     numeric = getattr(logging, level.upper(), logging.INFO)
     if quiet_default and numeric == logging.INFO:
         numeric = logging.WARNING

@@ -95,6 +95,52 @@ def test_a_failed_transaction_changes_nothing(store: Store) -> None:
     assert store.list_runs("s/job") == []
 
 
+def test_a_failed_transaction_leaves_no_changed_copy_in_the_cache(store: Store) -> None:
+    """Transactions reuse the decoded job; one that fails half-way must not leak its changes."""
+    store.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+    with store.job_transaction("s/job") as tx:
+        tx.insert_run(make_run("r1"))
+    with pytest.raises(RuntimeError), store.job_transaction("s/job") as tx:
+        tx.job.policy_state["v"] = 99  # a policy mutates the state in place before saving it
+        run = tx.get_run("r1")
+        run.state = RUN_COMPLETED
+        tx.update_run(run)
+        tx.insert_run(make_run("r2"))
+        raise RuntimeError("boom")
+    with store.job_transaction("s/job") as tx:
+        assert tx.job.policy_state == {"v": 0}
+        assert [r.run_id for r in tx.runs_in_flight()] == ["r1"]
+        assert tx.get_run("r1").state == RUN_IN_FLIGHT
+        assert tx.insert_run(make_run("r3")).seq == 1
+
+
+def test_a_write_by_another_store_is_seen(any_db_url: str) -> None:
+    """Two stores on one database (two replicas, or the CLI beside a server): each sees the
+    other's writes although both keep decoded jobs between transactions."""
+    first, second = open_store(any_db_url), open_store(any_db_url)
+    try:
+        first.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+        with first.job_transaction("s/job") as tx:
+            tx.insert_run(make_run("r1"))
+            tx.put_profile(ProfileRecord("A40", 64, {100.0: ProfilePoint(100.0, 90.0, 12.0)}, "r1"))
+            assert tx.profiles("A40")[64][100.0].average_power_w == 90.0
+        with second.job_transaction("s/job") as tx:
+            run = tx.get_run("r1")
+            run.state = RUN_COMPLETED
+            tx.update_run(run)
+            tx.insert_run(make_run("r2"))
+            tx.put_profile(ProfileRecord("A40", 64, {100.0: ProfilePoint(100.0, 80.0, 12.0)}, "r2"))
+            tx.save_job({"v": 1}, 5)
+        with first.job_transaction("s/job") as tx:
+            assert tx.job.policy_state == {"v": 1} and tx.job.decisions == 5
+            assert [r.run_id for r in tx.runs_in_flight()] == ["r2"]
+            assert tx.profiles("A40")[64][100.0].average_power_w == 80.0
+            assert tx.insert_run(make_run("r3")).seq == 2
+    finally:
+        first.close()
+        second.close()
+
+
 def test_unknown_ids_raise_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError), store.job_transaction("nope"):
         pass

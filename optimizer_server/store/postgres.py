@@ -74,6 +74,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, gpu_model, batch_size, power_limit_w)
     );
     """,
+    # 2: a revision token per job, changed by every write to the job (see store/sql.py)
+    "ALTER TABLE jobs ADD COLUMN revision TEXT NOT NULL DEFAULT ''",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -84,6 +86,7 @@ class PostgresStore(SqlStore):
     paramstyle = "format"
 
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 16) -> None:
+        super().__init__()
         self.url = url
         try:
             psycopg.connect(url, connect_timeout=5).close()  # fail fast, with the driver's reason

@@ -3,15 +3,26 @@
 Subclasses implement :meth:`SqlStore._session` (a connection inside one transaction, optionally
 holding the lock that serialises writers of one job) and provide their dialect's schema.
 Queries here use ``?`` placeholders; a subclass may rewrite them (``paramstyle``).
+
+Job transactions reuse what they decoded last time: every change to a job writes a new random
+``revision`` into its row, and a transaction that finds the revision it cached (one indexed
+read, under the job's lock) skips decoding the spec and policy state and re-reading the job's
+profiles, runs in flight and next run number. Any other writer (another replica, another process,
+a transaction whose COMMIT failed) leaves a revision the cache does not know, so the job is
+read afresh. Only job transactions use the cache; plain reads always go to the database.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import threading
 import time
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from optimizer_server.errors import NotFoundError
@@ -33,6 +44,9 @@ RUN_COLUMNS = (
     "reached_target", "cost", "final_metric", "reason", "profiled", "epoch_cost",
 )  # fmt: skip
 _RUN_SELECT = "SELECT " + ", ".join(RUN_COLUMNS) + " FROM runs"
+_RUN_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' for _ in RUN_COLUMNS)})"
+_RUN_UPDATE = "UPDATE runs SET " + ", ".join(f"{c} = ?" for c in RUN_COLUMNS[3:]) + " WHERE run_id = ?"
+assert RUN_COLUMNS[:3] == ("run_id", "job_id", "seq")
 _JOB_SELECT = "SELECT job_id, spec, policy_state, created_unix_s, decisions FROM jobs"
 
 
@@ -72,22 +86,47 @@ def _state_to_json(state: dict[str, Any]) -> str:
 
 def row_to_job(row: Sequence[Any]) -> JobRecord:
     """A ``jobs`` row as a :class:`JobRecord`."""
-    _, spec, state, created, decisions = row
+    _, spec, state, created, decisions = row[:5]
     return JobRecord(JobSpec.from_dict(json.loads(spec)), json.loads(state), float(created), int(decisions))
 
 
-class SqlJobTransaction(JobTransaction):
-    """A job transaction over one cursor."""
+def new_revision() -> str:
+    """A fresh job revision: random, so two writers never produce the same one."""
+    return secrets.token_hex(8)
 
-    def __init__(self, store: SqlStore, cursor: Cursor, job: JobRecord) -> None:
+
+@dataclass
+class JobAggregate:
+    """A job as its transactions see it, decoded once and reused while its revision is unchanged.
+
+    ``profiles`` (per GPU key), ``in_flight`` and ``next_seq`` are read on first use.
+    """
+
+    revision: str
+    job: JobRecord
+    profiles: dict[str, dict[int, dict[float, ProfilePoint]]] = field(default_factory=dict)
+    in_flight: dict[str, RunRecord] | None = None  # run id -> run, in creation order
+    next_seq: int | None = None
+
+
+class SqlJobTransaction(JobTransaction):
+    """A job transaction over one cursor, reading through and updating the job's aggregate."""
+
+    def __init__(self, store: SqlStore, cursor: Cursor, aggregate: JobAggregate) -> None:
         self._store = store
         self._cur = cursor
-        self.job = job
+        self._agg = aggregate
+        self.job = aggregate.job
+        self._dirty = False  # something was written: the job gets a new revision
+        self._state_changed = False
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._cur.execute(self._store.sql(sql), params)
 
     def get_run(self, run_id: str) -> RunRecord:
+        cached = self._in_flight().get(run_id)
+        if cached is not None:
+            return cached
         self._execute(_RUN_SELECT + " WHERE run_id = ? AND job_id = ?", (run_id, self.job.spec.job_id))
         row = self._cur.fetchone()
         if row is None:
@@ -95,6 +134,9 @@ class SqlJobTransaction(JobTransaction):
         return row_to_run(row)
 
     def find_run_by_request(self, request_id: str) -> RunRecord | None:
+        for run in self._in_flight().values():
+            if run.request_id == request_id:
+                return run
         self._execute(
             _RUN_SELECT + " WHERE job_id = ? AND request_id = ?", (self.job.spec.job_id, request_id)
         )
@@ -105,29 +147,44 @@ class SqlJobTransaction(JobTransaction):
         self._execute(_RUN_SELECT + " WHERE job_id = ? ORDER BY seq", (self.job.spec.job_id,))
         return [row_to_run(r) for r in self._cur.fetchall()]
 
+    def _in_flight(self) -> dict[str, RunRecord]:
+        if self._agg.in_flight is None:
+            self._execute(
+                _RUN_SELECT + " WHERE job_id = ? AND state = ? ORDER BY seq",
+                (self.job.spec.job_id, RUN_IN_FLIGHT),
+            )
+            self._agg.in_flight = {r.run_id: r for r in map(row_to_run, self._cur.fetchall())}
+        return self._agg.in_flight
+
     def runs_in_flight(self) -> list[RunRecord]:
-        self._execute(
-            _RUN_SELECT + " WHERE job_id = ? AND state = ? ORDER BY seq",
-            (self.job.spec.job_id, RUN_IN_FLIGHT),
-        )
-        return [row_to_run(r) for r in self._cur.fetchall()]
+        return list(self._in_flight().values())
 
     def insert_run(self, run: RunRecord) -> RunRecord:
-        self._execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM runs WHERE job_id = ?", (run.job_id,))
-        run.seq = int(self._cur.fetchone()[0])
-        placeholders = ", ".join("?" for _ in RUN_COLUMNS)
-        self._execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({placeholders})", run_to_row(run))
+        if self._agg.next_seq is None:
+            self._execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM runs WHERE job_id = ?", (run.job_id,))
+            self._agg.next_seq = int(self._cur.fetchone()[0])
+        run.seq = self._agg.next_seq
+        self._execute(_RUN_INSERT, run_to_row(run))
+        self._agg.next_seq += 1
+        self._dirty = True
+        if run.state == RUN_IN_FLIGHT:
+            self._in_flight()[run.run_id] = replace(run)  # the caller keeps its own copy
         return run
 
     def update_run(self, run: RunRecord) -> None:
-        mutable = [c for c in RUN_COLUMNS if c not in ("run_id", "job_id", "seq")]
-        row = dict(zip(RUN_COLUMNS, run_to_row(run), strict=True))
-        assignments = ", ".join(f"{c} = ?" for c in mutable)
-        self._execute(
-            f"UPDATE runs SET {assignments} WHERE run_id = ?", [row[c] for c in mutable] + [run.run_id]
-        )
+        row = run_to_row(run)
+        self._execute(_RUN_UPDATE, [*row[3:], run.run_id])  # every column after run_id, job_id, seq
+        self._dirty = True
+        in_flight = self._in_flight()
+        if run.state == RUN_IN_FLIGHT:
+            in_flight[run.run_id] = replace(run)
+        else:
+            in_flight.pop(run.run_id, None)
 
     def profiles(self, gpu_model: str) -> dict[int, dict[float, ProfilePoint]]:
+        cached = self._agg.profiles.get(gpu_model)
+        if cached is not None:
+            return cached
         self._execute(
             "SELECT batch_size, power_limit_w, average_power_w, time_per_epoch_s FROM profiles"
             " WHERE job_id = ? AND gpu_model = ?",
@@ -136,6 +193,7 @@ class SqlJobTransaction(JobTransaction):
         result: dict[int, dict[float, ProfilePoint]] = {}
         for batch_size, limit, power, epoch_time in self._cur.fetchall():
             result.setdefault(int(batch_size), {})[float(limit)] = ProfilePoint(limit, power, epoch_time)
+        self._agg.profiles[gpu_model] = result
         return result
 
     def put_profile(self, profile: ProfileRecord) -> None:
@@ -153,23 +211,56 @@ class SqlJobTransaction(JobTransaction):
                     point.average_power_w, point.time_per_epoch_s, profile.run_id,
                 ),
             )  # fmt: skip
+        self._dirty = True
+        cached = self._agg.profiles.get(profile.gpu_model)
+        if cached is not None:
+            cached[profile.batch_size] = dict(profile.points)
 
     def save_job(self, policy_state: dict[str, Any] | None, decisions: int) -> None:
-        if policy_state is None:  # a suggestion: only the counter moves
-            self._execute("UPDATE jobs SET decisions = ? WHERE job_id = ?", (decisions, self.job.spec.job_id))
+        if policy_state is not None:
+            self.job.policy_state = policy_state
+            self._state_changed = True
+        self.job.decisions = decisions
+        self._dirty = True
+
+    def finish(self) -> None:
+        """Write the job row once at the end: a new revision, the counter, the state if it changed."""
+        if not self._dirty:
+            return
+        self._agg.revision = new_revision()
+        if self._state_changed:
+            self._execute(
+                "UPDATE jobs SET policy_state = ?, decisions = ?, revision = ? WHERE job_id = ?",
+                (_state_to_json(self.job.policy_state), self.job.decisions, self._agg.revision, self.job.spec.job_id),
+            )
         else:
             self._execute(
-                "UPDATE jobs SET policy_state = ?, decisions = ? WHERE job_id = ?",
-                (_state_to_json(policy_state), decisions, self.job.spec.job_id),
+                "UPDATE jobs SET decisions = ?, revision = ? WHERE job_id = ?",
+                (self.job.decisions, self._agg.revision, self.job.spec.job_id),
             )
-            self.job.policy_state = policy_state
-        self.job.decisions = decisions
 
 
 class SqlStore(Store):
     """Everything of :class:`Store` except connections, locking and schema."""
 
     paramstyle = "qmark"
+    cache_size = 4096
+    """Jobs whose decoded aggregate is kept between transactions (least recently used dropped)."""
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, JobAggregate] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def _cache_take(self, job_id: str) -> JobAggregate | None:
+        """Remove and return the job's cached aggregate (a transaction owns it until it succeeds)."""
+        with self._cache_lock:
+            return self._cache.pop(job_id, None)
+
+    def _cache_put(self, job_id: str, aggregate: JobAggregate) -> None:
+        with self._cache_lock:
+            self._cache[job_id] = aggregate
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     def sql(self, query: str) -> str:
         """``query`` in this driver's parameter style."""
@@ -189,14 +280,15 @@ class SqlStore(Store):
         with self._session() as cur:
             self._query(
                 cur,
-                "INSERT INTO jobs (job_id, spec, policy_state, created_unix_s, decisions)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                "INSERT INTO jobs (job_id, spec, policy_state, created_unix_s, decisions, revision)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
                 (
                     job.spec.job_id,
                     json.dumps(job.spec.to_dict()),
                     _state_to_json(job.policy_state),
                     job.created_unix_s,
                     job.decisions,
+                    new_revision(),
                 ),
             )
             created = cur.rowcount == 1 if hasattr(cur, "rowcount") else True
@@ -222,6 +314,7 @@ class SqlStore(Store):
             return [row_to_job(r) for r in cur.fetchall()]
 
     def delete_job(self, job_id: str) -> None:
+        self._cache_take(job_id)
         with self._session(lock_job_id=job_id) as cur:
             self._query(cur, "DELETE FROM profiles WHERE job_id = ?", (job_id,))
             self._query(cur, "DELETE FROM runs WHERE job_id = ?", (job_id,))
@@ -234,11 +327,20 @@ class SqlStore(Store):
         started = time.perf_counter()
         try:
             with self._session(lock_job_id=job_id) as cur:
-                self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
+                self._query(cur, "SELECT revision FROM jobs WHERE job_id = ?", (job_id,))
                 row = cur.fetchone()
                 if row is None:
                     raise NotFoundError(f"job {job_id!r} not found")
-                yield SqlJobTransaction(self, cur, row_to_job(row))
+                # The transaction owns the aggregate: it goes back into the cache only if the
+                # transaction succeeds, so a failure half-way never leaves a changed copy behind.
+                aggregate = self._cache_take(job_id)
+                if aggregate is None or aggregate.revision != row[0] or not row[0]:
+                    self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
+                    aggregate = JobAggregate(row[0], row_to_job(cur.fetchone()))
+                tx = SqlJobTransaction(self, cur, aggregate)
+                yield tx
+                tx.finish()
+            self._cache_put(job_id, aggregate)
         finally:
             if self.transaction_observer is not None:
                 self.transaction_observer(time.perf_counter() - started)

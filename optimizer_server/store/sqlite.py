@@ -2,9 +2,9 @@
 
 Durability settings: WAL journal with ``synchronous=FULL`` (every commit is fsynced before it is
 acknowledged, so a completion the client saw survives a crash or power cut), ``busy_timeout``
-5 s, and ``BEGIN IMMEDIATE`` so writers are serialised. In the server, operations run on one
-writer thread, and those that arrive together share one COMMIT (group commit, see
-:meth:`SqliteStore.submit`), so the fsync is paid once per batch.
+5 s, and ``BEGIN IMMEDIATE`` so writers are serialised. In the server, operations run on the
+event loop's thread, and those that arrive together share one COMMIT made on a committer thread
+(group commit, see :meth:`SqliteStore.submit`), so the fsync is paid once per batch.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +76,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, gpu_model, batch_size, power_limit_w)
     );
     """,
+    # 2: a revision token per job, changed by every write to the job (see store/sql.py)
+    "ALTER TABLE jobs ADD COLUMN revision TEXT NOT NULL DEFAULT ''",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -84,68 +85,86 @@ SCHEMA_VERSION = len(MIGRATIONS)
 T = TypeVar("T")
 
 
-@dataclass
-class _Call:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+class _LoopBatcher:
+    """Group commit on the event loop: operations run on the loop's thread, COMMIT on another.
 
+    The first operation of a batch opens a transaction (``BEGIN IMMEDIATE``) and schedules the
+    COMMIT for the end of the current loop iteration, so every operation that runs in that
+    iteration joins the batch (each in its own savepoint). The COMMIT (the fsync) runs on a
+    committer thread while the loop goes on serving; operations that arrive meanwhile wait for it
+    and then form the next batch. Callers get their results only once their batch is on disk.
+    Running the operations on the loop's own thread avoids handing every call to another thread
+    and back, which costs more than the operations themselves.
+    """
 
-class _BatchWriter:
-    """The one thread that writes: takes queued calls, runs them as one batch, resolves them."""
-
-    MAX_BATCH = 64
-
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
-        self.queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name="powerbandit-sqlite-writer", daemon=True)
-        self.thread.start()
+        self.loop = loop
+        self.thread_id = threading.get_ident()
+        self.open = False  # a batch transaction is open on the loop's thread
+        self.pending: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self.committing: asyncio.Future[None] | None = None
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="powerbandit-sqlite-commit")
 
-    def is_current_thread(self) -> bool:
-        return threading.current_thread() is self.thread
+    def in_batch(self) -> bool:
+        """True while an operation of the open batch runs (on the loop's thread)."""
+        return self.open and threading.get_ident() == self.thread_id
 
     async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self.queue.put(_Call(fn, args, kwargs, loop, future))
+        while self.committing is not None:
+            await self.committing  # the previous batch is being made durable
+        if not self.open:
+            self.store._lock.acquire()  # released by the committer once the batch is committed
+            try:
+                self.store._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                self.store._lock.release()
+                raise UnavailableError(f"SQLite database {self.store.path} is busy: {exc}") from exc
+            self.open = True
+            self.loop.call_soon(self._commit)
+        future: asyncio.Future[T] = self.loop.create_future()
+        try:
+            self.pending.append((future, True, fn(*args, **kwargs)))
+        except Exception as exc:  # delivered to this caller only, after the batch commits
+            self.pending.append((future, False, exc))
         return await future
 
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            calls = [first]
-            stop = False
-            while len(calls) < self.MAX_BATCH:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                calls.append(nxt)
-            for call, (ok, value) in zip(calls, self.store._run_batch(calls), strict=True):
-                call.loop.call_soon_threadsafe(_resolve, call.future, ok, value)
-            if stop:
-                return
+    def _commit(self) -> None:
+        batch, self.pending = self.pending, []
+        self.open = False
+        done: asyncio.Future[None] = self.loop.create_future()
+        self.committing = done
+        work = self.committer.submit(self._commit_blocking)
+        work.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._deliver, batch, f.result(), done))
 
-    def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=10)
+    def _commit_blocking(self) -> Exception | None:
+        try:
+            self.store._conn.execute("COMMIT")
+            return None
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.store._conn.execute("ROLLBACK")
+            return UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
+        finally:
+            self.store._lock.release()
 
+    def _deliver(
+        self, batch: list[tuple[asyncio.Future[Any], bool, Any]], error: Exception | None, done: asyncio.Future[None]
+    ) -> None:
+        for future, ok, value in batch:
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            elif ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        self.committing = None
+        done.set_result(None)
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+    def close(self) -> None:
+        self.committer.shutdown(wait=True)
 
 
 class SqliteStore(SqlStore):
@@ -156,6 +175,7 @@ class SqliteStore(SqlStore):
     """
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path)
         if str(path) != ":memory:" and not self.path.parent.exists():
             raise InvalidArgumentError(
@@ -168,7 +188,7 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise InvalidArgumentError(f"cannot open SQLite database {path}: {exc}") from exc
         self._lock = threading.Lock()  # guards the connection
-        self._worker: _BatchWriter | None = None  # started by the first submit()
+        self._batcher: _LoopBatcher | None = None  # made by the first submit(), on its event loop
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -200,8 +220,8 @@ class SqliteStore(SqlStore):
     @contextmanager
     def _session(self, lock_job_id: str | None = None) -> Iterator[Cursor]:
         """One store operation as one transaction, or as a savepoint of the worker's open batch."""
-        if self._worker is not None and self._worker.is_current_thread():
-            # Inside a batch of the writer thread: the batch holds the lock and the transaction.
+        if self._batcher is not None and self._batcher.in_batch():
+            # Inside a batch on the event loop: the batch holds the lock and the transaction.
             cur = self._conn.cursor()
             cur.execute("SAVEPOINT op")
             try:
@@ -230,45 +250,25 @@ class SqliteStore(SqlStore):
                 cur.close()
 
     async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the writer thread, batched with concurrent calls into one COMMIT.
+        """Run ``fn`` on the event loop's thread, batched with concurrent calls into one COMMIT.
 
-        Group commit: calls that queue up while a batch runs or commits form the next batch, each
-        inside its own savepoint, and one COMMIT (one fsync) makes all of them durable. A call's
-        result is delivered only after that COMMIT succeeded, so nothing is acknowledged before it
-        is on disk; a call that raises is rolled back to its savepoint and leaves the others intact.
+        Group commit (see :class:`_LoopBatcher`): calls in the same loop iteration share one
+        transaction, each inside its own savepoint, and one COMMIT (one fsync, on a committer
+        thread) makes all of them durable. A call's result is delivered only after that COMMIT
+        succeeded, so nothing is acknowledged before it is on disk; a call that raises is rolled
+        back to its savepoint and leaves the others intact. ``fn`` blocks the loop while it runs:
+        store calls are short.
         """
-        if self._worker is None:
-            with self._lock:
-                if self._worker is None:
-                    self._worker = _BatchWriter(self)
-        return await self._worker.submit(fn, *args, **kwargs)
-
-    def _run_batch(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
-        """Run ``calls`` in one transaction (the writer thread's job); ``(ok, result or error)`` each."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                error = UnavailableError(f"SQLite database {self.path} is busy: {exc}")
-                return [(False, error) for _ in calls]
-            results: list[tuple[bool, Any]] = []
-            for call in calls:
-                try:
-                    results.append((True, call.fn(*call.args, **call.kwargs)))
-                except BaseException as exc:  # delivered to that caller only
-                    results.append((False, exc))
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                error = UnavailableError(f"SQLite database {self.path} could not commit: {exc}")
-                return [(False, error) for _ in calls]
-            return results
+        loop = asyncio.get_running_loop()
+        if self._batcher is None or self._batcher.loop is not loop:
+            if self._batcher is not None:
+                self._batcher.close()
+            self._batcher = _LoopBatcher(self, loop)
+        return await self._batcher.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         with self._lock:
             self._conn.close()
