@@ -23,9 +23,21 @@ that reached the target, so exploration grows outward from what works instead of
 untried neighbour must also be worth a trial (an expected-improvement gate): its expected saving
 per run over the best arm's mean cost, times a horizon (the job's age in runs, at least
 ``HORIZON_MIN``: the number of future recurrences is unknown), must exceed the excess cost the
-trial run is expected to have. A trial run is stopped once it costs ``EXPLORE_BOUND`` times the
-best arm's mean (see :meth:`PowerBanditPolicy.cost_bound`). When nothing looks usable the policy
-still answers, with ``phase="fallback"``.
+trial run is expected to have. A trial that passes the gate is run at once, before any tried batch
+size, rather than whenever its Thompson draw happens to win: the gate has already judged it worth
+its cost, and putting it off only puts off what it may save while the runs in between go to arms
+it may beat (with plain Thompson sampling an untried neighbour as likely as not cheaper than the
+best arm won only some of the draws, and the walk from the default batch size to the best one
+spent runs on arms already known to be dearer). When several trials pass the gate, the Thompson
+draw picks which, so no direction is favoured. The gate alone decides how much is explored, hence
+its short minimum horizon.
+
+A trial run is stopped once it costs ``EXPLORE_BOUND`` times the best arm's mean (see
+:meth:`PowerBanditPolicy.cost_bound`). A stop derived from the trial's predicted cost instead (stop
+once its chance of reaching the target in the next epochs no longer pays for restarting on the best
+arm) lost to this fixed bound in the simulations: most trials that cross the best mean still
+finish below the bound, and finishing them costs less than starting over. When nothing looks
+usable the policy still answers, with ``phase="fallback"``.
 """
 
 from __future__ import annotations
@@ -68,7 +80,7 @@ EXPLORE_SCALE = 1.0  # same for untried ones
 BRIDGE_FAILED = False  # untried neighbours of a once-failed batch size are candidates too
 FAIL_LIMIT = 2  # this many failures without any success take a batch size out
 NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates
-HORIZON_MIN = 40.0  # an exploration is weighed against at least this many future runs
+HORIZON_MIN = 20.0  # an exploration is weighed against at least this many future runs
 HORIZON_FRACTION = 1.0  # ... or this fraction of the runs observed so far (the job's age)
 _Z90 = 1.6448536269514722
 
@@ -464,6 +476,12 @@ class PowerBanditPolicy:
             ]
             if keep:
                 candidates = keep
+            # a trial that passed the gate is run now rather than whenever its Thompson draw
+            # happens to win: what it may save starts sooner, and the runs spent meanwhile on
+            # arms it might beat are saved (several such trials: the Thompson draw picks one)
+            untried = [b for b in keep if not (data[b]["ok"] or data[b]["fails"])]
+            if untried:
+                candidates = untried
         best = min(candidates, key=lambda b: (costs[b], b))
         tried = data[best]["ok"] or data[best]["fails"]
         phase = "exploit" if tried else "explore"
