@@ -8,6 +8,7 @@ so several servers in one process (tests, the demo) do not collide.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -58,11 +59,18 @@ class Metrics:
         )
         self.registry.register(_StoreCollector(store))
         self._http: object | None = None
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one RPC and its latency."""
-        self.rpcs.labels(method, code.name).inc()
-        self.rpc_latency.labels(method).observe(seconds)
+        children = self._children.get((method, code))
+        if children is None:  # resolve the labelled series once per (method, code)
+            children = self._children[(method, code)] = (
+                self.rpcs.labels(method, code.name),
+                self.rpc_latency.labels(method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``host:port`` (0: any free port); returns the port."""

@@ -14,6 +14,7 @@ read afresh. Only job transactions use the cache; plain reads always go to the d
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import threading
@@ -22,7 +23,7 @@ from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from optimizer_server.errors import NotFoundError
@@ -168,7 +169,7 @@ class SqlJobTransaction(JobTransaction):
         self._agg.next_seq += 1
         self._dirty = True
         if run.state == RUN_IN_FLIGHT:
-            self._in_flight()[run.run_id] = replace(run)  # the caller keeps its own copy
+            self._in_flight()[run.run_id] = copy.copy(run)  # the caller keeps its own
         return run
 
     def update_run(self, run: RunRecord) -> None:
@@ -177,7 +178,7 @@ class SqlJobTransaction(JobTransaction):
         self._dirty = True
         in_flight = self._in_flight()
         if run.state == RUN_IN_FLIGHT:
-            in_flight[run.run_id] = replace(run)
+            in_flight[run.run_id] = copy.copy(run)
         else:
             in_flight.pop(run.run_id, None)
 

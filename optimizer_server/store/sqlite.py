@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,7 +104,9 @@ class _LoopBatcher:
         self.open = False  # a batch transaction is open on the loop's thread
         self.pending: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self.committing: asyncio.Future[None] | None = None
-        self.committer = ThreadPoolExecutor(1, thread_name_prefix="powerbandit-sqlite-commit")
+        self.commits: queue.SimpleQueue[tuple[list[Any], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self.committer = threading.Thread(target=self._committer, name="powerbandit-sqlite-commit", daemon=True)
+        self.committer.start()
 
     def in_batch(self) -> bool:
         """True while an operation of the open batch runs (on the loop's thread)."""
@@ -134,19 +136,22 @@ class _LoopBatcher:
         self.open = False
         done: asyncio.Future[None] = self.loop.create_future()
         self.committing = done
-        work = self.committer.submit(self._commit_blocking)
-        work.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._deliver, batch, f.result(), done))
+        self.commits.put((batch, done))
 
-    def _commit_blocking(self) -> Exception | None:
-        try:
-            self.store._conn.execute("COMMIT")
-            return None
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self.store._conn.execute("ROLLBACK")
-            return UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
-        finally:
-            self.store._lock.release()
+    def _committer(self) -> None:
+        """The committer thread: COMMIT each batch handed over, then deliver it on the loop."""
+        while (item := self.commits.get()) is not None:
+            batch, done = item
+            error: Exception | None = None
+            try:
+                self.store._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.store._conn.execute("ROLLBACK")
+                error = UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
+            finally:
+                self.store._lock.release()
+            self.loop.call_soon_threadsafe(self._deliver, batch, error, done)
 
     def _deliver(
         self, batch: list[tuple[asyncio.Future[Any], bool, Any]], error: Exception | None, done: asyncio.Future[None]
@@ -164,7 +169,8 @@ class _LoopBatcher:
         done.set_result(None)
 
     def close(self) -> None:
-        self.committer.shutdown(wait=True)
+        self.commits.put(None)
+        self.committer.join(timeout=10)
 
 
 class SqliteStore(SqlStore):
