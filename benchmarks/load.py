@@ -3,6 +3,7 @@
     python benchmarks/load.py --address 127.0.0.1:50051 [--address ...] [options]
     python benchmarks/load.py --start-server sqlite:////tmp/load.db [--replicas 2] [options]
     python benchmarks/load.py --bare [options]
+    python benchmarks/load.py --start-server sqlite:////tmp/load.db --compare-bare --concurrency 16 64
 
 Each cycle is ``Suggest`` then ``CompleteRun`` on one of ``--jobs`` shared jobs (registered
 first, under a fresh ``--job-prefix``). ``--concurrency`` cycles are in flight at once (asyncio
@@ -16,6 +17,11 @@ p50/p99 latency per RPC and per cycle (``--json``: one JSON object instead).
 * ``--bare`` spawns ``benchmarks/bare_server.py`` (same messages, no work) instead, to see how
   much of the time is the transport and the Python gRPC stack.
 * ``--token-env NAME`` sends ``authorization: Bearer $NAME`` with every call.
+* ``--compare-bare`` (with ``--start-server``) also spawns the bare server and measures both in
+  one run: for each ``--concurrency`` value, ``--rounds`` rounds (default 3) that each load the
+  real server and then the bare one for ``--seconds``. Alternating rounds and taking the median
+  keeps a slow patch of the machine from landing on one side only. It prints one table per
+  round and a comparison (median cycles/s, the real service's share of the bare rate).
 """
 
 from __future__ import annotations
@@ -270,22 +276,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1, help="with --start-server: servers on the database (1)")
     p.add_argument("--cycles", type=int, default=2000, help="stop after this many cycles (2000)")
     p.add_argument("--seconds", type=float, default=10.0, help="or after this many seconds (10)")
-    p.add_argument("--concurrency", type=int, default=16, help="cycles in flight at once (16)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[16],
+                   help="cycles in flight at once (16); several values: one measurement each")  # fmt: skip
     p.add_argument("--jobs", type=int, default=8, help="shared jobs the cycles spread over (8)")
     p.add_argument("--job-prefix", default=None, help="job id prefix (default: load-<random>)")
     p.add_argument("--token-env", metavar="NAME", help="send `authorization: Bearer $NAME` with every call")
     p.add_argument("--server-env", metavar="KEY=VALUE", action="append", default=[],
                    help="environment of spawned servers (repeatable)")  # fmt: skip
+    p.add_argument("--compare-bare", action="store_true",
+                   help="with --start-server: also measure the bare server, in alternating rounds")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per concurrency (1; 3 with --compare-bare): the median is reported")  # fmt: skip
     p.add_argument("--label", default=None, help="name of this run in the output")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p
 
 
+def compare(real: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    """The median rates of alternating rounds of the real and the bare server, and their ratio."""
+    real_rate = statistics.median(r["cycles_per_s"] for r in real["rounds"])
+    bare_rate = statistics.median(r["cycles_per_s"] for r in bare["rounds"])
+    return {
+        "concurrency": real["concurrency"],
+        "real_cycles_per_s": real_rate,
+        "bare_cycles_per_s": bare_rate,
+        "real_share_of_bare": round(real_rate / bare_rate, 3) if bare_rate else float("nan"),
+        "real_rounds": [r["cycles_per_s"] for r in real["rounds"]],
+        "bare_rounds": [r["cycles_per_s"] for r in bare["rounds"]],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit status (1 when no cycle completed)."""
     args = build_parser().parse_args(argv)
-    if args.cycles < 1 or args.seconds <= 0 or args.concurrency < 1 or args.jobs < 1 or args.replicas < 1:
-        raise SystemExit("--cycles, --seconds, --concurrency, --jobs and --replicas must be positive")
+    rounds = args.rounds if args.rounds is not None else (3 if args.compare_bare else 1)
+    if (
+        args.cycles < 1 or args.seconds <= 0 or min(args.concurrency) < 1 or args.jobs < 1
+        or args.replicas < 1 or rounds < 1
+    ):  # fmt: skip
+        raise SystemExit("--cycles, --seconds, --concurrency, --jobs, --replicas and --rounds must be positive")
+    if args.compare_bare and not args.start_server:
+        raise SystemExit("--compare-bare needs --start-server DB_URL (the real server to compare)")
     token = None
     if args.token_env:
         token = os.environ.get(args.token_env)
@@ -293,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--token-env {args.token_env}: that environment variable is empty or unset")
     env = parse_env_pairs(args.server_env)
     servers: list[ServerProcess] = []
+    bare: ServerProcess | None = None
+    measured: list[dict[str, Any]] = []  # per (target, concurrency): the summary of each round
+    comparisons: list[dict[str, Any]] = []
+    job_prefix = args.job_prefix or f"load-{uuid.uuid4().hex[:8]}"
     try:
         if args.bare:
             servers.append(bare_server(env))
@@ -303,27 +338,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = args.label or f"{args.start_server.split(':', 1)[0]} x{args.replicas}"
         else:
             label = args.label or ",".join(args.address)
+        if args.compare_bare:
+            bare = bare_server(env)
         addresses = [s.address for s in servers] or args.address
-        results = asyncio.run(
-            run_load(
-                addresses,
-                cycles=args.cycles,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                jobs=args.jobs,
-                job_prefix=args.job_prefix or f"load-{uuid.uuid4().hex[:8]}",
-                token=token,
-            )
-        )
+        targets = [(label, addresses)] + ([("bare", [bare.address])] if bare is not None else [])
+        for concurrency in args.concurrency:
+            per_target: dict[str, dict[str, Any]] = {
+                name: {"label": name, "concurrency": concurrency, "rounds": []}
+                for name, _ in targets
+            }
+            for round_index in range(rounds):
+                for name, target in targets:
+                    results = asyncio.run(
+                        run_load(
+                            target,
+                            cycles=args.cycles,
+                            seconds=args.seconds,
+                            concurrency=concurrency,
+                            jobs=args.jobs,
+                            job_prefix=job_prefix,
+                            token=token,
+                        )
+                    )
+                    round_label = name if rounds == 1 else f"{name} (round {round_index + 1}/{rounds})"
+                    s = summary(results, round_label, concurrency, len(target))
+                    per_target[name]["rounds"].append(s)
+                    if not args.json:
+                        print_table(s)
+            measured.extend(per_target.values())
+            if bare is not None:
+                comparisons.append(compare(per_target[label], per_target["bare"]))
     finally:
-        for server in servers:
+        for server in [*servers, *([bare] if bare is not None else [])]:
             server.stop()
-    s = summary(results, label, args.concurrency, len(addresses))
+    total = sum(r["cycles"] for entry in measured for r in entry["rounds"])
     if args.json:
-        print(json.dumps(s))
-    else:
-        print_table(s)
-    return 0 if results.cycles > 0 else 1
+        if len(measured) == 1 and rounds == 1:
+            print(json.dumps(measured[0]["rounds"][0]))
+        else:
+            print(json.dumps({"measurements": measured, "comparisons": comparisons}))
+    elif comparisons:
+        print(f"\nmedian of {rounds} alternating rounds of {args.seconds:g} s each:")
+        print(f"  {'in flight':>9} {'real cycles/s':>14} {'bare cycles/s':>14} {'real/bare':>10}")
+        for c in comparisons:
+            print(
+                f"  {c['concurrency']:>9} {c['real_cycles_per_s']:>14.1f} {c['bare_cycles_per_s']:>14.1f}"
+                f" {c['real_share_of_bare']:>10.1%}"
+            )
+    return 0 if total > 0 else 1
 
 
 if __name__ == "__main__":

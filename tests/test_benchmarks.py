@@ -59,3 +59,19 @@ def test_load_stops_at_the_time_bound() -> None:
     done = load("--bare", "--cycles", "100000000", "--seconds", "1", "--concurrency", "2", "--json")
     s = json.loads(done.stdout)
     assert 0 < s["cycles"] < 100000000 and s["elapsed_s"] < 5, s
+
+
+def test_compare_bare_alternates_rounds_and_reports_the_share(tmp_path: Path) -> None:
+    done = load(
+        "--start-server", f"sqlite:///{tmp_path / 'bench.db'}", "--compare-bare", "--concurrency", "2", "4",
+        "--rounds", "2", "--seconds", "0.5", "--cycles", "1000000", "--jobs", "2", "--json",
+    )  # fmt: skip
+    out = json.loads(done.stdout)
+    assert [(m["label"], m["concurrency"]) for m in out["measurements"]] == [
+        ("sqlite x1", 2), ("bare", 2), ("sqlite x1", 4), ("bare", 4)
+    ]
+    for m in out["measurements"]:
+        assert len(m["rounds"]) == 2 and all(r["cycles"] > 0 and not r["errors"] for r in m["rounds"])
+    for c, concurrency in zip(out["comparisons"], (2, 4), strict=True):
+        assert c["concurrency"] == concurrency and len(c["real_rounds"]) == len(c["bare_rounds"]) == 2
+        assert c["real_share_of_bare"] == round(c["real_cycles_per_s"] / c["bare_cycles_per_s"], 3)
