@@ -29,24 +29,29 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger: message key=value ...``."""
+    """``time level logger: message key=value ...`` (time as ``2026-11-25 14:29:18,749``, local)."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__()
         self._second = -1
         self._stamp = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        # the server logs a line per run: format the date once per second, not once per line
+    def format(self, record: logging.LogRecord) -> str:
+        # The server logs a line per run: build it directly, and format the date once a second.
         second = int(record.created)
         if second != self._second:
-            self._second, self._stamp = second, super().formatTime(record, datefmt)[:-4]
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = " ".join(f"{k}={record.__dict__[k]}" for k in _EXTRA_KEYS if k in record.__dict__)
-        return f"{line} {extras}" if extras else line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = record.__dict__
+        extras = " ".join(f"{k}={fields[k]}" for k in _EXTRA_KEYS if k in fields)
+        if extras:
+            line = f"{line} {extras}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        elif record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        return line
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", *, quiet_default: bool = False) -> None:

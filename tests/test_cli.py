@@ -102,3 +102,27 @@ def test_json_logs_carry_job_and_run_ids(capsys: pytest.CaptureFixture[str]) -> 
     assert event["message"] == "run completed" and event["job_id"] == "j/1" and event["run_id"] == "r1"
     assert event["level"] == "INFO" and event["logger"] == "powerbandit.server" and event["time"].endswith("Z")
     logging.getLogger().handlers.clear()
+
+
+def test_text_logs_are_one_line_per_event_with_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import re
+
+    from powerbandit.logs import configure_logging
+
+    configure_logging("INFO", "text")
+    log = logging.getLogger("powerbandit.server")
+    log.info("run suggested", extra={"job_id": "j/1", "run_id": "r1", "batch_size": 64, "phase": "explore"})
+    log.info("plain %s", "message")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    logging.getLogger().handlers.clear()
+    lines = capsys.readouterr().err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(
+        stamp + r" INFO powerbandit.server: run suggested job_id=j/1 run_id=r1 batch_size=64 phase=explore", lines[0]
+    ), lines[0]
+    assert re.fullmatch(stamp + r" INFO powerbandit.server: plain message", lines[1]), lines[1]
+    assert re.fullmatch(stamp + r" ERROR powerbandit.server: failed", lines[2]) and "ValueError: boom" in lines[-1]

@@ -105,35 +105,47 @@ STATE_VERSION = 2
 """Version 2 keeps sufficient statistics per batch size (bounded state); version 1 kept every sample."""
 
 
-def _new_series() -> dict[str, Any]:
-    return {"n": 0, "sum": 0.0, "sumsq": 0.0, "max": None, "tail": []}
+def _new_series(spread: bool = True) -> dict[str, Any]:
+    """Running sums of a series (with ``spread``: also the sum of squares and the maximum)."""
+    return {"n": 0, "sum": 0.0, "sumsq": 0.0, "max": None} if spread else {"n": 0, "sum": 0.0}
 
 
 def _new_arm() -> dict[str, Any]:
     # ok: log epochs of runs that reached the target; fail: log epochs of runs that did not;
-    # cost: costs of runs that reached the target
-    return {"ok": _new_series(), "fail": _new_series(), "cost": _new_series(), "never_ran": 0}
+    # cost: costs of runs that reached the target (only their mean is used)
+    return {"ok": _new_series(), "fail": _new_series(), "cost": _new_series(spread=False), "never_ran": 0}
 
 
 def _push(series: dict[str, Any], value: float, window: int) -> None:
     """Add ``value`` to a series: running sums always, the last ``window`` values when ``window > 0``."""
     series["n"] += 1
     series["sum"] += value
-    series["sumsq"] += value * value
-    series["max"] = value if series["max"] is None else max(series["max"], value)
+    if "sumsq" in series:
+        series["sumsq"] += value * value
+        series["max"] = value if series["max"] is None else max(series["max"], value)
     if window > 0:
-        series["tail"] = [*series["tail"][-(window - 1) :], value] if window > 1 else [value]
+        tail = series.get("tail", [])
+        series["tail"] = [*tail[-(window - 1) :], value] if window > 1 else [value]
 
 
 def _stats(series: Mapping[str, Any], window: int) -> tuple[int, float, float, float]:
-    """``(n, sum, sum of squares, max)`` of a series: of its last ``window`` values when ``window > 0``."""
+    """``(n, sum, sum of squares, max)`` of a series: of its last ``window`` values when ``window > 0``.
+
+    The state is saved after every run, so it keeps sums rather than every sample: its size does
+    not grow with the job's history.
+    """
     if window > 0:
-        tail = series["tail"]
+        tail = series.get("tail", [])
         if not tail:
             return 0, 0.0, 0.0, -math.inf
         return len(tail), math.fsum(tail), math.fsum(x * x for x in tail), max(tail)
-    top = series["max"]
-    return int(series["n"]), float(series["sum"]), float(series["sumsq"]), -math.inf if top is None else top
+    top = series.get("max")
+    return (
+        int(series["n"]),
+        float(series["sum"]),
+        float(series.get("sumsq", 0.0)),
+        -math.inf if top is None else top,
+    )
 
 
 def _upgrade(spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
