@@ -180,3 +180,30 @@ def test_bad_urls_are_refused(tmp_path: Path) -> None:
         open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
     with pytest.raises(InvalidArgumentError, match="cannot connect to PostgreSQL"):
         open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
+
+
+def test_sqlite_close_commits_a_batch_still_open(tmp_path: Path) -> None:
+    """Closing the store right after a call joined a batch (before its COMMIT ran) neither hangs
+    nor loses the call."""
+    import asyncio
+
+    url = f"sqlite:///{tmp_path / 'close.db'}"
+    store = open_store(url)
+    store.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+
+    def change() -> None:
+        with store.job_transaction("s/job") as tx:
+            tx.save_job({"v": 1}, 1)
+
+    async def submit_then_close() -> None:
+        task = asyncio.ensure_future(store.submit(change))
+        await asyncio.sleep(0)  # the call runs and opens the batch; its COMMIT is only scheduled
+        store.close()
+        await task
+
+    asyncio.run(asyncio.wait_for(submit_then_close(), timeout=20))
+    reopened = open_store(url)
+    try:
+        assert reopened.get_job("s/job").policy_state == {"v": 1}
+    finally:
+        reopened.close()

@@ -132,6 +132,8 @@ class _LoopBatcher:
         return await future
 
     def _commit(self) -> None:
+        if not self.open:  # already committed by close()
+            return
         batch, self.pending = self.pending, []
         self.open = False
         done: asyncio.Future[None] = self.loop.create_future()
@@ -169,8 +171,24 @@ class _LoopBatcher:
         done.set_result(None)
 
     def close(self) -> None:
+        """Stop the committer once it has committed what it was handed; commit a batch still open."""
         self.commits.put(None)
         self.committer.join(timeout=10)
+        if self.open:  # closed from the loop before the batch's COMMIT callback ran
+            self.open = False
+            batch, self.pending = self.pending, []
+            error: Exception | None = None
+            try:
+                self.store._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.store._conn.execute("ROLLBACK")
+                error = UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
+            finally:
+                self.store._lock.release()
+            if threading.get_ident() == self.thread_id and not self.loop.is_closed():
+                done: asyncio.Future[None] = self.loop.create_future()
+                self._deliver(batch, error, done)
 
 
 class SqliteStore(SqlStore):
