@@ -1,7 +1,8 @@
 """The gRPC layer: validate, translate, call :class:`OptimizerService`, map errors to status codes.
 
-Domain errors become status codes in exactly one place (:data:`STATUS_OF`); every handler runs the
-(blocking) service call in a worker thread so the event loop keeps serving.
+Domain errors become status codes in exactly one place (:data:`STATUS_OF`). Calls that change
+state go through :meth:`Store.submit` (SQLite: group commit on the event loop); the large reads
+(``GetJob``, ``ListJobs``) through :meth:`Store.read`, on a worker thread.
 """
 
 from __future__ import annotations
@@ -321,7 +322,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         authorize(job_id)
         if request.max_runs < 0:
             raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all), got {request.max_runs}")
-        view = await self._call(self.service.get_job, job_id, request.max_runs)
+        view = await self.service.store.read(self.service.get_job, job_id, request.max_runs)
         return pb.GetJobResponse(job=job_to_pb(view))
 
     @rpc
@@ -330,7 +331,9 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgumentError(f"page_size must be in 0..1000 (0 = 100), got {request.page_size}")
         token = v.text(request.page_token, "page_token")
-        views, next_token = await self._call(self.service.list_jobs, prefix, request.page_size or 100, token)
+        views, next_token = await self.service.store.read(
+            self.service.list_jobs, prefix, request.page_size or 100, token
+        )
         principal = current_principal.get()  # a scoped token sees only its own jobs
         visible = [job_to_pb(view) for view in views if principal.may_use(view.record.spec.job_id)]
         return pb.ListJobsResponse(jobs=visible, next_page_token=next_token)

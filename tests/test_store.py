@@ -207,3 +207,23 @@ def test_sqlite_close_commits_a_batch_still_open(tmp_path: Path) -> None:
         assert reopened.get_job("s/job").policy_state == {"v": 1}
     finally:
         reopened.close()
+
+
+def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """Plain reads use their own read-only connection: a write transaction in progress (here: the
+    writer's lock held, as during a group commit) does not hold them up, and they see the last
+    committed state."""
+    import concurrent.futures
+
+    store = open_store(f"sqlite:///{tmp_path / 'reads.db'}")
+    try:
+        store.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+        with store._lock, concurrent.futures.ThreadPoolExecutor(1) as pool:  # type: ignore[attr-defined]
+            store._conn.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+            store._conn.execute("UPDATE jobs SET policy_state = '{\"v\": 9}'")  # type: ignore[attr-defined]
+            job = pool.submit(store.get_job, "s/job").result(timeout=10)
+            assert job.policy_state == {"v": 0}  # not the uncommitted change
+            assert pool.submit(store.run_counts, "s/job").result(timeout=10)["in_flight"] == 0
+            store._conn.execute("ROLLBACK")  # type: ignore[attr-defined]
+    finally:
+        store.close()

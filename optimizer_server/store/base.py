@@ -178,6 +178,14 @@ class Store(ABC):
         """
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read-only call (it changes nothing) off the event loop, beside the writers.
+
+        For reads that may be large (a job with its whole run log, a page of jobs): they run on a
+        worker thread so they never hold up suggestions and reports.
+        """
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
     transaction_observer: Callable[[float], None] | None = None
     """Called with the duration in seconds of every job transaction, when set (metrics)."""
 

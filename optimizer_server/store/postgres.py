@@ -115,7 +115,7 @@ class PostgresStore(SqlStore):
                 log.info("applied schema migration %d", version)
 
     @contextmanager
-    def _session(self, lock_job_id: str | None = None) -> Iterator[Cursor]:
+    def _session(self, lock_job_id: str | None = None, *, readonly: bool = False) -> Iterator[Cursor]:
         try:
             with self.pool.connection() as conn, conn.cursor() as cur:
                 if lock_job_id is not None:

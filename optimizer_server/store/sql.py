@@ -268,10 +268,11 @@ class SqlStore(Store):
         return query if self.paramstyle == "qmark" else query.replace("?", "%s")
 
     @abstractmethod
-    def _session(self, lock_job_id: str | None = None) -> AbstractContextManager[Cursor]:
+    def _session(self, lock_job_id: str | None = None, *, readonly: bool = False) -> AbstractContextManager[Cursor]:
         """A cursor inside one transaction (commit on success, rollback on error).
 
         With ``lock_job_id``, the transaction first serialises against other writers of that job.
+        ``readonly`` promises that the transaction writes nothing (it may use a read connection).
         """
 
     def _query(self, cur: Cursor, query: str, params: Sequence[Any] = ()) -> Any:
@@ -297,7 +298,7 @@ class SqlStore(Store):
             return row_to_job(cur.fetchone()), created
 
     def get_job(self, job_id: str) -> JobRecord:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
             row = cur.fetchone()
         if row is None:
@@ -305,7 +306,7 @@ class SqlStore(Store):
         return row_to_job(row)
 
     def list_jobs(self, prefix: str = "", limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             # Prefix match without LIKE so that '%' and '_' in ids are literal.
             self._query(
                 cur,
@@ -347,7 +348,7 @@ class SqlStore(Store):
                 self.transaction_observer(time.perf_counter() - started)
 
     def totals(self) -> dict[str, Any]:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             self._query(cur, "SELECT COUNT(*) FROM jobs")
             jobs = int(cur.fetchone()[0])
             self._query(cur, "SELECT state, COUNT(*) FROM runs GROUP BY state")
@@ -355,7 +356,7 @@ class SqlStore(Store):
         return {"jobs": jobs, "runs": runs}
 
     def list_runs(self, job_id: str, limit: int = 0) -> list[RunRecord]:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             if limit > 0:
                 self._query(cur, _RUN_SELECT + " WHERE job_id = ? ORDER BY seq DESC LIMIT ?", (job_id, limit))
                 return [row_to_run(r) for r in reversed(cur.fetchall())]
@@ -364,14 +365,14 @@ class SqlStore(Store):
 
     def run_counts(self, job_id: str) -> dict[str, int]:
         counts = dict.fromkeys(RUN_STATES, 0)
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             self._query(cur, "SELECT state, COUNT(*) FROM runs WHERE job_id = ? GROUP BY state", (job_id,))
             for state, count in cur.fetchall():
                 counts[state] = int(count)
         return counts
 
     def list_profiles(self, job_id: str) -> list[ProfileRecord]:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             self._query(
                 cur,
                 "SELECT gpu_model, batch_size, power_limit_w, average_power_w, time_per_epoch_s, run_id"
@@ -388,7 +389,7 @@ class SqlStore(Store):
         return list(profiles.values())
 
     def expired_runs(self, now_unix_s: float) -> Iterator[tuple[str, str]]:
-        with self._session() as cur:
+        with self._session(readonly=True) as cur:
             self._query(
                 cur,
                 "SELECT job_id, run_id FROM runs WHERE state = ? AND lease_expires_unix_s < ?",

@@ -213,6 +213,12 @@ class SqliteStore(SqlStore):
             raise InvalidArgumentError(f"cannot open SQLite database {path}: {exc}") from exc
         self._lock = threading.Lock()  # guards the connection
         self._batcher: _LoopBatcher | None = None  # made by the first submit(), on its event loop
+        # Plain reads from other threads (read(), the metrics endpoint) use their own read-only
+        # connections: WAL lets them read committed data while the writer goes on.
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # guards the list only: never wait on the writer's lock
+        self._shared_reads = str(path) == ":memory:"  # a second connection would see another database
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -242,7 +248,7 @@ class SqliteStore(SqlStore):
                 raise
 
     @contextmanager
-    def _session(self, lock_job_id: str | None = None) -> Iterator[Cursor]:
+    def _session(self, lock_job_id: str | None = None, *, readonly: bool = False) -> Iterator[Cursor]:
         """One store operation as one transaction, or as a savepoint of the worker's open batch."""
         if self._batcher is not None and self._batcher.in_batch():
             # Inside a batch on the event loop: the batch holds the lock and the transaction.
@@ -256,6 +262,10 @@ class SqliteStore(SqlStore):
             finally:
                 cur.execute("RELEASE op")
                 cur.close()
+            return
+        if readonly and not self._shared_reads and not self._on_loop_thread():
+            with self._read_session() as cur:
+                yield cur
             return
         with self._lock:
             cur = self._conn.cursor()
@@ -272,6 +282,35 @@ class SqliteStore(SqlStore):
                 raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
             finally:
                 cur.close()
+
+    def _on_loop_thread(self) -> bool:
+        return self._batcher is not None and threading.get_ident() == self._batcher.thread_id
+
+    @contextmanager
+    def _read_session(self) -> Iterator[Cursor]:
+        """A read transaction on this thread's read-only connection (one consistent snapshot)."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=5.0)
+                conn.execute("PRAGMA query_only=1")
+                conn.execute("PRAGMA busy_timeout=5000")
+            except sqlite3.Error as exc:
+                raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._reader_conns.append(conn)
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+        finally:
+            cur.close()
 
     async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the event loop's thread, batched with concurrent calls into one COMMIT.
@@ -296,3 +335,7 @@ class SqliteStore(SqlStore):
             self._batcher = None
         with self._lock:
             self._conn.close()
+        with self._readers_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
