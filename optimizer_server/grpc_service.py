@@ -200,9 +200,8 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self.service = service
         self.auth = auth if auth is not None else TokenAuth()
         self.metrics = metrics
+        self._submit = service.store.submit  # every call that changes state goes through the store
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await self.service.store.submit(fn, *args, **kwargs)
 
     @rpc
     async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:
@@ -210,7 +209,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             raise InvalidArgumentError("spec is missing")
         spec = v.job_spec(request.spec)
         authorize(spec.job_id)
-        spec, created = await self._call(self.service.register_job, spec)
+        spec, created = await self._submit(self.service.register_job, spec)
         return pb.RegisterJobResponse(spec=spec_to_pb(spec), created=created)
 
     @rpc
@@ -219,7 +218,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         authorize(job_id)
         gpu = v.run_gpu(request.gpu, request.HasField("gpu"))
         request_id = v.optional_identifier(request.request_id, "request_id")
-        suggestion = await self._call(self.service.suggest, job_id, gpu, request_id)
+        suggestion = await self._submit(self.service.suggest, job_id, gpu, request_id)
         run, spec = suggestion.run, suggestion.spec
         return pb.SuggestResponse(
             run_id=run.run_id,
@@ -244,7 +243,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         if steps <= 0:
             raise InvalidArgumentError("steps_per_epoch must be > 0")
         measurements = v.profile_measurements(request.measurements)
-        limit, cost = await self._call(self.service.report_profile, job_id, run_id, steps, measurements)
+        limit, cost = await self._submit(self.service.report_profile, job_id, run_id, steps, measurements)
         return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
 
     @rpc
@@ -258,7 +257,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         energy = v.measurement(request.energy_j, "energy_j")
         time_s = v.measurement(request.time_s, "time_s")
         metric = v.finite(request.metric, "metric") if request.HasField("metric") else None
-        verdict = await self._call(
+        verdict = await self._submit(
             self.service.report_progress, job_id, run_id, epochs, energy, time_s, metric
         )
         return pb.ReportProgressResponse(
@@ -277,7 +276,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         power = request.power_limit_w
         if power != 0:
             v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
-        run = await self._call(
+        run = await self._submit(
             self.service.complete_run,
             job_id,
             run_id,
@@ -297,7 +296,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        run = await self._call(
+        run = await self._submit(
             self.service.fail_run,
             job_id,
             run_id,
@@ -313,7 +312,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        expires = await self._call(self.service.heartbeat, job_id, run_id)
+        expires = await self._submit(self.service.heartbeat, job_id, run_id)
         return pb.HeartbeatResponse(lease_expires_unix_s=expires)
 
     @rpc
@@ -342,5 +341,5 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
-        await self._call(self.service.delete_job, job_id)
+        await self._submit(self.service.delete_job, job_id)
         return pb.DeleteJobResponse()

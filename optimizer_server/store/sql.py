@@ -15,6 +15,7 @@ read afresh. Only job transactions use the cache; plain reads always go to the d
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import secrets
 import threading
@@ -63,12 +64,17 @@ def run_to_row(run: RunRecord) -> tuple[Any, ...]:
     """A :class:`RunRecord` as a row in ``RUN_COLUMNS`` order."""
     return (
         run.run_id, run.job_id, run.seq, run.state, run.batch_size, run.power_limit_w,
-        json.dumps(list(run.profile_power_limits_w)), run.phase, run.explanation, run.gpu_model,
+        _limits_json(run.profile_power_limits_w), run.phase, run.explanation, run.gpu_model,
         run.gpu_count, run.max_power_w, run.request_id, run.created_unix_s,
         run.lease_expires_unix_s, run.finished_unix_s, run.energy_j, run.time_s, run.epochs,
         int(run.reached_target), run.cost, run.final_metric, run.reason, int(run.profiled),
         run.epoch_cost,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _limits_json(limits: tuple[float, ...]) -> str:
+    return json.dumps(list(limits))  # the same few lists of power limits come back run after run
 
 
 def row_to_run(row: Sequence[Any]) -> RunRecord:
