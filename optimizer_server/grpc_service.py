@@ -202,7 +202,6 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self.metrics = metrics
         self._submit = service.store.submit  # every call that changes state goes through the store
 
-
     @rpc
     async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:
         if not request.HasField("spec"):

@@ -310,7 +310,8 @@ class PowerBanditPolicy:
 
     # ---------------------------------------------------------------- model
     def _arm_data(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
-        """Per batch size: log-epoch samples (censored ones as pseudo-observations) and counts."""
+        """Per batch size: counts, mean, sum of squared deviations and maximum of the log epochs
+        (failed runs enter as censored pseudo-observations)."""
         state = _upgrade(spec, state)  # type: ignore[arg-type]
         data = {}
         lc = math.log(CENSOR_FACTOR)

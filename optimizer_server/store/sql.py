@@ -93,7 +93,7 @@ def _state_to_json(state: dict[str, Any]) -> str:
 
 def row_to_job(row: Sequence[Any]) -> JobRecord:
     """A ``jobs`` row as a :class:`JobRecord`."""
-    _, spec, state, created, decisions = row[:5]
+    _, spec, state, created, decisions = row
     return JobRecord(JobSpec.from_dict(json.loads(spec)), json.loads(state), float(created), int(decisions))
 
 

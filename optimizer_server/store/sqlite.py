@@ -144,16 +144,20 @@ class _LoopBatcher:
         """The committer thread: COMMIT each batch handed over, then deliver it on the loop."""
         while (item := self.commits.get()) is not None:
             batch, done = item
-            error: Exception | None = None
-            try:
-                self.store._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self.store._conn.execute("ROLLBACK")
-                error = UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
-            finally:
-                self.store._lock.release()
+            error = self._commit_and_unlock()
             self.loop.call_soon_threadsafe(self._deliver, batch, error, done)
+
+    def _commit_and_unlock(self) -> Exception | None:
+        """COMMIT the batch transaction (ROLLBACK if that fails) and release the connection."""
+        try:
+            self.store._conn.execute("COMMIT")
+            return None
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.store._conn.execute("ROLLBACK")
+            return UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
+        finally:
+            self.store._lock.release()
 
     def _deliver(
         self, batch: list[tuple[asyncio.Future[Any], bool, Any]], error: Exception | None, done: asyncio.Future[None]
@@ -177,15 +181,7 @@ class _LoopBatcher:
         if self.open:  # closed from the loop before the batch's COMMIT callback ran
             self.open = False
             batch, self.pending = self.pending, []
-            error: Exception | None = None
-            try:
-                self.store._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self.store._conn.execute("ROLLBACK")
-                error = UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
-            finally:
-                self.store._lock.release()
+            error = self._commit_and_unlock()
             if threading.get_ident() == self.thread_id and not self.loop.is_closed():
                 done: asyncio.Future[None] = self.loop.create_future()
                 self._deliver(batch, error, done)
