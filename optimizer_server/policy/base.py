@@ -256,13 +256,50 @@ def best_recurrence(state: Mapping[str, Any], gpu_model: str | None) -> float | 
     return state.get("min_recurrence_cost_by_gpu", {}).get(gpu_model)
 
 
+_MASK64 = (1 << 64) - 1
+_GOLDEN64 = 0x9E3779B97F4A7C15  # SplitMix64's increment
+
+
+def _splitmix64(z: int) -> int:
+    """SplitMix64's output function (a bijective 64-bit mixer)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class _DecisionSeed(np.random.bit_generator.ISeedSequence):
+    """Seed words for a bit generator: the SplitMix64 stream started at ``key``.
+
+    NumPy's :class:`~numpy.random.SeedSequence` would do, but it costs more than the rest of a
+    suggestion's arithmetic; SplitMix64 is the standard cheap way to spread one 64-bit key over a
+    generator's state.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: int) -> None:
+        self._key = key
+
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        words = []
+        x = self._key
+        for _ in range(n_words):
+            x = (x + _GOLDEN64) & _MASK64
+            words.append(_splitmix64(x))
+        state = np.array(words, dtype=np.uint64)
+        return state if np.dtype(dtype) == np.uint64 else (state & 0xFFFFFFFF).astype(dtype)
+
+
 def decision_rng(seed: int, decision_index: int) -> np.random.Generator:
     """The random generator for a job's ``decision_index``-th suggestion.
 
     Server replicas are stateless and the simulator must reproduce the server's choices, so every
-    suggestion draws from a generator derived from the job's seed and the suggestion's index.
+    suggestion draws from a generator derived from the job's seed and the suggestion's index: a
+    PCG64 whose state is four SplitMix64 outputs of the pair (distinct indices of one job give
+    distinct streams).
     """
-    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(decision_index)])
+    key = _splitmix64((int(seed) + _GOLDEN64) & _MASK64) ^ (int(decision_index) & _MASK64)
+    return np.random.Generator(np.random.PCG64(_DecisionSeed(key)))
 
 
 def is_finite_nonnegative(value: float) -> bool:

@@ -148,6 +148,9 @@ def _stats(series: Mapping[str, Any], window: int) -> tuple[int, float, float, f
     )
 
 
+_LOG_CENSOR = math.log(CENSOR_FACTOR)
+
+
 def _upgrade(spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
     """Convert a version-1 state (every sample kept) in place to the current version."""
     if state.get("version", 1) >= STATE_VERSION:
@@ -234,6 +237,43 @@ def _extrapolate_ec(points: Mapping[float, float], x: float) -> tuple[float, flo
     return points[x0] + slope * (x - x0), abs(x - x0)
 
 
+def _observed(data: Mapping[int, Mapping[str, Any]]) -> list[tuple[int, float, int, float]]:
+    """``(batch size, log2 of it, n, mean)`` of the batch sizes with data, in ``data``'s order."""
+    return [(c, math.log2(c), d["n"], d["mean"]) for c, d in data.items() if d["n"]]
+
+
+def _posterior(
+    observed: list[tuple[int, float, int, float]],
+    own: Mapping[str, Any],
+    b: int,
+    noise_var: float,
+    trend_var: float,
+) -> tuple[float, float]:
+    """:meth:`PowerBanditPolicy._posterior_mu` over the precomputed :func:`_observed`."""
+    x = math.log2(b)
+    prec0 = 0.0
+    mean0 = 0.0
+    for c, log2_c, n_c, mean_c in observed:
+        if c == b:
+            continue
+        var = noise_var / n_c + trend_var * (x - log2_c) ** 2
+        prec0 += 1.0 / var
+        mean0 += mean_c / var
+    n = own["n"]
+    if n == 0 and prec0 > 0.0:
+        points = {log2_c: mean_c for _, log2_c, _, mean_c in observed}
+        shrink = 2.0 * noise_var / EPOCH_SLOPE_SD**2
+        y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0, shrink)
+        return y, noise_var + trend_var * dist**2
+    if prec0 == 0.0:
+        if n == 0:
+            return math.nan, math.inf
+        return own["mean"], noise_var / n
+    prec = prec0 + n / noise_var
+    mean = (mean0 + (n * own["mean"] / noise_var if n else 0.0)) / prec
+    return mean, 1.0 / prec
+
+
 class PowerBanditPolicy:
     """Structured Thompson sampling over batch sizes (see the module docstring)."""
 
@@ -313,24 +353,30 @@ class PowerBanditPolicy:
         """Per batch size: counts, mean, sum of squared deviations and maximum of the log epochs
         (failed runs enter as censored pseudo-observations)."""
         state = _upgrade(spec, state)  # type: ignore[arg-type]
+        arms = state["arms"]
+        window = spec.window
         data = {}
-        lc = math.log(CENSOR_FACTOR)
-        for b in sorted(int(x) for x in spec.batch_sizes):
-            arm = state["arms"].get(str(b)) or _new_arm()
-            n_ok, s_ok, q_ok, max_ok = _stats(arm["ok"], spec.window)
-            n_f, s_f, q_f, max_f = _stats(arm["fail"], spec.window)
+        lc = _LOG_CENSOR
+        for b in sorted(map(int, spec.batch_sizes)):
+            arm = arms.get(str(b)) or _new_arm()
+            n_ok, s_ok, q_ok, max_ok = _stats(arm["ok"], window)
+            n_f, s_f, q_f, max_f = _stats(arm["fail"], window)
             # failed runs enter as pseudo-observations log(epochs) + log(CENSOR_FACTOR)
             n = n_ok + n_f
-            total = s_ok + s_f + n_f * lc
-            mean = total / n if n else math.nan
-            sumsq = q_ok + q_f + 2.0 * lc * s_f + n_f * lc * lc
+            if n:
+                total = s_ok + s_f + n_f * lc
+                mean = total / n
+                sumsq = q_ok + q_f + 2.0 * lc * s_f + n_f * lc * lc
+                ss = max(sumsq - n * mean * mean, 0.0)  # sum of squared deviations
+            else:
+                mean, ss = math.nan, 0.0
             data[b] = {
                 "ok": n_ok,
                 "fails": n_f,
                 "never_ran": int(arm["never_ran"]),
                 "n": n,
                 "mean": mean,
-                "ss": max(sumsq - n * mean * mean, 0.0) if n else 0.0,  # sum of squared deviations
+                "ss": ss,
                 "max": max(max_ok, max_f + lc),
             }
         return data
@@ -366,30 +412,7 @@ class PowerBanditPolicy:
         data: Mapping[int, Mapping[str, Any]], b: int, noise_var: float, trend_var: float = TREND_SD**2
     ) -> tuple[float, float]:
         """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data as likelihood."""
-        x = math.log2(b)
-        prec0 = 0.0
-        mean0 = 0.0
-        for c, d in data.items():
-            n = d["n"]
-            if c == b or n == 0:
-                continue
-            var = noise_var / n + trend_var * (x - math.log2(c)) ** 2
-            prec0 += 1.0 / var
-            mean0 += d["mean"] / var
-        own = data[b]
-        n = own["n"]
-        if n == 0 and prec0 > 0.0:
-            points = {math.log2(c): d["mean"] for c, d in data.items() if d["n"]}
-            shrink = 2.0 * noise_var / EPOCH_SLOPE_SD**2
-            y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0, shrink)
-            return y, noise_var + trend_var * dist**2
-        if prec0 == 0.0:
-            if n == 0:
-                return math.nan, math.inf
-            return own["mean"], noise_var / n
-        prec = prec0 + n / noise_var
-        mean = (mean0 + (n * own["mean"] / noise_var if n else 0.0)) / prec
-        return mean, 1.0 / prec
+        return _posterior(_observed(data), data[b], b, noise_var, trend_var)
 
     def _epoch_costs(
         self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext
@@ -457,21 +480,23 @@ class PowerBanditPolicy:
         ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         trend_var = self._trend_var(data, noise_var)
         costs: dict[int, float] = {}
-        draws = rng.standard_normal(2 * len(candidates))
+        draws = rng.standard_normal(2 * len(candidates)).tolist()
         moments: dict[int, tuple[float, float]] = {}
+        observed = _observed(data)
         for i, b in enumerate(candidates):
-            mean, var = self._posterior_mu(data, b, noise_var, trend_var)
+            own = data[b]
+            mean, var = _posterior(observed, own, b, noise_var, trend_var)
             if not math.isfinite(mean):
                 mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
-            scale = TS_SCALE if data[b]["ok"] else EXPLORE_SCALE
-            mu = mean + scale * math.sqrt(var) * float(draws[2 * i])
+            scale = TS_SCALE if own["ok"] else EXPLORE_SCALE
+            mu = mean + scale * math.sqrt(var) * draws[2 * i]
             ec_var = 0.0
             if b in known:
                 log_ec = ec_mean = math.log(known[b])
             elif known:
                 ec_mean, dist = _extrapolate_ec(ec_points, math.log2(b))
                 ec_var = (EC_SD * dist) ** 2
-                log_ec = ec_mean + EXPLORE_SCALE * EC_SD * dist * float(draws[2 * i + 1])
+                log_ec = ec_mean + EXPLORE_SCALE * EC_SD * dist * draws[2 * i + 1]
             else:
                 log_ec = ec_mean = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
