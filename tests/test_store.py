@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,4 +227,50 @@ def test_sqlite_reads_do_not_wait_for_the_writer(tmp_path: Path) -> None:
             assert pool.submit(store.run_counts, "s/job").result(timeout=10)["in_flight"] == 0
             store._conn.execute("ROLLBACK")  # type: ignore[attr-defined]
     finally:
+        store.close()
+
+
+def test_sqlite_a_batch_whose_commit_fails_leaves_no_cached_change(tmp_path: Path) -> None:
+    """Job transactions in a group-commit batch put their jobs back in the cache before the
+    batch's COMMIT; when that COMMIT fails (here: a deferred foreign key, checked only at COMMIT),
+    the next transaction must see what the database holds, not the cached change."""
+    import asyncio
+    import sqlite3
+
+    from optimizer_server.errors import UnavailableError
+
+    store = open_store(f"sqlite:///{tmp_path / 'commit.db'}")
+    conn = store._conn  # type: ignore[attr-defined]
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TEMP TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    try:
+        store.create_job(JobRecord(SPEC, {"v": 0}, 0.0))
+
+        def read() -> dict[str, object]:
+            with store.job_transaction("s/job") as tx:
+                return dict(tx.job.policy_state)
+
+        def change() -> None:
+            with store.job_transaction("s/job") as tx:
+                tx.save_job({"v": 1}, 1)
+
+        def break_the_commit() -> None:
+            conn.execute("INSERT INTO child (parent_id) VALUES (42)")  # no such parent
+
+        async def scenario() -> None:
+            assert await store.submit(read) == {"v": 0}  # the job is cached
+            results = await asyncio.gather(
+                store.submit(change), store.submit(break_the_commit), return_exceptions=True
+            )
+            assert all(isinstance(r, UnavailableError) for r in results), results
+            assert await store.submit(read) == {"v": 0}
+
+        asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+        assert store.get_job("s/job").policy_state == {"v": 0}
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA foreign_keys = OFF")
         store.close()

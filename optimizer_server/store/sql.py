@@ -9,7 +9,9 @@ Job transactions reuse what they decoded last time: every change to a job writes
 read, under the job's lock) skips decoding the spec and policy state and re-reading the job's
 profiles, runs in flight and next run number. Any other writer (another replica, another process,
 a transaction whose COMMIT failed) leaves a revision the cache does not know, so the job is
-read afresh. Only job transactions use the cache; plain reads always go to the database.
+read afresh. A store that knows nobody else has written since its last transaction (see
+:meth:`SqlStore._cache_is_current`) skips even the revision read. Only job transactions use the
+cache; plain reads always go to the database.
 """
 
 from __future__ import annotations
@@ -269,6 +271,20 @@ class SqlStore(Store):
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
+    def _cache_clear(self) -> None:
+        """Forget every cached aggregate (their transactions may not have reached the database)."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    def _cache_is_current(self) -> bool:
+        """Whether, inside the current job transaction, every cached aggregate is known to match the
+        database, so that checking the job's revision can be skipped.
+
+        The default is no: each job's revision is read. A store that can tell cheaply that nobody
+        else has written since it last looked (SQLite: ``PRAGMA data_version``) says yes.
+        """
+        return False
+
     def sql(self, query: str) -> str:
         """``query`` in this driver's parameter style."""
         return query if self.paramstyle == "qmark" else query.replace("?", "%s")
@@ -335,16 +351,17 @@ class SqlStore(Store):
         started = time.perf_counter()
         try:
             with self._session(lock_job_id=job_id) as cur:
-                self._query(cur, "SELECT revision FROM jobs WHERE job_id = ?", (job_id,))
-                row = cur.fetchone()
-                if row is None:
-                    raise NotFoundError(f"job {job_id!r} not found")
                 # The transaction owns the aggregate: it goes back into the cache only if the
                 # transaction succeeds, so a failure half-way never leaves a changed copy behind.
                 aggregate = self._cache_take(job_id)
-                if aggregate is None or aggregate.revision != row[0] or not row[0]:
-                    self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
-                    aggregate = JobAggregate(row[0], row_to_job(cur.fetchone()))
+                if aggregate is None or not self._cache_is_current():
+                    self._query(cur, "SELECT revision FROM jobs WHERE job_id = ?", (job_id,))
+                    row = cur.fetchone()
+                    if row is None:
+                        raise NotFoundError(f"job {job_id!r} not found")
+                    if aggregate is None or aggregate.revision != row[0] or not row[0]:
+                        self._query(cur, _JOB_SELECT + " WHERE job_id = ?", (job_id,))
+                        aggregate = JobAggregate(row[0], row_to_job(cur.fetchone()))
                 tx = SqlJobTransaction(self, cur, aggregate)
                 yield tx
                 tx.finish()

@@ -119,6 +119,7 @@ class _LoopBatcher:
             self.store._lock.acquire()  # released by the committer once the batch is committed
             try:
                 self.store._conn.execute("BEGIN IMMEDIATE")
+                self.store._check_data_version(self.store._conn)
             except sqlite3.OperationalError as exc:
                 self.store._lock.release()
                 raise UnavailableError(f"SQLite database {self.store.path} is busy: {exc}") from exc
@@ -155,6 +156,7 @@ class _LoopBatcher:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.store._conn.execute("ROLLBACK")
+            self.store._cache_clear()  # the batch's jobs were cached as if it had committed
             return UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
         finally:
             self.store._lock.release()
@@ -208,6 +210,7 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise InvalidArgumentError(f"cannot open SQLite database {path}: {exc}") from exc
         self._lock = threading.Lock()  # guards the connection
+        self._data_version: int | None = None  # PRAGMA data_version at the last write transaction
         self._batcher: _LoopBatcher | None = None  # made by the first submit(), on its event loop
         # Plain reads from other threads (read(), the metrics endpoint) use their own read-only
         # connections: WAL lets them read committed data while the writer goes on.
@@ -266,7 +269,11 @@ class SqliteStore(SqlStore):
         with self._lock:
             cur = self._conn.cursor()
             try:
-                cur.execute("BEGIN IMMEDIATE" if lock_job_id is not None else "BEGIN")
+                if lock_job_id is not None:
+                    cur.execute("BEGIN IMMEDIATE")
+                    self._check_data_version(cur)
+                else:
+                    cur.execute("BEGIN")
                 try:
                     yield cur
                 except BaseException:
@@ -278,6 +285,19 @@ class SqliteStore(SqlStore):
                 raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
             finally:
                 cur.close()
+
+    def _check_data_version(self, cur: Cursor) -> None:
+        """At the start of a write transaction (under SQLite's write lock): if another connection
+        has committed since the last one, forget every cached job."""
+        version = cur.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._cache_clear()
+            self._data_version = version
+
+    def _cache_is_current(self) -> bool:
+        # Every write transaction starts with _check_data_version, and holds the write lock from
+        # then on: what is cached is what the database holds (see SqlStore._cache_is_current).
+        return True
 
     def _on_loop_thread(self) -> bool:
         return self._batcher is not None and threading.get_ident() == self._batcher.thread_id
