@@ -247,9 +247,11 @@ def test_state_stays_bounded_and_window_keeps_only_recent_samples() -> None:
             if i in (10, 199):
                 sizes.append(len(json.dumps(state)))
         if spec.window:
-            arm = state["arms"]["32"]
-            assert [round(math.exp(x)) for x in arm["ok"]["tail"]] == [12, 10, 11]  # i = 197, 198, 199
-            assert arm["ok"]["n"] == 200  # lifetime count kept beside the window
+            ok_tail = state["tails"]["32"][0]
+            assert [round(math.exp(x)) for x in ok_tail] == [12, 10, 11]  # i = 197, 198, 199
+            assert state["arms"]["32"][0] == 200  # lifetime count kept beside the window
+        else:
+            assert "tails" not in state
     # 200 runs more do not make the state bigger (only the digits of the sums change)
     assert sizes[1] - sizes[0] < 40 and sizes[3] - sizes[2] < 40
 
@@ -282,4 +284,48 @@ def test_version_1_state_is_upgraded_to_the_same_model() -> None:
     ]
     assert policy.summarize(SPEC, json.loads(json.dumps(v1))) == policy.summarize(SPEC, state)
     upgraded = policy.observe(SPEC, json.loads(json.dumps(v1)), obs(32, 9))
-    assert upgraded["version"] == 2 and upgraded == policy.observe(SPEC, state, obs(32, 9))
+    assert upgraded["version"] == 3 and upgraded == policy.observe(SPEC, state, obs(32, 9))
+
+
+def _as_version_2(state: dict, window: int) -> dict:
+    """A current state written the way version 2 kept it (nested objects of running sums)."""
+    v2 = {k: v for k, v in state.items() if k not in ("arms", "tails")}
+    v2["version"] = 2
+    v2["arms"] = {}
+    for key, arm in state["arms"].items():
+        tails = state.get("tails", {}).get(key, [[], [], []])
+        entry = {}
+        for i, name in enumerate(("ok", "fail", "cost")):
+            at = 4 * i
+            series = {"n": arm[at], "sum": arm[at + 1]}
+            if name != "cost":
+                series |= {"sumsq": arm[at + 2], "max": arm[at + 3]}
+            if window:
+                series["tail"] = tails[i]
+            entry[name] = series
+        entry["never_ran"] = arm[10]
+        v2["arms"][key] = entry
+    return v2
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_version_2_state_is_upgraded_to_the_same_model(window: int) -> None:
+    """A state saved by the previous server (nested running sums) gives the same decisions,
+    summaries and next state as the current layout."""
+    from dataclasses import replace
+
+    spec = replace(SPEC, window=window)
+    policy = PowerBanditPolicy()
+    history = [obs(32, 10), obs(16, 12), obs(64, 30, reached=False), obs(16, 11), obs(8, 0, reached=False), obs(32, 9)]
+    state = policy.new_state(spec)
+    for o in history:
+        state = policy.observe(spec, state, o)
+    v2 = json.loads(json.dumps(_as_version_2(state, window)))
+    c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
+    assert [policy.suggest(spec, json.loads(json.dumps(v2)), c, decision_rng(5, i)) for i in range(20)] == [
+        policy.suggest(spec, state, c, decision_rng(5, i)) for i in range(20)
+    ]
+    assert policy.summarize(spec, json.loads(json.dumps(v2))) == policy.summarize(spec, state)
+    assert policy.cost_bound(spec, json.loads(json.dumps(v2)), 128, "A40") == policy.cost_bound(spec, state, 128, "A40")
+    upgraded = policy.observe(spec, v2, obs(16, 13))
+    assert upgraded["version"] == 3 and upgraded == policy.observe(spec, state, obs(16, 13))

@@ -101,72 +101,99 @@ def _worth_exploring(log_mean: float, log_var: float, best: float, horizon: floa
     return horizon * max(gain, 0.0) > max(loss, 0.0)
 
 
-STATE_VERSION = 2
-"""Version 2 keeps sufficient statistics per batch size (bounded state); version 1 kept every sample."""
+STATE_VERSION = 3
+"""Version 3 keeps one flat list of running sums per batch size (bounded, and cheap to encode,
+which the server does after every run); version 2 kept the same sums as nested objects; version 1
+kept every sample."""
+
+# Positions in an arm's list: [n, sum, sum of squares, max] of the log epochs of runs that reached
+# the target (_OK) and of runs that did not (_FAIL), [n, sum] of the costs of runs that reached the
+# target (_COST, only their mean is used), and the number of runs that never ran (_NEVER_RAN).
+_OK, _FAIL, _COST, _NEVER_RAN = 0, 4, 8, 10
+_SERIES = {"ok": _OK, "fail": _FAIL, "cost": _COST}
 
 
-def _new_series(spread: bool = True) -> dict[str, Any]:
-    """Running sums of a series (with ``spread``: also the sum of squares and the maximum)."""
-    return {"n": 0, "sum": 0.0, "sumsq": 0.0, "max": None} if spread else {"n": 0, "sum": 0.0}
+def _new_arm() -> list[Any]:
+    """The running sums of a batch size with nothing observed."""
+    return [0, 0.0, 0.0, None, 0, 0.0, 0.0, None, 0, 0.0, 0]
 
 
-def _new_arm() -> dict[str, Any]:
-    # ok: log epochs of runs that reached the target; fail: log epochs of runs that did not;
-    # cost: costs of runs that reached the target (only their mean is used)
-    return {"ok": _new_series(), "fail": _new_series(), "cost": _new_series(spread=False), "never_ran": 0}
+def _new_tails() -> list[list[float]]:
+    """The last ``window`` values of the ok, fail and cost series of one batch size."""
+    return [[], [], []]
 
 
-def _push(series: dict[str, Any], value: float, window: int) -> None:
-    """Add ``value`` to a series: running sums always, the last ``window`` values when ``window > 0``."""
-    series["n"] += 1
-    series["sum"] += value
-    if "sumsq" in series:
-        series["sumsq"] += value * value
-        series["max"] = value if series["max"] is None else max(series["max"], value)
-    if window > 0:
-        tail = series.get("tail", [])
-        series["tail"] = [*tail[-(window - 1) :], value] if window > 1 else [value]
+def _push(arm: list[Any], tails: list[list[float]] | None, at: int, value: float, window: int) -> None:
+    """Add ``value`` to the series at ``at``: running sums always, the last ``window`` values in
+    ``tails`` when ``window > 0``."""
+    arm[at] += 1
+    arm[at + 1] += value
+    if at != _COST:
+        arm[at + 2] += value * value
+        top = arm[at + 3]
+        arm[at + 3] = value if top is None else max(top, value)
+    if window > 0 and tails is not None:
+        i = at // 4
+        tail = tails[i]
+        tails[i] = [*tail[-(window - 1) :], value] if window > 1 else [value]
 
 
-def _stats(series: Mapping[str, Any], window: int) -> tuple[int, float, float, float]:
-    """``(n, sum, sum of squares, max)`` of a series: of its last ``window`` values when ``window > 0``.
+def _stats(
+    arm: list[Any], tails: list[list[float]] | None, at: int, window: int
+) -> tuple[int, float, float, float]:
+    """``(n, sum, sum of squares, max)`` of the series at ``at``: of its last ``window`` values
+    when ``window > 0``.
 
     The state is saved after every run, so it keeps sums rather than every sample: its size does
     not grow with the job's history.
     """
     if window > 0:
-        tail = series.get("tail", [])
+        tail = tails[at // 4] if tails is not None else []
         if not tail:
             return 0, 0.0, 0.0, -math.inf
         return len(tail), math.fsum(tail), math.fsum(x * x for x in tail), max(tail)
-    top = series.get("max")
-    return (
-        int(series["n"]),
-        float(series["sum"]),
-        float(series.get("sumsq", 0.0)),
-        -math.inf if top is None else top,
-    )
+    if at == _COST:
+        return int(arm[at]), float(arm[at + 1]), 0.0, -math.inf
+    top = arm[at + 3]
+    return int(arm[at]), float(arm[at + 1]), float(arm[at + 2]), -math.inf if top is None else top
 
 
 _LOG_CENSOR = math.log(CENSOR_FACTOR)
 
 
 def _upgrade(spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
-    """Convert a version-1 state (every sample kept) in place to the current version."""
-    if state.get("version", 1) >= STATE_VERSION:
+    """Convert a version-1 state (every sample kept) or a version-2 one (nested sums) in place to
+    the current version."""
+    version = state.get("version", 1)
+    if version >= STATE_VERSION:
         return state
-    arms = {}
+    arms: dict[str, list[Any]] = {}
+    all_tails: dict[str, list[list[float]]] = {}
     for key, old in state["arms"].items():
         arm = _new_arm()
-        for value in old.get("log_epochs", []):
-            _push(arm["ok"], float(value), spec.window)
-        for epochs in old.get("fail_epochs", []):
-            _push(arm["fail"], math.log(max(float(epochs), MIN_EPOCHS)), spec.window)
-        for cost in old.get("ok_costs", []):
-            _push(arm["cost"], float(cost), spec.window)
-        arm["never_ran"] = int(old.get("never_ran", 0))
+        tails = _new_tails()
+        if version == 1:
+            for value in old.get("log_epochs", []):
+                _push(arm, tails, _OK, float(value), spec.window)
+            for epochs in old.get("fail_epochs", []):
+                _push(arm, tails, _FAIL, math.log(max(float(epochs), MIN_EPOCHS)), spec.window)
+            for cost in old.get("ok_costs", []):
+                _push(arm, tails, _COST, float(cost), spec.window)
+        else:
+            for name, at in _SERIES.items():
+                series = old[name]
+                arm[at], arm[at + 1] = int(series["n"]), float(series["sum"])
+                if at != _COST:
+                    arm[at + 2], arm[at + 3] = float(series.get("sumsq", 0.0)), series.get("max")
+                if "tail" in series:
+                    tails[at // 4] = [float(x) for x in series["tail"]]
+        arm[_NEVER_RAN] = int(old.get("never_ran", 0))
         arms[key] = arm
+        if any(tails):
+            all_tails[key] = tails
     state["arms"] = arms
+    if all_tails:
+        state["tails"] = all_tails
     state["version"] = STATE_VERSION
     return state
 
@@ -298,14 +325,17 @@ class PowerBanditPolicy:
         arms = state["arms"]
         key = str(int(observation.batch_size))
         arm = arms.setdefault(key, _new_arm())
+        window = spec.window
         epochs = float(observation.epochs)
+        pushes = observation.reached_target or epochs > 0
+        tails = state.setdefault("tails", {}).setdefault(key, _new_tails()) if window > 0 and pushes else None
         if observation.reached_target:
-            _push(arm["ok"], math.log(max(epochs, MIN_EPOCHS)), spec.window)
-            _push(arm["cost"], float(observation.cost), spec.window)
+            _push(arm, tails, _OK, math.log(max(epochs, MIN_EPOCHS)), window)
+            _push(arm, tails, _COST, float(observation.cost), window)
         elif epochs > 0:
-            _push(arm["fail"], math.log(max(epochs, MIN_EPOCHS)), spec.window)
+            _push(arm, tails, _FAIL, math.log(max(epochs, MIN_EPOCHS)), window)
         else:
-            arm["never_ran"] += 1
+            arm[_NEVER_RAN] += 1
         ec = observation.epoch_cost
         if ec is None and epochs > 0 and observation.cost > 0:
             ec = observation.cost / epochs
@@ -331,8 +361,10 @@ class PowerBanditPolicy:
         if batch_size is None:
             return bound
         state = _upgrade(spec, state)  # type: ignore[arg-type]
-        arm = state["arms"].get(str(int(batch_size)))
-        if arm and _stats(arm["cost"], spec.window)[0]:
+        key = str(int(batch_size))
+        arm = state["arms"].get(key)
+        tails = state.get("tails", {})
+        if arm and _stats(arm, tails.get(key), _COST, spec.window)[0]:
             return bound
         seen_models = set(state.get("min_recurrence_cost_by_gpu", {})) | set(state.get("epoch_cost", {}))
         if gpu_model is not None and seen_models - {gpu_model}:
@@ -341,7 +373,9 @@ class PowerBanditPolicy:
             return bound if best is None else min(bound, EXPLORE_BOUND * float(best))
         means = [
             total / n
-            for n, total, _, _ in (_stats(a["cost"], spec.window) for a in state["arms"].values())
+            for n, total, _, _ in (
+                _stats(a, tails.get(k), _COST, spec.window) for k, a in state["arms"].items()
+            )
             if n
         ]
         if means:
@@ -357,10 +391,20 @@ class PowerBanditPolicy:
         window = spec.window
         data = {}
         lc = _LOG_CENSOR
+        all_tails = state.get("tails", {}) if window > 0 else {}
         for b in sorted(map(int, spec.batch_sizes)):
-            arm = arms.get(str(b)) or _new_arm()
-            n_ok, s_ok, q_ok, max_ok = _stats(arm["ok"], window)
-            n_f, s_f, q_f, max_f = _stats(arm["fail"], window)
+            key = str(b)
+            arm = arms.get(key) or _new_arm()
+            if window > 0:
+                tails = all_tails.get(key)
+                n_ok, s_ok, q_ok, max_ok = _stats(arm, tails, _OK, window)
+                n_f, s_f, q_f, max_f = _stats(arm, tails, _FAIL, window)
+            else:  # _stats of the running sums, inlined: this runs for every arm of every suggestion
+                n_ok, s_ok, q_ok, max_ok, n_f, s_f, q_f, max_f = arm[:8]
+                if max_ok is None:
+                    max_ok = -math.inf
+                if max_f is None:
+                    max_f = -math.inf
             # failed runs enter as pseudo-observations log(epochs) + log(CENSOR_FACTOR)
             n = n_ok + n_f
             if n:
@@ -373,7 +417,7 @@ class PowerBanditPolicy:
             data[b] = {
                 "ok": n_ok,
                 "fails": n_f,
-                "never_ran": int(arm["never_ran"]),
+                "never_ran": int(arm[_NEVER_RAN]),
                 "n": n,
                 "mean": mean,
                 "ss": ss,
@@ -419,12 +463,17 @@ class PowerBanditPolicy:
     ) -> dict[int, float]:
         """Known epoch cost per batch size on this GPU (profile first, then reported runs)."""
         known: dict[int, float] = {}
-        for b, profile in context.profiles.items():
-            if profile and int(b) in spec.batch_sizes:
-                eta, mp = spec.eta, context.max_power_w
-                known[int(b)] = min(
-                    (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s for pt in profile.values()
-                )
+        if context.profiles:
+            eta, mp = spec.eta, context.max_power_w
+            batch_sizes = spec.batch_sizes
+            for b, profile in context.profiles.items():
+                if profile and int(b) in batch_sizes:
+                    best = math.inf
+                    for pt in profile.values():
+                        cost = (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s
+                        if cost < best:
+                            best = cost
+                    known[int(b)] = best
         for key, ec in state["epoch_cost"].get(context.gpu_model, {}).items():
             known.setdefault(int(key), float(ec))
         return known

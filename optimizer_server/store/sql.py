@@ -16,7 +16,6 @@ cache; plain reads always go to the database.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import secrets
@@ -88,15 +87,26 @@ def row_to_run(row: Sequence[Any]) -> RunRecord:
     return RunRecord(**values)
 
 
+# allow_nan: policy states may hold inf (e.g. "no best cost yet"); Python's json reads it back.
+# One encoder for every state: json.dumps with options builds a new one per call.
+_STATE_ENCODER = json.JSONEncoder(allow_nan=True, separators=(",", ":"))
+
+
 def _state_to_json(state: dict[str, Any]) -> str:
-    # allow_nan: policy states may hold inf (e.g. "no best cost yet"); Python's json reads it back.
-    return json.dumps(state, allow_nan=True, separators=(",", ":"))
+    return _STATE_ENCODER.encode(state)
 
 
 def row_to_job(row: Sequence[Any]) -> JobRecord:
     """A ``jobs`` row as a :class:`JobRecord`."""
     _, spec, state, created, decisions = row
     return JobRecord(JobSpec.from_dict(json.loads(spec)), json.loads(state), float(created), int(decisions))
+
+
+def _copy_run(run: RunRecord) -> RunRecord:
+    """A shallow copy of a run (its fields are immutable values), without copy.copy's detour."""
+    clone = object.__new__(RunRecord)
+    clone.__dict__.update(run.__dict__)
+    return clone
 
 
 def new_revision() -> str:
@@ -177,7 +187,7 @@ class SqlJobTransaction(JobTransaction):
         self._agg.next_seq += 1
         self._dirty = True
         if run.state == RUN_IN_FLIGHT:
-            self._in_flight()[run.run_id] = copy.copy(run)  # the caller keeps its own
+            self._in_flight()[run.run_id] = _copy_run(run)  # the caller keeps its own
         return run
 
     def update_run(self, run: RunRecord) -> None:
@@ -186,7 +196,7 @@ class SqlJobTransaction(JobTransaction):
         self._dirty = True
         in_flight = self._in_flight()
         if run.state == RUN_IN_FLIGHT:
-            in_flight[run.run_id] = copy.copy(run)
+            in_flight[run.run_id] = _copy_run(run)
         else:
             in_flight.pop(run.run_id, None)
 
