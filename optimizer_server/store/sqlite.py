@@ -121,6 +121,9 @@ class _LoopBatcher:
                 self.store._conn.execute("BEGIN IMMEDIATE")
                 self.store._check_data_version(self.store._conn)
             except sqlite3.OperationalError as exc:
+                if self.store._conn.in_transaction:  # BEGIN went through, the PRAGMA did not
+                    with contextlib.suppress(sqlite3.Error):
+                        self.store._conn.execute("ROLLBACK")
                 self.store._lock.release()
                 raise UnavailableError(f"SQLite database {self.store.path} is busy: {exc}") from exc
             self.open = True
@@ -271,7 +274,11 @@ class SqliteStore(SqlStore):
             try:
                 if lock_job_id is not None:
                     cur.execute("BEGIN IMMEDIATE")
-                    self._check_data_version(cur)
+                    try:
+                        self._check_data_version(cur)
+                    except sqlite3.Error:
+                        cur.execute("ROLLBACK")
+                        raise
                 else:
                     cur.execute("BEGIN")
                 try:
