@@ -276,7 +276,8 @@ def _posterior(
     noise_var: float,
     trend_var: float,
 ) -> tuple[float, float]:
-    """:meth:`PowerBanditPolicy._posterior_mu` over the precomputed :func:`_observed`."""
+    """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data (``own``, the
+    arm's entry of ``_arm_data``) as likelihood. ``observed`` is :func:`_observed` of the arms."""
     x = math.log2(b)
     prec0 = 0.0
     mean0 = 0.0
@@ -451,13 +452,6 @@ class PowerBanditPolicy:
             count += 1.0
         return total / count
 
-    @staticmethod
-    def _posterior_mu(
-        data: Mapping[int, Mapping[str, Any]], b: int, noise_var: float, trend_var: float = TREND_SD**2
-    ) -> tuple[float, float]:
-        """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data as likelihood."""
-        return _posterior(_observed(data), data[b], b, noise_var, trend_var)
-
     def _epoch_costs(
         self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext
     ) -> dict[int, float]:
@@ -615,6 +609,8 @@ class PowerBanditPolicy:
         for per_gpu in state["epoch_cost"].values():
             for key, ec in per_gpu.items():
                 ec_any.setdefault(int(key), float(ec))
+        observed = _observed(data)
+        trend_var = self._trend_var(data, noise_var)
         out = []
         for b in sorted(data):
             d = data[b]
@@ -625,7 +621,7 @@ class PowerBanditPolicy:
                 status = "pruned"
             else:
                 status = "active"
-            mean, var = self._posterior_mu(data, b, noise_var, self._trend_var(data, noise_var))
+            mean, var = _posterior(observed, d, b, noise_var, trend_var)
             epochs = _exp(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
             if b in ec_any and math.isfinite(mean):
                 sd = math.sqrt(var)
