@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 
-from powerbandit import operator_cli
+from powerbandit import __version__, health, operator_cli
+from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
 from powerbandit.logs import configure_logging
 
 ENV_PREFIX = "POWERBANDIT_"
@@ -92,13 +93,12 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full command-line parser."""
-    from powerbandit import demo
-
+    """The full command-line parser (``demo`` and ``simulate`` take their flags from the server extra)."""
     parser = argparse.ArgumentParser(
         prog="powerbandit",
         description="Cut the GPU energy of recurring training jobs: optimizer server, demo, simulator, operator view.",
     )
+    parser.add_argument("--version", action="version", version=f"powerbandit {__version__}")
     parser.add_argument(
         "--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING [POWERBANDIT_LOG_LEVEL]"
     )
@@ -106,18 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log line format [POWERBANDIT_LOG_FORMAT, default text]")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
-    d = sub.add_parser(
-        "demo", help="replay a recurring job through a real server and SDK", description=demo.__doc__
-    )
-    demo.add_arguments(d)
+    d = sub.add_parser("demo", help="replay a recurring job through a real server and SDK")
     sim = sub.add_parser(
         "simulate", help="trace-driven policy simulation", description="Trace-driven simulation."
     )
-    from simulations import cli as sim_cli
-
-    sim_cli.add_arguments(sim)
+    try:
+        from powerbandit import demo
+        from simulations import cli as sim_cli
+    except ModuleNotFoundError as exc:  # the SDK-only install: the commands say what to install
+        if not is_missing_server_extra(exc):
+            raise
+        for p in (d, sim):
+            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    else:
+        d.description = demo.__doc__
+        demo.add_arguments(d)
+        sim_cli.add_arguments(sim)
     operator_cli.add_arguments(sub)
     _add_db(sub)
+    h = sub.add_parser("health", help="check a server's gRPC health (exit 0 = SERVING)", description=health.__doc__)
+    health.add_arguments(h)
     return parser
 
 
@@ -126,19 +134,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format, quiet_default=args.command in ("demo", "simulate"))
-    if args.command == "serve":
-        code = _serve(args)
-    elif args.command == "demo":
-        from powerbandit import demo
-
-        code = demo.run(args)
-    elif args.command == "simulate":
-        from simulations import cli as sim_cli
-
-        code = sim_cli.run(args)
-    elif args.command in operator_cli.COMMANDS:
-        code = operator_cli.run(args)
-    else:
-        code = _db(args)
+    try:
+        code = _dispatch(args)
+    except ModuleNotFoundError as exc:
+        if not is_missing_server_extra(exc):
+            raise
+        print(missing_server_extra_message(args.command, exc), file=sys.stderr)
+        code = 1
     logging.shutdown()
     sys.exit(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns its exit code."""
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "demo":
+        from powerbandit import demo
+
+        return demo.run(args)
+    if args.command == "simulate":
+        from simulations import cli as sim_cli
+
+        return sim_cli.run(args)
+    if args.command == "health":
+        return health.run(args)
+    if args.command in operator_cli.COMMANDS:
+        return operator_cli.run(args)
+    return _db(args)

@@ -3,9 +3,9 @@
 It starts the real server on a temporary SQLite file (or uses ``--server``), then replays N
 recurrences of one job through the real SDK (``OptimizerClient.run``) with the replay GPU: each
 run trains epoch by epoch, profiles power limits when asked, reports progress and completes.
-The job's numbers come from the published traces when they are present (``--trace-dir``),
-otherwise from a small built-in job whose numbers are synthetic (made up to look like a typical
-image-classification job; they were not measured).
+The job's numbers come from the published traces shipped with powerbandit (``--trace-dir`` or
+``POWERBANDIT_TRACE_DIR`` for another copy), or with ``--synthetic`` from a small built-in job whose
+numbers are made up to look like a typical image-classification job (they were not measured).
 """
 
 from __future__ import annotations
@@ -64,19 +64,12 @@ def load_job(trace_dir: str | None, workload: str, gpu: str, synthetic: bool = F
     """The demo's job and a sentence saying where its numbers come from."""
     if synthetic:
         return synthetic_job(), "a built-in SYNTHETIC job (numbers made up, not measured)"
-    candidates = (
-        [Path(trace_dir)] if trace_dir else [Path("../shared/traces/zeus_nsdi23"), default_trace_dir()]
-    )
-    for directory in candidates:
-        if (directory / "summary_train.csv").exists():
-            job = TraceSet(directory).job(gpu, workload)
-            return job, f"measured traces from {directory} ({workload} on {gpu})"
-    if trace_dir:
-        raise SystemExit(f"error: no traces at {trace_dir} (expected summary_train.csv there)")
-    return (
-        synthetic_job(),
-        "a built-in SYNTHETIC job (numbers made up, not measured; pass --trace-dir for real ones)",
-    )
+    directory = Path(trace_dir) if trace_dir else default_trace_dir()
+    if not (directory / "summary_train.csv").exists():
+        raise SystemExit(f"error: no traces at {directory} (expected summary_train.csv there; "
+                         "--synthetic runs a built-in made-up job instead)")  # fmt: skip
+    job = TraceSet(directory).job(gpu, workload)
+    return job, f"measured traces from {directory} ({workload} on {gpu})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recurrences", type=int, default=40, help="recurrences of the job to replay (default 40)"
     )
     parser.add_argument(
-        "--trace-dir", help="published traces (default ../shared/traces/zeus_nsdi23 when present)"
+        "--trace-dir", help="published traces [POWERBANDIT_TRACE_DIR, default: the copy shipped with powerbandit]"
     )
     parser.add_argument("--workload", default="cifar100", choices=sorted(CANONICAL), help="trace workload")
     parser.add_argument("--gpu", default="v100", help="trace GPU: v100, a40, rtx6000, p100 (default v100)")

@@ -65,7 +65,7 @@ def parse_targets(items: Sequence[str]) -> dict[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to ``parser``."""
     sel = parser.add_argument_group("what to simulate")
-    sel.add_argument("--trace-dir", default=None, help="trace directory (default: ../shared/traces)")
+    sel.add_argument("--trace-dir", default=None, help="trace directory [POWERBANDIT_TRACE_DIR, default: the copy shipped with powerbandit]")
     sel.add_argument("--all", action="store_true", help="the 24 canonical jobs (the default selection)")
     sel.add_argument("--gpu", nargs="+", choices=GPUS, default=None, help="GPU models")
     sel.add_argument("--workload", nargs="+", choices=tuple(CANONICAL), default=None, help="workloads")

@@ -1,4 +1,4 @@
-"""Reading the published trace format (``shared/traces/README.md``) into simulation jobs.
+"""Reading the published trace format (``simulations/data/zeus_nsdi23/README.md``) into simulation jobs.
 
 A :class:`TraceJob` is one (GPU, workload, target metric) with everything the run accounting needs:
 the training seeds' ``target_epoch`` per batch size and the power profile per (batch size, power
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -142,9 +143,22 @@ def _float(text: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+TRACE_DIR_ENV = "POWERBANDIT_TRACE_DIR"
+"""Environment variable naming another trace directory (``--trace-dir`` still wins over it)."""
+
+
+def packaged_trace_dir() -> Path:
+    """The published traces shipped inside the package (``simulations/data/zeus_nsdi23``)."""
+    return Path(__file__).resolve().parent / "data" / "zeus_nsdi23"
+
+
 def default_trace_dir() -> Path:
-    """``../shared/traces/zeus_nsdi23`` relative to the repository root."""
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "traces" / "zeus_nsdi23"
+    """Where traces are read when no ``--trace-dir`` is given: ``$POWERBANDIT_TRACE_DIR``, else the shipped copy.
+
+    The one lookup used by ``powerbandit simulate``, ``powerbandit demo``, the benchmarks and the tests.
+    """
+    override = os.environ.get(TRACE_DIR_ENV, "").strip()
+    return Path(override).expanduser() if override else packaged_trace_dir()
 
 
 def resolve_trace_dir(path: str | Path | None) -> Path:
@@ -153,7 +167,7 @@ def resolve_trace_dir(path: str | Path | None) -> Path:
     if not (base / "summary_train.csv").exists() and (base / "zeus_nsdi23" / "summary_train.csv").exists():
         base = base / "zeus_nsdi23"
     if not (base / "summary_train.csv").exists():
-        raise FileNotFoundError(f"no summary_train.csv under {base} (see shared/traces/README.md)")
+        raise FileNotFoundError(f"no summary_train.csv under {base} (the format: simulations/data/zeus_nsdi23/README.md)")
     return base
 
 

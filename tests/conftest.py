@@ -12,9 +12,11 @@ from client_sdk.client import Job, OptimizerClient
 from optimizer_server.server import EmbeddedServer
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
+from simulations.traces import default_trace_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TRACE_DIR = REPO_ROOT.parent / "shared" / "traces" / "zeus_nsdi23"
+TRACE_DIR = default_trace_dir()
+"""The published traces: the copy shipped in the package, or ``$POWERBANDIT_TRACE_DIR``."""
 
 # A small replay table: batch size -> power limit -> (average power W, seconds per epoch).
 SMALL_TABLE = {

@@ -38,7 +38,7 @@ def test_demo_on_the_synthetic_job_converges() -> None:
     assert len(re.findall(r"^\s+\d+\s+\d+\s+\d+", done.stdout, re.M)) >= 12  # one line per run
 
 
-@pytest.mark.skipif(not TRACE_DIR.exists(), reason=f"published traces not found at {TRACE_DIR}")
+@pytest.mark.traces
 def test_demo_on_the_published_traces() -> None:
     done = run_cli("demo", "--trace-dir", str(TRACE_DIR), "--workload", "squad", "--gpu", "a40", "--recurrences", "8")
     assert done.returncode == 0, done.stderr

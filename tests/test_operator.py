@@ -385,9 +385,7 @@ def test_end_to_end_subprocess(cluster: EmbeddedServer, tmp_path: Path) -> None:
     assert json.loads(done.stdout)["total"]["runs"] > 0 and png_size(png) == (1200, 500)
 
 
-@pytest.mark.skipif(
-    not (TRACE_DIR / "summary_train.csv").exists(), reason=f"published traces not found at {TRACE_DIR}"
-)
+@pytest.mark.traces
 def test_on_published_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from simulations.traces import TraceSet
 

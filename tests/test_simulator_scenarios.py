@@ -9,7 +9,7 @@ import pytest
 from optimizer_server.policy.base import ProfilePoint
 from simulations.engine import simulate
 from simulations.scenarios import drifted, simulate_alternating, simulate_concurrent, simulate_drift
-from simulations.traces import TraceJob, TraceSet, default_trace_dir
+from simulations.traces import TraceJob, TraceSet
 
 
 def ladder_job(gpu: str = "v100", slow: float = 1.0) -> TraceJob:
@@ -65,13 +65,6 @@ def test_alternating_gpus_share_epochs_and_profile_each_gpu() -> None:
     assert result.summary()["regret_pct"] < 50.0
 
 
-TRACES = default_trace_dir()
-needs_traces = pytest.mark.skipif(
-    not (TRACES / "summary_train.csv").exists(), reason=f"published traces not found at {TRACES}"
-)
-
-
-@needs_traces
 @pytest.mark.traces
 def test_canonical_jobs_load() -> None:
     jobs = TraceSet().jobs()
@@ -80,7 +73,6 @@ def test_canonical_jobs_load() -> None:
     assert libri["v100"].default_batch_size == 192 and libri["v100"].recurrences == 210
 
 
-@needs_traces
 @pytest.mark.traces
 def test_zeus_seed1_within_published_range() -> None:
     traces = TraceSet()

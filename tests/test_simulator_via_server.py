@@ -39,7 +39,7 @@ def test_via_server_matches_in_process_on_a_small_job(server: EmbeddedServer, po
     assert stored.completed_runs == len(local.attempts)  # every attempt went through the server
 
 
-@pytest.mark.skipif(not TRACE_DIR.exists(), reason=f"published traces not found at {TRACE_DIR}")
+@pytest.mark.traces
 def test_cli_via_server_writes_the_same_runs(tmp_path: Path) -> None:
     outputs = {}
     for mode in ("local", "server"):

@@ -1,0 +1,86 @@
+"""``powerbandit health``: ask a server's gRPC health service whether it is serving.
+
+Exit status 0 when the server answers SERVING, 1 otherwise (not serving, unreachable, timed out),
+with one line saying which. Container health checks, systemd and scripts use it; it needs only
+the SDK install (``grpcio-health-checking``), not the server extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def default_address() -> str:
+    """``$POWERBANDIT_SERVER``, else the local end of ``$POWERBANDIT_LISTEN``, else 127.0.0.1:50051.
+
+    A server told to listen on ``0.0.0.0:PORT`` or ``[::]:PORT`` is reached on loopback at PORT, so
+    the same environment that starts a server (a container's, a unit's) also checks it.
+    """
+    server = os.environ.get("POWERBANDIT_SERVER", "").strip()
+    if server:
+        return server
+    listen = os.environ.get("POWERBANDIT_LISTEN", "").strip()
+    if not listen:
+        return DEFAULT_ADDRESS
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        return DEFAULT_ADDRESS
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        return f"127.0.0.1:{port}"
+    return listen
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``powerbandit health``."""
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="host:port [POWERBANDIT_SERVER, else the loopback end of POWERBANDIT_LISTEN, else 127.0.0.1:50051]",
+    )
+    parser.add_argument(
+        "--service",
+        default="",
+        help="service name to check (default: the whole server; e.g. powerbandit.v1.OptimizerService)",
+    )
+    parser.add_argument("--timeout-s", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+
+
+def check(address: str, service: str = "", timeout_s: float = 5.0) -> str:
+    """The health status name the server at ``address`` reports for ``service`` (e.g. ``SERVING``).
+
+    Raises :class:`grpc.RpcError` when the server cannot be reached or does not know ``service``.
+    """
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the server; prints one line and returns 0 only for SERVING."""
+    address = args.server or default_address()
+    if args.timeout_s <= 0:
+        print(f"error: --timeout-s must be positive, got {args.timeout_s:g}", file=sys.stderr)
+        return 2
+    what = f"{address} ({args.service})" if args.service else address
+    try:
+        status = check(address, args.service, args.timeout_s)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.NOT_FOUND:
+            print(f"error: {what}: the server does not know this service", file=sys.stderr)
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            print(f"error: {what}: no answer within {args.timeout_s:g} s", file=sys.stderr)
+        else:
+            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            print(f"error: {what}: unreachable ({code.name if code else 'error'}: {detail})", file=sys.stderr)
+        return 1
+    print(f"{what}: {status}")
+    return 0 if status == "SERVING" else 1
