@@ -238,9 +238,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        steps = v.finite(request.steps_per_epoch, "steps_per_epoch", low=0.0, high=1e12)
-        if steps <= 0:
-            raise InvalidArgumentError("steps_per_epoch must be > 0")
+        steps = v.steps_per_epoch(request.steps_per_epoch)
         measurements = v.profile_measurements(request.measurements)
         limit, cost = await self._submit(self.service.report_profile, job_id, run_id, steps, measurements)
         return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
@@ -275,13 +273,16 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         power = request.power_limit_w
         if power != 0:
             v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
+        energy_j, time_s, epochs = v.completion(
+            request.energy_j, request.time_s, request.epochs, request.reached_target
+        )
         run = await self._submit(
             self.service.complete_run,
             job_id,
             run_id,
-            energy_j=v.measurement(request.energy_j, "energy_j"),
-            time_s=v.measurement(request.time_s, "time_s"),
-            epochs=v.measurement(request.epochs, "epochs"),
+            energy_j=energy_j,
+            time_s=time_s,
+            epochs=epochs,
             reached_target=request.reached_target,
             final_metric=v.finite(request.final_metric, "final_metric")
             if request.HasField("final_metric")

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from optimizer_server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from optimizer_server.policy import (
@@ -28,8 +29,8 @@ from optimizer_server.policy import (
     decision_rng,
     energy_time_cost,
     epoch_cost,
-    get_policy,
 )
+from optimizer_server.safe_policy import SafePolicy
 from optimizer_server.store.base import (
     RUN_COMPLETED,
     RUN_EXPIRED,
@@ -150,7 +151,7 @@ class OptimizerService:
         requested = spec
         if spec.seed == 0:
             spec = replace(spec, seed=secrets.randbits(63) or 1)
-        policy = get_policy(spec.policy)
+        policy = SafePolicy.named(spec.policy)
         record = JobRecord(spec, policy.new_state(spec), self.clock())
         stored, created = self.store.create_job(record)
         if not created:
@@ -190,7 +191,7 @@ class OptimizerService:
 
     def _view(self, record: JobRecord, *, max_runs: int, with_runs: bool) -> JobView:
         spec = record.spec
-        policy = get_policy(spec.policy)
+        policy = SafePolicy.named(spec.policy)
         arms = policy.summarize(spec, record.policy_state)
         known = [a for a in arms if a.successes > 0 and math.isfinite(a.cost_mean)]
         best = min(known, key=lambda a: a.cost_mean).batch_size if known else 0
@@ -239,7 +240,7 @@ class OptimizerService:
         now = self.clock()
         with self.store.job_transaction(job_id) as tx:
             spec = tx.job.spec
-            policy = get_policy(spec.policy)
+            policy = SafePolicy.named(spec.policy)
             if request_id:
                 existing = tx.find_run_by_request(request_id)
                 if existing is not None:
@@ -315,7 +316,7 @@ class OptimizerService:
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
             key = gpu_key(run.gpu_model, run.gpu_count)
-            bound = get_policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
+            bound = SafePolicy.named(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric
@@ -383,8 +384,10 @@ class OptimizerService:
             run.finished_unix_s = self.clock()
             run.epoch_cost = self._epoch_cost(tx, run)
             tx.update_run(run)
-            policy = get_policy(spec.policy)
+            policy = SafePolicy.named(spec.policy)
             state = policy.observe(spec, tx.job.policy_state, observation_of(run))
+            if state is None:  # logged; the state may be half-changed: rebuild it from the run log
+                state = self._replayed_state(policy, spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
         log.info(
             "run completed",
@@ -449,15 +452,17 @@ class OptimizerService:
         """Recompute a job's policy state from its run log (completed runs in completion order)."""
         with self.store.job_transaction(job_id) as tx:
             spec = tx.job.spec
-            policy = get_policy(spec.policy)
-            state = policy.new_state(spec)
-            completed = [r for r in tx.list_runs() if r.state == RUN_COMPLETED]
-            for run in sorted(completed, key=lambda r: (r.finished_unix_s, r.seq)):
-                state = policy.observe(spec, state, observation_of(run))
+            state = self._replayed_state(SafePolicy.named(spec.policy), spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
             return copy.deepcopy(tx.job)  # the store may keep using its own
 
     # -------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _replayed_state(policy: SafePolicy, spec: JobSpec, runs: Sequence[RunRecord]) -> dict[str, Any]:
+        """A policy state from the run log: completed runs in completion order, unusable ones skipped."""
+        completed = sorted((r for r in runs if r.state == RUN_COMPLETED), key=lambda r: (r.finished_unix_s, r.seq))
+        return policy.replay(spec, (observation_of(r) for r in completed))
+
     @staticmethod
     def _in_flight_run(tx: JobTransaction, run_id: str, action: str) -> RunRecord:
         run = tx.get_run(run_id)

@@ -9,7 +9,7 @@ import math
 import unicodedata
 from collections.abc import Sequence
 
-from optimizer_server.errors import InvalidArgumentError, ResourceExhaustedError
+from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.policy import POLICY_NAMES, JobSpec
 from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA
 from optimizer_server.service import RunGpu
@@ -23,6 +23,18 @@ MAX_EPOCHS_LIMIT = 1_000_000
 MAX_GPU_COUNT = 4096
 MAX_POWER_LIMIT_W = 10_000.0
 MAX_MEASUREMENT = 1e15  # joules or seconds: far beyond any real run, guards against overflow
+# Physical ranges of a power profile's measurements. A GPU under load draws watts, not zero (an
+# average of 0 W means the power reading failed), and no training step takes under a microsecond:
+# below these a profile's epoch cost would be 0 and every later decision would divide by it.
+MIN_AVERAGE_POWER_W = 1.0
+MAX_AVERAGE_POWER_W = 1e6  # summed over the run's GPUs
+MIN_TIME_PER_STEP_S = 1e-6
+MAX_TIME_PER_STEP_S = 1e5
+MIN_STEPS_PER_EPOCH = 1.0
+MAX_STEPS_PER_EPOCH = 1e9
+
+
+METRIC_DIRECTIONS = frozenset(pb.MetricDirection.values())
 
 
 def identifier(value: str, field: str) -> str:
@@ -30,7 +42,7 @@ def identifier(value: str, field: str) -> str:
     if not value:
         raise InvalidArgumentError(f"{field} is empty; give a non-empty id")
     if len(value) > MAX_ID_LENGTH:
-        raise ResourceExhaustedError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+        raise InvalidArgumentError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
     if not value.isprintable() and any(unicodedata.category(ch)[0] == "C" for ch in value):
         raise InvalidArgumentError(f"{field} contains control or unassigned characters; use printable text")
     return value
@@ -44,9 +56,7 @@ def optional_identifier(value: str, field: str) -> str:
 def text(value: str, field: str) -> str:
     """Free text up to 2000 characters."""
     if len(value) > MAX_TEXT_LENGTH:
-        raise ResourceExhaustedError(
-            f"{field} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}"
-        )
+        raise InvalidArgumentError(f"{field} is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}")
     return value
 
 
@@ -72,7 +82,7 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
     if not msg.batch_sizes:
         raise InvalidArgumentError("spec.batch_sizes is empty; list the batch sizes the job may use")
     if len(msg.batch_sizes) > MAX_BATCH_SIZES:
-        raise ResourceExhaustedError(
+        raise InvalidArgumentError(
             f"spec.batch_sizes has {len(msg.batch_sizes)} entries; the limit is {MAX_BATCH_SIZES}"
         )
     if any(b <= 0 for b in msg.batch_sizes):
@@ -90,6 +100,12 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
     policy = msg.policy or POLICY_NAMES[0]
     if policy not in POLICY_NAMES:
         raise InvalidArgumentError(f"spec.policy {policy!r} is unknown; use one of {', '.join(POLICY_NAMES)}")
+    if msg.metric_direction not in METRIC_DIRECTIONS:
+        raise InvalidArgumentError(
+            f"spec.metric_direction {msg.metric_direction} is not a known direction; use "
+            "METRIC_DIRECTION_HIGHER_IS_BETTER (1) or METRIC_DIRECTION_LOWER_IS_BETTER (2), or leave it "
+            "unset (higher is better)"
+        )
     if msg.window < 0:
         raise InvalidArgumentError(f"spec.window must be >= 0 (0 = all observations), got {msg.window}")
     return JobSpec(
@@ -119,19 +135,48 @@ def run_gpu(msg: pb.GpuInfo, present: bool) -> RunGpu:
     low = finite(msg.min_power_limit_w, "gpu.min_power_limit_w", low=1.0, high=MAX_POWER_LIMIT_W)
     high = finite(msg.max_power_limit_w, "gpu.max_power_limit_w", low=low, high=MAX_POWER_LIMIT_W)
     if len(msg.power_limits_w) > MAX_POWER_LIMITS:
-        raise ResourceExhaustedError(
+        raise InvalidArgumentError(
             f"gpu.power_limits_w has {len(msg.power_limits_w)} entries; the limit is {MAX_POWER_LIMITS}"
         )
     limits = tuple(finite(p, "gpu.power_limits_w", low=low, high=high) for p in msg.power_limits_w)
     return RunGpu(model, int(msg.count), low, high, limits)
 
 
+def steps_per_epoch(value: float) -> float:
+    """A profile's steps per epoch: at least one, at most a billion."""
+    return finite(value, "steps_per_epoch", low=MIN_STEPS_PER_EPOCH, high=MAX_STEPS_PER_EPOCH)
+
+
+def completion(energy_j: float, time_s: float, epochs: float, reached_target: bool) -> tuple[float, float, float]:
+    """A completed run's ``(energy_j, time_s, epochs)``.
+
+    A run that reached its target trained: its energy, time and epochs must all be positive (a 0
+    means a measurement failed, and a zero-cost run would make every later run look too dear).
+    """
+    energy_j = measurement(energy_j, "energy_j")
+    time_s = measurement(time_s, "time_s")
+    epochs = measurement(epochs, "epochs")
+    if reached_target:
+        for name, value in (("energy_j", energy_j), ("time_s", time_s), ("epochs", epochs)):
+            if value <= 0:
+                raise InvalidArgumentError(
+                    f"{name} is 0 but reached_target is true: a run that reached its target reports the "
+                    "energy, time and epochs it used, all > 0 (was it measured? report a crashed run "
+                    "with FailRun instead)"
+                )
+    return energy_j, time_s, epochs
+
+
 def profile_measurements(msgs: Sequence[pb.ProfileMeasurement]) -> list[tuple[float, float, float]]:
-    """``(power limit, average power, seconds per step)`` per measurement, validated."""
+    """``(power limit, average power, seconds per step)`` per measurement, validated.
+
+    Average power and step time must lie in physical ranges (see ``MIN_AVERAGE_POWER_W`` and
+    ``MIN_TIME_PER_STEP_S``): every profiled epoch cost is then positive.
+    """
     if not msgs:
         raise InvalidArgumentError("measurements is empty; report at least one power limit")
     if len(msgs) > MAX_POWER_LIMITS:
-        raise ResourceExhaustedError(f"{len(msgs)} measurements; the limit is {MAX_POWER_LIMITS}")
+        raise InvalidArgumentError(f"{len(msgs)} measurements; the limit is {MAX_POWER_LIMITS}")
     out = []
     seen: set[float] = set()
     for i, m in enumerate(msgs):
@@ -139,9 +184,17 @@ def profile_measurements(msgs: Sequence[pb.ProfileMeasurement]) -> list[tuple[fl
         if limit in seen:
             raise InvalidArgumentError(f"measurements[{i}].power_limit_w {limit:g} W is reported twice")
         seen.add(limit)
-        power = finite(m.average_power_w, f"measurements[{i}].average_power_w", low=0.0, high=1e6)
-        step = finite(m.time_per_step_s, f"measurements[{i}].time_per_step_s", low=0.0, high=1e6)
-        if step <= 0:
-            raise InvalidArgumentError(f"measurements[{i}].time_per_step_s must be > 0, got {step:g}")
+        power = finite(
+            m.average_power_w,
+            f"measurements[{i}].average_power_w",
+            low=MIN_AVERAGE_POWER_W,
+            high=MAX_AVERAGE_POWER_W,
+        )
+        step = finite(
+            m.time_per_step_s,
+            f"measurements[{i}].time_per_step_s",
+            low=MIN_TIME_PER_STEP_S,
+            high=MAX_TIME_PER_STEP_S,
+        )
         out.append((limit, power, step))
     return out

@@ -206,12 +206,12 @@ BAD_SPECS = [
     ("zero max epochs", {"max_epochs": 0}, Code.INVALID_ARGUMENT),
     ("NaN target", {"target_metric": math.nan}, Code.INVALID_ARGUMENT),
     ("unknown policy", {"policy": "random"}, Code.INVALID_ARGUMENT),
-    ("overlong job id", {"job_id": "x" * 201}, Code.RESOURCE_EXHAUSTED),
+    ("overlong job id", {"job_id": "x" * 201}, Code.INVALID_ARGUMENT),
     ("control characters in id", {"job_id": "a\x00b"}, Code.INVALID_ARGUMENT),
     (
         "too many batch sizes",
         {"batch_sizes": tuple(range(1, 100)), "default_batch_size": 1},
-        Code.RESOURCE_EXHAUSTED,
+        Code.INVALID_ARGUMENT,
     ),
 ]
 
@@ -256,7 +256,7 @@ def _bad_run_calls(run_id: str) -> list[tuple[str, str, object, Code]]:
         ("ReportProfile", "zero steps", pb.ReportProfileRequest(job_id="team/job", run_id=run_id, steps_per_epoch=0, measurements=[pb.ProfileMeasurement(power_limit_w=100, average_power_w=90, time_per_step_s=0.1)]), Code.INVALID_ARGUMENT),
         ("ReportProfile", "negative power", pb.ReportProfileRequest(job_id="team/job", run_id=run_id, steps_per_epoch=10, measurements=[pb.ProfileMeasurement(power_limit_w=100, average_power_w=-90, time_per_step_s=0.1)]), Code.INVALID_ARGUMENT),
         ("FailRun", "unknown run", pb.FailRunRequest(job_id="team/job", run_id="nope"), Code.NOT_FOUND),
-        ("FailRun", "overlong reason", pb.FailRunRequest(job_id="team/job", run_id=run_id, reason="x" * 5000), Code.RESOURCE_EXHAUSTED),
+        ("FailRun", "overlong reason", pb.FailRunRequest(job_id="team/job", run_id=run_id, reason="x" * 5000), Code.INVALID_ARGUMENT),
         ("Heartbeat", "unknown run", pb.HeartbeatRequest(job_id="team/job", run_id="nope"), Code.NOT_FOUND),
         ("GetJob", "unknown job", pb.GetJobRequest(job_id="nope"), Code.NOT_FOUND),
         ("GetJob", "negative max_runs", pb.GetJobRequest(job_id="team/job", max_runs=-1), Code.INVALID_ARGUMENT),

@@ -93,6 +93,8 @@ def _worth_exploring(log_mean: float, log_var: float, best: float, horizon: floa
     """Whether trying an arm whose cost is ``lognormal(log_mean, log_var)`` pays off against the
     best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per run if it
     is cheaper, times the horizon, against the expected excess cost of the one trial run."""
+    if not 0.0 < best < math.inf:
+        return False  # nothing measured can be beaten (or compared with)
     s = math.sqrt(max(log_var, 1e-12))
     d = (math.log(best) - log_mean) / s
     mean = _exp(log_mean + 0.5 * log_var)
@@ -467,9 +469,11 @@ class PowerBanditPolicy:
                         cost = (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s
                         if cost < best:
                             best = cost
-                    known[int(b)] = best
+                    if 0.0 < best < math.inf:  # an unusable profile (a 0 W reading) is skipped
+                        known[int(b)] = best
         for key, ec in state["epoch_cost"].get(context.gpu_model, {}).items():
-            known.setdefault(int(key), float(ec))
+            if 0.0 < float(ec) < math.inf:
+                known.setdefault(int(key), float(ec))
         return known
 
     def _candidates(
@@ -608,7 +612,8 @@ class PowerBanditPolicy:
         ec_any: dict[int, float] = {}
         for per_gpu in state["epoch_cost"].values():
             for key, ec in per_gpu.items():
-                ec_any.setdefault(int(key), float(ec))
+                if 0.0 < float(ec) < math.inf:
+                    ec_any.setdefault(int(key), float(ec))
         observed = _observed(data)
         trend_var = self._trend_var(data, noise_var)
         out = []

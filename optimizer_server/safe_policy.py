@@ -1,0 +1,139 @@
+"""A policy as the service uses it: a stored state it cannot use never becomes an error for callers.
+
+Policies are pure code over a job's stored state. The edge validates every report, so a policy
+should never meet a value it cannot handle; but a database written by an older version, or a bug
+met by one unlucky state, must not turn every ``Suggest``, ``GetJob`` and ``ListJobs`` touching the
+job into ``INTERNAL`` for every caller. :class:`SafePolicy` wraps a policy so that:
+
+* ``suggest`` falls back to the job's default batch size (phase ``fallback``, saying why);
+* ``cost_bound`` falls back to no bound (``inf``); ``summarize`` to arms marked ``unknown``;
+* ``observe`` reports failure (``None``) instead of raising, and :meth:`SafePolicy.replay`
+  rebuilds a state from the run log, skipping each observation the policy cannot fold in.
+
+Every fallback is logged at ERROR with the job id and the traceback, so the defect is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from optimizer_server.policy import (
+    ArmSummary,
+    Decision,
+    JobSpec,
+    Observation,
+    Policy,
+    SuggestContext,
+    choose_power_limit,
+    get_policy,
+)
+
+log = logging.getLogger("powerbandit.server.policy")
+
+UNKNOWN_ARM = "unknown"
+"""Arm status when the policy could not summarise the job's state."""
+
+
+class SafePolicy:
+    """A :class:`~optimizer_server.policy.Policy` whose failures on stored state are logged, not raised."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.name = policy.name
+
+    @classmethod
+    def named(cls, name: str) -> SafePolicy:
+        """The registered policy ``name``, wrapped."""
+        return cls(get_policy(name))
+
+    def new_state(self, spec: JobSpec) -> dict[str, Any]:
+        """The state of a new job (a failure here is a bug in the policy: it raises)."""
+        return self.policy.new_state(spec)
+
+    def suggest(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
+    ) -> Decision:
+        """The policy's decision, or the job's default configuration when it cannot decide."""
+        try:
+            return self.policy.suggest(spec, state, context, rng)
+        except Exception:
+            self._failed("suggest", spec)
+        batch_size = int(spec.default_batch_size)
+        try:
+            power_limit, profile = choose_power_limit(spec, context, batch_size)
+        except Exception:
+            self._failed("choose a power limit", spec)
+            power_limit, profile = None, tuple(context.power_limits_w)
+        return Decision(
+            batch_size,
+            power_limit,
+            profile,
+            "fallback",
+            f"the {self.name} policy could not use this job's stored state (see the server log); "
+            f"running the default batch size {batch_size}",
+        )
+
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
+        """The policy's early-stop bound, or ``inf`` (no early stop) when it cannot compute one."""
+        try:
+            return self.policy.cost_bound(spec, state, batch_size, gpu_model)
+        except Exception:
+            self._failed("compute the early-stop bound", spec)
+            return math.inf
+
+    def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
+        """The policy's arm summaries, or one ``unknown`` arm per batch size."""
+        try:
+            return self.policy.summarize(spec, state)
+        except Exception:
+            self._failed("summarize", spec)
+            nan = math.nan
+            return [ArmSummary(int(b), UNKNOWN_ARM, 0, 0, nan, nan, nan, nan) for b in sorted(spec.batch_sizes)]
+
+    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any] | None:
+        """The state with ``observation`` folded in, or ``None`` when the policy failed.
+
+        After a failure ``state`` may be half-changed: rebuild it with :meth:`replay`.
+        """
+        try:
+            return self.policy.observe(spec, state, observation)
+        except Exception:
+            self._failed(f"fold in a run of batch size {observation.batch_size}", spec)
+            return None
+
+    def replay(self, spec: JobSpec, observations: Iterable[Observation]) -> dict[str, Any]:
+        """A fresh state with every observation folded in, in order; unusable ones are skipped."""
+        state = self.policy.new_state(spec)
+        for observation in observations:
+            try:
+                state = self.policy.observe(spec, copy.deepcopy(state), observation)
+            except Exception:
+                log.warning(
+                    "skipped an unusable run of batch size %s (energy %r J, time %r s, epochs %r) "
+                    "while rebuilding the %s policy state",
+                    observation.batch_size,
+                    observation.energy_j,
+                    observation.time_s,
+                    observation.epochs,
+                    self.name,
+                    extra={"job_id": spec.job_id},
+                )
+        return state
+
+    def _failed(self, action: str, spec: JobSpec) -> None:
+        log.error(
+            "the %s policy could not %s for job %r; falling back (the job keeps serving)",
+            self.name,
+            action,
+            spec.job_id,
+            exc_info=True,
+            extra={"job_id": spec.job_id},
+        )

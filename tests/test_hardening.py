@@ -1,0 +1,268 @@
+"""Defects found by attacking the service (issue: hardening), each with the test that caught it.
+
+Real servers on 127.0.0.1 over real SQLite files; raw generated stubs, as an attacker would use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from optimizer_server.policy import ProfilePoint
+from optimizer_server.server import EmbeddedServer
+from optimizer_server.store.base import ProfileRecord
+from powerbandit.v1 import optimizer_pb2 as pb
+from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
+from tests.conftest import gpu_pb
+
+Code = grpc.StatusCode
+TIMEOUT_S = 15.0
+
+
+def spec_pb(job_id: str = "team-a/job", **fields: object) -> pb.JobSpec:
+    values: dict[str, object] = {
+        "job_id": job_id,
+        "batch_sizes": [32, 64, 128],
+        "default_batch_size": 64,
+        "target_metric": 0.9,
+        "max_epochs": 20,
+        "seed": 3,
+    }
+    values.update(fields)
+    return pb.JobSpec(**values)  # type: ignore[arg-type]
+
+
+def code_of(call: object, *args: object, **kwargs: object) -> Code:
+    """The status code a call answers (OK when it succeeds)."""
+    try:
+        call(*args, timeout=TIMEOUT_S, **kwargs)  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[attr-defined,no-any-return]
+    return Code.OK
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub]]:
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'h.db'}") as server, grpc.insecure_channel(server.address) as ch:
+        yield server, pb_grpc.OptimizerServiceStub(ch)
+
+
+# ------------------------------------------------------------- 1. one report must not break a job
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "measurement", "field"),
+    [
+        (10.0, pb.ProfileMeasurement(power_limit_w=100, average_power_w=0.0, time_per_step_s=0.5), "average_power_w"),
+        (10.0, pb.ProfileMeasurement(power_limit_w=100, average_power_w=150, time_per_step_s=1e-300), "time_per_step_s"),
+        (1e-300, pb.ProfileMeasurement(power_limit_w=100, average_power_w=150, time_per_step_s=0.5), "steps_per_epoch"),
+    ],
+)
+def test_profiles_outside_physical_ranges_are_refused_and_change_nothing(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub],
+    steps_per_epoch: float,
+    measurement: pb.ProfileMeasurement,
+    field: str,
+) -> None:
+    server, stub = live
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb(eta=1.0)), timeout=TIMEOUT_S)
+    run = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ReportProfile(
+            pb.ReportProfileRequest(
+                job_id="team-a/job", run_id=run.run_id, steps_per_epoch=steps_per_epoch, measurements=[measurement]
+            ),
+            timeout=TIMEOUT_S,
+        )
+    assert err.value.code() == Code.INVALID_ARGUMENT
+    assert field in err.value.details()
+    assert server.service.store.list_profiles("team-a/job") == []
+
+
+@pytest.mark.parametrize(("energy_j", "time_s", "epochs"), [(0.0, 10.0, 3.0), (500.0, 0.0, 3.0), (500.0, 10.0, 0.0)])
+def test_a_run_that_reached_its_target_must_report_what_it_used(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub], energy_j: float, time_s: float, epochs: float
+) -> None:
+    _, stub = live
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb(eta=1.0)), timeout=TIMEOUT_S)
+    run = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+    request = pb.CompleteRunRequest(
+        job_id="team-a/job", run_id=run.run_id, energy_j=energy_j, time_s=time_s, epochs=epochs, reached_target=True
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CompleteRun(request, timeout=TIMEOUT_S)
+    assert err.value.code() == Code.INVALID_ARGUMENT and "reached_target" in err.value.details()
+    # the same numbers for a run that did not reach its target are fine (nothing was learned)
+    request.reached_target = False
+    stub.CompleteRun(request, timeout=TIMEOUT_S)
+
+
+@pytest.mark.parametrize("policy", ["powerbandit", "zeus"])
+def test_a_stored_zero_cost_profile_is_skipped_not_raised(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub], policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database written before the edge refused 0 W profiles: the job keeps serving every caller."""
+    server, stub = live
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb(eta=1.0, policy=policy)), timeout=TIMEOUT_S)
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb("team-b/other")), timeout=TIMEOUT_S)
+    run = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+    with server.service.store.job_transaction("team-a/job") as tx:  # what an older server accepted
+        tx.put_profile(ProfileRecord("NVIDIA A40", run.batch_size, {100.0: ProfilePoint(100.0, 0.0, 5.0)}, run.run_id))
+    stub.CompleteRun(
+        pb.CompleteRunRequest(
+            job_id="team-a/job", run_id=run.run_id, energy_j=800, time_s=10, epochs=3, reached_target=True,
+            power_limit_w=100,
+        ),
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    for _ in range(3):
+        nxt = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+        assert nxt.batch_size in (32, 64, 128)
+    job = stub.GetJob(pb.GetJobRequest(job_id="team-a/job"), timeout=TIMEOUT_S).job
+    assert job.completed_runs == 1
+    listed = stub.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT_S).jobs
+    assert {j.spec.job_id for j in listed} == {"team-a/job", "team-b/other"}
+
+
+def test_a_policy_failure_on_stored_state_falls_back_and_a_completion_is_kept(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deepest layer: whatever a policy raises on a stored state, callers never see INTERNAL."""
+    server, stub = live
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb()), timeout=TIMEOUT_S)
+    first = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+    with server.service.store.job_transaction("team-a/job") as tx:  # a state no version of the policy wrote
+        tx.save_job({"version": 3, "arms": {"64": "garbage"}, "epoch_cost": 7}, tx.job.decisions)
+    with caplog.at_level(logging.ERROR, logger="powerbandit.server.policy"):
+        suggestion = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+        assert suggestion.phase == pb.PHASE_FALLBACK and suggestion.batch_size == 64
+        assert "could not use this job's stored state" in suggestion.explanation
+        job = stub.GetJob(pb.GetJobRequest(job_id="team-a/job"), timeout=TIMEOUT_S).job
+        assert [a.status for a in job.arms] == ["unknown"] * 3
+        assert stub.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT_S).jobs[0].spec.job_id == "team-a/job"
+        # completing a run rebuilds the state from the run log: the job heals itself
+        stub.CompleteRun(
+            pb.CompleteRunRequest(
+                job_id="team-a/job", run_id=first.run_id, energy_j=900, time_s=10, epochs=4, reached_target=True
+            ),
+            timeout=TIMEOUT_S,
+        )
+    assert any("team-a/job" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    job = stub.GetJob(pb.GetJobRequest(job_id="team-a/job"), timeout=TIMEOUT_S).job
+    assert [a.status for a in job.arms] == ["unexplored", "active", "unexplored"]
+    assert job.completed_runs == 1
+
+
+_POWER = st.one_of(st.sampled_from([1.0, 1e6]), st.floats(1.0, 1e6))
+_STEP = st.one_of(st.sampled_from([1e-6, 1e5]), st.floats(1e-6, 1e5))
+_AMOUNT = st.one_of(st.sampled_from([0.0, 1e-300, 5e-324, 1e15]), st.floats(0.0, 1e15))
+
+
+@st.composite
+def accepted_history(draw: st.DrawFn) -> dict[str, object]:
+    """A job and a sequence of reports the edge accepts, with extreme but legal values."""
+    return {
+        "eta": draw(st.sampled_from([0.0, 1.0, 0.5]) | st.floats(0.0, 1.0)),
+        "policy": draw(st.sampled_from(["powerbandit", "zeus"])),
+        "window": draw(st.sampled_from([0, 2])),
+        "runs": draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "gpu": st.sampled_from(["A40", "V100"]),
+                        "profile": st.none()
+                        | st.tuples(
+                            st.one_of(st.sampled_from([1.0, 1e9]), st.floats(1.0, 1e9)),
+                            st.lists(st.tuples(_POWER, _STEP), min_size=1, max_size=3),
+                        ),
+                        "energy_j": _AMOUNT,
+                        "time_s": _AMOUNT,
+                        "epochs": _AMOUNT,
+                        "reached": st.booleans(),
+                        "end": st.sampled_from(["complete", "complete", "fail", "leave"]),
+                    }
+                ),
+                min_size=1,
+                max_size=6,
+            )
+        ),
+    }
+
+
+def test_no_accepted_history_makes_suggest_get_job_or_list_jobs_fail(tmp_path: Path) -> None:
+    """Property: store arbitrary *accepted* reports; Suggest, GetJob and ListJobs never answer INTERNAL."""
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'prop.db'}") as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.OptimizerServiceStub(ch)
+        counter = iter(range(1_000_000))
+        policy_errors: list[logging.LogRecord] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                policy_errors.append(record)
+
+        handler = Collect(level=logging.ERROR)
+        logging.getLogger("powerbandit.server.policy").addHandler(handler)
+
+        @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+        @given(history=accepted_history())
+        def check(history: dict[str, object]) -> None:
+            job_id = f"prop/{next(counter)}"
+            spec = spec_pb(job_id, eta=history["eta"], policy=history["policy"], window=history["window"])
+            stub.RegisterJob(pb.RegisterJobRequest(spec=spec), timeout=TIMEOUT_S)
+            for report in history["runs"]:  # type: ignore[attr-defined]
+                gpu = gpu_pb(report["gpu"])
+                run = stub.Suggest(pb.SuggestRequest(job_id=job_id, gpu=gpu), timeout=TIMEOUT_S)
+                if report["profile"] is not None and not run.power_limit_w:
+                    steps, points = report["profile"]
+                    measurements = [
+                        pb.ProfileMeasurement(power_limit_w=limit, average_power_w=power, time_per_step_s=step)
+                        for limit, (power, step) in zip(run.profile_power_limits_w, points, strict=False)
+                    ]
+                    code_of(stub.ReportProfile, pb.ReportProfileRequest(
+                        job_id=job_id, run_id=run.run_id, steps_per_epoch=steps, measurements=measurements))  # fmt: skip
+                if report["end"] == "complete":
+                    code = code_of(stub.CompleteRun, pb.CompleteRunRequest(
+                        job_id=job_id, run_id=run.run_id, energy_j=report["energy_j"], time_s=report["time_s"],
+                        epochs=report["epochs"], reached_target=report["reached"]))  # fmt: skip
+                    assert code in (Code.OK, Code.INVALID_ARGUMENT), code
+                elif report["end"] == "fail":
+                    stub.FailRun(pb.FailRunRequest(job_id=job_id, run_id=run.run_id, reason="x"), timeout=TIMEOUT_S)
+            for gpu in ("A40", "V100", "H100"):
+                assert code_of(stub.Suggest, pb.SuggestRequest(job_id=job_id, gpu=gpu_pb(gpu))) == Code.OK
+            job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=TIMEOUT_S).job
+            for arm in job.arms:
+                assert math.isnan(arm.cost_mean) or arm.cost_mean >= 0
+            assert code_of(stub.ListJobs, pb.ListJobsRequest(job_id_prefix="prop/")) == Code.OK
+
+        try:
+            check()
+        finally:
+            logging.getLogger("powerbandit.server.policy").removeHandler(handler)
+        # the policies themselves handle every accepted history: the safety net never had to catch one
+        assert not policy_errors, policy_errors[0].getMessage()
+
+
+# ------------------------------------------------------------------------------- 7. smaller ones
+@pytest.mark.parametrize(
+    ("request_builder", "field"),
+    [
+        (lambda: pb.RegisterJobRequest(spec=spec_pb(metric_direction=7)), "metric_direction"),
+        (lambda: pb.RegisterJobRequest(spec=spec_pb("x" * 201)), "spec.job_id"),
+        (lambda: pb.RegisterJobRequest(spec=spec_pb(batch_sizes=list(range(1, 100)), default_batch_size=1)), "batch_sizes"),
+    ],
+)
+def test_out_of_range_fields_are_invalid_arguments_not_retryable_codes(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub], request_builder: object, field: str
+) -> None:
+    """RESOURCE_EXHAUSTED makes clients retry; a field that is too long never gets shorter."""
+    _, stub = live
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RegisterJob(request_builder(), timeout=TIMEOUT_S)  # type: ignore[operator]
+    assert err.value.code() == Code.INVALID_ARGUMENT and field in err.value.details()
+    assert stub.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT_S).jobs == []
