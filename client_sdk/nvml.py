@@ -17,13 +17,21 @@ What it does, and how it degrades:
 - **Time.** ``now_s`` synchronises the CUDA devices this process uses through PyTorch (only when the
   training script has already imported torch and initialised CUDA: otherwise no GPU work of this
   process can be pending), then reads ``time.monotonic()``.
-- **Power limits.** Setting a limit needs root or ``CAP_SYS_ADMIN``. Without it, one warning is logged
-  (logger ``powerbandit.sdk.nvml``) and the run continues at the limit in force, which is what
-  :meth:`NvmlGpu.set_power_limit` returns, so the run is reported truthfully. The limits in force
+- **Power limits.** Through the node agent (``powerbandit agent``, see ``docs/node-agent.md``) when
+  ``POWERBANDIT_AGENT_SOCKET`` names its socket or the default socket ``/run/powerbandit/agent.sock``
+  exists, or when NVML refuses with no-permission and the default socket has appeared: the limit is
+  then held under a lease (renewed with the run's heartbeat, released at the end; the agent restores
+  it even when this process is SIGKILLed). Otherwise directly through NVML, which needs root or
+  ``CAP_SYS_ADMIN``. Without either, one warning is logged (logger ``powerbandit.sdk.nvml``) and the
+  run continues at the limit in force, which is what :meth:`NvmlGpu.set_power_limit` returns, so the
+  run is reported truthfully; :meth:`NvmlGpu.power_limit_control` says which way was used. The limits in force
   before the first change are put back by :meth:`NvmlGpu.restore_power_limit`, :meth:`NvmlGpu.close`,
   at interpreter exit, and on SIGTERM/SIGINT (handlers installed only while a limit is changed, in
-  the main thread, chaining to the previous handlers). A ``kill -9`` cannot be caught: restore by
-  hand then (``sudo nvidia-smi -i <index> -pl <watts>``, or reboot, which resets the limit).
+  the main thread, chaining to the previous handlers). A ``kill -9`` cannot be caught: with the agent,
+  it restores the limit within a second of the process's death; without it, restore by hand
+  (``sudo nvidia-smi -i <index> -pl <watts>``, or reboot, which resets the limit).
+- **Device layer.** GPUs are reached through :mod:`client_sdk.devices` (NVML, or the simulated device
+  when ``POWERBANDIT_SIMULATED_GPUS`` names its file); the node agent uses the same layer.
 - **No GPU.** A missing ``pynvml`` module, NVIDIA driver or device raises
   :class:`~client_sdk.gpu.GpuUnavailableError` whose message names the ways out (a GPU machine with
   the driver, or a dry run with :class:`client_sdk.replay.ReplayGpu`).
@@ -31,145 +39,65 @@ What it does, and how it degrades:
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType, ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from client_sdk.devices import open_backend
+from client_sdk.devices.access import WAYS_OUT, DeviceBackend
+from client_sdk.devices.errors import (
+    DeviceError,
+    DeviceNoPermissionError,
+    DeviceNotSupportedError,
+    GpuConfigError,
+)
+from client_sdk.devices.restore_guard import RestoreGuard
+from client_sdk.devices.selection import select_from_cuda_visible_devices
 from client_sdk.gpu import Gpu, GpuInfo, GpuUnavailableError
 from client_sdk.power_polling import PowerPoller
 
-__all__ = ["EnergySource", "GpuConfigError", "NvmlGpu"]
+if TYPE_CHECKING:
+    from powerbandit.agent.client import AgentClient
+
+__all__ = ["DEFAULT_AGENT_LEASE_S", "EnergySource", "GpuConfigError", "NvmlGpu"]
 
 _LOG = logging.getLogger("powerbandit.sdk.nvml")
 
 EnergySource = Literal["auto", "counter", "polling"]
 _ENERGY_SOURCES: tuple[str, ...] = ("auto", "counter", "polling")
 
-_WAYS_OUT = (
-    "Ways out: (1) run on a machine with an NVIDIA GPU and its driver installed (`nvidia-smi` must work "
-    "there); or (2) do a dry run with the replay GPU, client_sdk.replay.ReplayGpu, which replays energy "
-    "and time from a trace instead of measuring them."
-)
+#: Lease the SDK asks the agent for; renewed with every heartbeat and every change.
+DEFAULT_AGENT_LEASE_S = 600.0
 
 _PERMISSION_HELP = (
     "Setting GPU power limits needs root or the CAP_SYS_ADMIN capability: run the training as root "
     "(e.g. `sudo -E python train.py`), or grant the capability to the container/process (e.g. "
-    "`docker run --cap-add SYS_ADMIN ...`); enabling persistence mode (`sudo nvidia-smi -pm 1`) keeps "
-    "a limit applied between processes."
+    "`docker run --cap-add SYS_ADMIN ...`), or run the node agent (`powerbandit agent serve`, see "
+    "docs/node-agent.md) and set POWERBANDIT_AGENT_SOCKET; enabling persistence mode (`sudo nvidia-smi "
+    "-pm 1`) keeps a limit applied between processes."
 )
 
 # Tolerance when checking a requested limit against the allowed range: NVML works in milliwatts.
 _RANGE_TOL_W = 5e-4
 
 
-class GpuConfigError(GpuUnavailableError, ValueError):
-    """GPUs exist, but not in a form this SDK can measure as asked.
-
-    Raised for MIG (instances or MIG-enabled GPUs), GPUs of mixed models in one job, invalid
-    ``device_indices``, or ``energy_source="counter"`` on GPUs without the energy counter. It is both a
-    :class:`GpuUnavailableError` and a :class:`ValueError`, so either ``except`` catches it.
-    """
-
-
 @dataclass(frozen=True)
 class _Device:
     index: int  # NVML index
-    handle: Any
     name: str
     uuid: str
     min_limit_mw: int
     max_limit_mw: int
 
 
-def _text(value: object) -> str:
-    """NVML strings are ``bytes`` in old bindings and ``str`` in new ones."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _load_nvml() -> ModuleType:
-    """Import ``pynvml`` and initialise NVML, or raise :class:`GpuUnavailableError` with the ways out."""
-    try:
-        import pynvml
-    except ImportError as exc:
-        raise GpuUnavailableError(
-            "Cannot measure GPUs: the NVML Python bindings are not installed (module `pynvml`, package "
-            "`nvidia-ml-py`; install with `pip install nvidia-ml-py`). " + _WAYS_OUT
-        ) from exc
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
-            why = "the NVML library (libnvidia-ml.so / nvml.dll) was not found, so no NVIDIA driver is installed"
-        elif isinstance(exc, pynvml.NVMLError_DriverNotLoaded):
-            why = "the NVIDIA driver is installed but not loaded"
-        else:
-            why = f"NVML failed to initialise ({exc})"
-        raise GpuUnavailableError(f"Cannot measure GPUs: {why}. " + _WAYS_OUT) from exc
-    return pynvml
-
-
-def _select_from_cuda_visible_devices(value: str, uuids: Sequence[str]) -> list[int]:
-    """NVML indices named by ``CUDA_VISIBLE_DEVICES``, following CUDA's parsing rules.
-
-    Entries are indices or (prefixes of) ``GPU-`` UUIDs; like CUDA, the first entry that matches no GPU
-    (or repeats one) ends the list. ``MIG-`` entries raise :class:`GpuConfigError`.
-    """
-    selected: list[int] = []
-    for raw in value.split(","):
-        entry = raw.strip()
-        if entry.upper().startswith("MIG-"):
-            raise GpuConfigError(
-                f"CUDA_VISIBLE_DEVICES={value!r} names a MIG instance ({entry!r}). powerbandit cannot measure or "
-                "power-limit a MIG instance (NVML's energy counter and power limit belong to the whole GPU). "
-                "Run on a whole GPU with MIG disabled, or do a dry run with client_sdk.replay.ReplayGpu."
-            )
-        match: int | None = None
-        if entry.isdigit():
-            if int(entry) < len(uuids):
-                match = int(entry)
-        elif entry:
-            key = entry.lower() if entry.lower().startswith("gpu-") else "gpu-" + entry.lower()
-            hits = [i for i, u in enumerate(uuids) if u.lower().startswith(key)]
-            if len(hits) == 1:
-                match = hits[0]
-        if match is None or match in selected:
-            _LOG.warning(
-                "CUDA_VISIBLE_DEVICES=%r: entry %r matches no GPU here (or repeats one); like CUDA, the GPUs "
-                "listed after it are ignored.",
-                value,
-                entry,
-            )
-            break
-        selected.append(match)
-    return selected
-
-
-def _chain_signal(signum: int, previous: Any, frame: FrameType | None) -> None:
-    """Hand a signal to the handler that was installed before ours."""
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_IGN:
-        return
-    elif signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    else:
-        # Default action (terminate): re-deliver the signal with the default disposition.
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
 class NvmlGpu(Gpu):
-    """The job's GPUs, measured and power-limited through NVML.
+    """The job's GPUs, measured and power-limited through NVML (directly or through the node agent).
 
     Args:
         device_indices: NVML indices of the job's GPUs; ``None`` = those named by
@@ -183,6 +111,11 @@ class NvmlGpu(Gpu):
         poll_interval_s: power-polling period, seconds (> 0), when polling is used.
         energy_source: ``"auto"`` (the energy counter where every GPU has one, else polling),
             ``"counter"`` (the counter or :class:`GpuConfigError`), or ``"polling"``.
+        backend: the device backend; ``None`` = :func:`client_sdk.devices.open_backend` (NVML, or the
+            simulated device named by ``POWERBANDIT_SIMULATED_GPUS``).
+        agent_socket: the node agent's socket; ``None`` = ``POWERBANDIT_AGENT_SOCKET``, else the default
+            socket when it exists; ``""`` = never use the agent.
+        agent_lease_s: lease asked of the agent, seconds (renewed with every heartbeat).
 
     Raises:
         GpuUnavailableError: no ``pynvml``, no driver, or no GPU visible; the message names the ways out.
@@ -198,6 +131,10 @@ class NvmlGpu(Gpu):
         power_limit_step_w: float = 25.0,
         poll_interval_s: float = 0.1,
         energy_source: EnergySource = "auto",
+        *,
+        backend: DeviceBackend | None = None,
+        agent_socket: str | None = None,
+        agent_lease_s: float = DEFAULT_AGENT_LEASE_S,
     ) -> None:
         if not power_limit_step_w > 0:
             raise ValueError(f"power_limit_step_w must be > 0, got {power_limit_step_w!r}")
@@ -205,46 +142,58 @@ class NvmlGpu(Gpu):
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
         if energy_source not in _ENERGY_SOURCES:
             raise ValueError(f"energy_source must be one of {_ENERGY_SOURCES}, got {energy_source!r}")
+        if not agent_lease_s > 0:
+            raise ValueError(f"agent_lease_s must be > 0, got {agent_lease_s!r}")
 
-        self._closed = True  # until NVML is initialised; close() is then a no-op
-        self._nvml = _load_nvml()
+        self._closed = True  # until the backend is open; close() is then a no-op
+        self._backend = backend if backend is not None else open_backend()
         self._closed = False
         self._lock = threading.RLock()
         self._poller: PowerPoller | None = None
         self._originals_mw: dict[int, int] = {}  # position in self._devices -> limit before our change
         self._can_set: bool | None = None
         self._warned_cannot_set = False
-        self._previous_handlers: dict[int, Any] = {}
-        self._atexit_callback: Callable[[], None] | None = None
+        self._guard = RestoreGuard(self.restore_power_limit)
+        self._agent_lease_s = float(agent_lease_s)
+        self._agent: AgentClient | None = None
+        self._lease_id = ""
+        self._lease_watts: float | None = None
+        self._agent_explicit = bool(agent_socket)
+        self._agent_disabled = agent_socket == ""
+        self._control = "none"
         try:
             self._devices = self._open_devices(device_indices)
             self._min_limit_w = max(d.min_limit_mw for d in self._devices) / 1000.0
             self._max_limit_w = min(d.max_limit_mw for d in self._devices) / 1000.0
+            socket_path = self._agent_socket(agent_socket)
+            if socket_path:
+                self._connect_agent(socket_path)
             self._candidates_w = self._candidate_limits(power_limits_w, power_limit_step_w)
             self._energy_source = self._choose_energy_source(energy_source)
         except BaseException:
-            self._shutdown_nvml()
+            self._shutdown_backend()
             raise
         self._poll_interval_s = float(poll_interval_s)
         _LOG.info(
-            "NVML: %d x %s (NVML indices %s), power limit %.0f-%.0f W, energy from %s",
+            "%s: %d x %s (NVML indices %s), power limit %.0f-%.0f W, energy from %s, limits set %s",
+            self._backend.kind.upper(),
             len(self._devices),
             self._devices[0].name,
             [d.index for d in self._devices],
             self._min_limit_w,
             self._max_limit_w,
             self._energy_source,
+            f"through the agent at {self._agent.socket_path}" if self._agent else "directly",
         )
 
     # ------------------------------------------------------------------ setup
 
     def _open_devices(self, device_indices: Sequence[int] | None) -> list[_Device]:
-        nvml = self._nvml
-        count = int(nvml.nvmlDeviceGetCount())
+        backend = self._backend
+        count = backend.count()
         if count == 0:
-            raise GpuUnavailableError("Cannot measure GPUs: NVML works but sees no GPU. " + _WAYS_OUT)
-        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
+            raise GpuUnavailableError("Cannot measure GPUs: NVML works but sees no GPU. " + WAYS_OUT)
+        uuids = backend.uuids()
 
         if device_indices is not None:
             indices = [int(i) for i in device_indices]
@@ -259,15 +208,15 @@ class NvmlGpu(Gpu):
             if cvd is None:
                 indices = list(range(count))
             else:
-                indices = _select_from_cuda_visible_devices(cvd, uuids)
+                indices = select_from_cuda_visible_devices(cvd, uuids)
                 if not indices:
                     raise GpuUnavailableError(
                         f"Cannot measure GPUs: CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU of this machine. "
-                        "Unset it or name GPUs by index or UUID (see `nvidia-smi -L`). " + _WAYS_OUT
+                        "Unset it or name GPUs by index or UUID (see `nvidia-smi -L`). " + WAYS_OUT
                     )
                 order = os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
                 if order != "PCI_BUS_ID" and any(e.strip().isdigit() for e in cvd.split(",")):
-                    models = {_text(nvml.nvmlDeviceGetName(h)) for h in handles}
+                    models = {backend.describe(i).name for i in range(count)}
                     if len(models) > 1:
                         _LOG.warning(
                             "CUDA_VISIBLE_DEVICES uses indices on a machine with different GPU models while "
@@ -276,7 +225,7 @@ class NvmlGpu(Gpu):
                             order,
                         )
 
-        devices = [self._open_device(i, handles[i], uuids[i]) for i in indices]
+        devices = [self._open_device(i) for i in indices]
         models = sorted({d.name for d in devices})
         if len(models) > 1:
             raise GpuConfigError(
@@ -285,29 +234,49 @@ class NvmlGpu(Gpu):
             )
         return devices
 
-    def _open_device(self, index: int, handle: Any, uuid: str) -> _Device:
-        nvml = self._nvml
-        name = _text(nvml.nvmlDeviceGetName(handle))
-        try:
-            current_mig, _pending = nvml.nvmlDeviceGetMigMode(handle)
-        except nvml.NVMLError:  # NotSupported / FunctionNotFound: no MIG on this GPU or driver
-            current_mig = None
-        if current_mig is not None and current_mig == nvml.NVML_DEVICE_MIG_ENABLE:
+    def _open_device(self, index: int) -> _Device:
+        info = self._backend.describe(index)
+        name, uuid_ = info.name, info.uuid
+        if info.mig_enabled:
             raise GpuConfigError(
-                f"GPU {index} ({name}, {uuid}) has MIG mode enabled. powerbandit cannot measure or power-limit "
+                f"GPU {index} ({name}, {uuid_}) has MIG mode enabled. powerbandit cannot measure or power-limit "
                 "MIG instances (NVML's energy counter and power limit belong to the whole GPU). Disable MIG "
                 f"(`sudo nvidia-smi -i {index} -mig 0`), use another GPU, or do a dry run with "
                 "client_sdk.replay.ReplayGpu."
             )
-        try:
-            min_mw, max_mw = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
-        except nvml.NVMLError as exc:
+        if info.min_limit_mw is None or info.max_limit_mw is None:
             raise GpuConfigError(
-                f"GPU {index} ({name}) does not report its power-limit range ({exc}); powerbandit needs it. "
-                "Use a GPU with power management (data-centre GPUs, Volta or newer), or do a dry run with "
-                "client_sdk.replay.ReplayGpu."
-            ) from exc
-        return _Device(index, handle, name, uuid, int(min_mw), int(max_mw))
+                f"GPU {index} ({name}) does not report its power-limit range ({info.limits_error}); powerbandit "
+                "needs it. Use a GPU with power management (data-centre GPUs, Volta or newer), or do a dry run "
+                "with client_sdk.replay.ReplayGpu."
+            )
+        return _Device(index, name, uuid_, info.min_limit_mw, info.max_limit_mw)
+
+    def _agent_socket(self, agent_socket: str | None) -> str | None:
+        if agent_socket is not None:
+            return agent_socket or None
+        from powerbandit.agent.client import agent_socket_from_env
+
+        return agent_socket_from_env()
+
+    def _connect_agent(self, socket_path: str) -> None:
+        """Use the agent at ``socket_path``; the allowed range narrows to the operator's bounds."""
+        from powerbandit.agent.client import AgentClient, AgentError
+
+        client = AgentClient(socket_path)
+        try:
+            status = client.status()
+        except AgentError as exc:
+            client.close()
+            if self._agent_explicit or os.environ.get("POWERBANDIT_AGENT_SOCKET"):
+                _LOG.warning("The powerbandit agent is not usable (%s); setting power limits directly.", exc)
+            return
+        if status.operator_min_w > 0:
+            self._min_limit_w = max(self._min_limit_w, status.operator_min_w)
+        if status.operator_max_w > 0:
+            self._max_limit_w = min(self._max_limit_w, status.operator_max_w)
+        self._agent = client
+        self._control = "agent"
 
     def _candidate_limits(self, power_limits_w: Sequence[float] | None, step_w: float) -> tuple[float, ...]:
         lo, hi = self._min_limit_w, self._max_limit_w
@@ -336,12 +305,11 @@ class NvmlGpu(Gpu):
     def _choose_energy_source(self, requested: str) -> str:
         if requested == "polling":
             return "polling"
-        nvml = self._nvml
         missing = []
         for d in self._devices:
             try:
-                nvml.nvmlDeviceGetTotalEnergyConsumption(d.handle)
-            except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound):
+                self._backend.total_energy_mj(d.index)
+            except DeviceNotSupportedError:
                 missing.append(d.index)
         if not missing:
             return "counter"
@@ -370,33 +338,30 @@ class NvmlGpu(Gpu):
         """UUIDs of the job's GPUs."""
         return tuple(d.uuid for d in self._devices)
 
+    @property
+    def agent_lease_id(self) -> str:
+        """The agent lease this object holds now (``""`` when none)."""
+        return self._lease_id
+
+    def power_limit_control(self) -> str:
+        """How limits are applied: ``"agent"``, ``"nvml"``, ``"simulated"`` (direct) or ``"none"``."""
+        if self._agent is not None:
+            return "agent" if self._can_set is not False else "none"
+        if self._can_set is None and not self._closed:
+            self._probe_can_set()
+        return self._backend.kind if self._can_set else "none"
+
     def system_info(self) -> dict[str, str]:
         """Driver, NVML and CUDA-driver versions (for logs and the GPU check); missing ones are omitted."""
         self._check_open()
-        nvml = self._nvml
-        out: dict[str, str] = {}
-        for key, fn_name in (
-            ("driver_version", "nvmlSystemGetDriverVersion"),
-            ("nvml_version", "nvmlSystemGetNVMLVersion"),
-            ("cuda_driver_version", "nvmlSystemGetCudaDriverVersion"),
-        ):
-            fn = getattr(nvml, fn_name, None)
-            if fn is None:
-                continue
-            try:
-                value = fn()
-            except nvml.NVMLError:
-                continue
-            if key == "cuda_driver_version" and isinstance(value, int):
-                value = f"{value // 1000}.{value % 1000 // 10}"
-            out[key] = _text(value)
-        return out
+        return self._backend.system_info()
 
     def info(self) -> GpuInfo:
         """Model, count, power-limit range and candidates of the job's GPUs.
 
-        The first call probes whether limits can be set by setting the current limit again (a no-op
-        that needs the same privilege); without permission it logs the one warning.
+        The first call probes whether limits can be set (directly: by setting the current limit again,
+        a no-op that needs the same privilege; through the agent: a validate-only request); without
+        permission it logs the one warning.
         """
         self._check_open()
         if self._can_set is None:
@@ -414,10 +379,7 @@ class NvmlGpu(Gpu):
         """Energy in joules summed over the job's GPUs (arbitrary origin; use differences)."""
         self._check_open()
         if self._energy_source == "counter":
-            nvml = self._nvml
-            return (
-                sum(int(nvml.nvmlDeviceGetTotalEnergyConsumption(d.handle)) for d in self._devices) / 1000.0
-            )
+            return sum(self._backend.total_energy_mj(d.index) for d in self._devices) / 1000.0
         if self._poller is None:
             with self._lock:
                 if self._poller is None:
@@ -427,8 +389,7 @@ class NvmlGpu(Gpu):
         return self._poller.energy_j()
 
     def _read_power_w(self) -> float:
-        nvml = self._nvml
-        return sum(int(nvml.nvmlDeviceGetPowerUsage(d.handle)) for d in self._devices) / 1000.0
+        return sum(self._backend.power_usage_mw(d.index) for d in self._devices) / 1000.0
 
     def now_s(self) -> float:
         """``time.monotonic()`` after synchronising this process's CUDA devices (PyTorch, when in use)."""
@@ -455,14 +416,8 @@ class NvmlGpu(Gpu):
     def power_limit_w(self) -> float:
         """The per-GPU power limit in force (the enforced limit; the mean if the GPUs differ)."""
         self._check_open()
-        return sum(self._limit_in_force_mw(d) for d in self._devices) / len(self._devices) / 1000.0
-
-    def _limit_in_force_mw(self, d: _Device) -> int:
-        nvml = self._nvml
-        try:
-            return int(nvml.nvmlDeviceGetEnforcedPowerLimit(d.handle))
-        except nvml.NVMLError:
-            return int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle))
+        total_mw = sum(self._backend.enforced_power_limit_mw(d.index) for d in self._devices)
+        return total_mw / len(self._devices) / 1000.0
 
     # ---------------------------------------------------------- power limits
 
@@ -478,36 +433,93 @@ class NvmlGpu(Gpu):
             raise ValueError(
                 f"power limit {w:g} W outside the allowed range [{self._min_limit_w:g}, {self._max_limit_w:g}] W"
             )
-        nvml = self._nvml
         with self._lock:
             if self._can_set is False:
                 return self.power_limit_w()
-            for pos, d in enumerate(self._devices):
-                if pos not in self._originals_mw:
-                    self._originals_mw[pos] = int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle))
-            self._arm_restore()
-            for d in self._devices:
-                if not self._originals_mw:
-                    # A signal handler restored the limits meanwhile and handed the signal on to a handler
-                    # that let the program continue: don't leave later GPUs changed and untracked.
-                    return self.power_limit_w()
-                target_mw = min(max(round(w * 1000), d.min_limit_mw), d.max_limit_mw)
-                try:
-                    nvml.nvmlDeviceSetPowerManagementLimit(d.handle, target_mw)
-                except (nvml.NVMLError_NoPermission, nvml.NVMLError_NotSupported) as exc:
-                    self._cannot_set(exc)
-                    self._restore_locked()  # undo any GPU already changed in this call
-                    return self.power_limit_w()
-                readback_mw = int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle))
-                if abs(readback_mw - target_mw) > 1000:
-                    _LOG.warning(
-                        "GPU %d: asked for a %.1f W power limit, NVML reports %.1f W.",
-                        d.index,
-                        target_mw / 1000,
-                        readback_mw / 1000,
-                    )
-            self._can_set = True
+            if self._agent is not None:
+                return self._set_through_agent(w)
+            return self._set_directly(w)
+
+    def _set_directly(self, w: float) -> float:
+        backend = self._backend
+        for pos, d in enumerate(self._devices):
+            if pos not in self._originals_mw:
+                self._originals_mw[pos] = backend.power_limit_mw(d.index)
+        self._guard.arm()
+        for d in self._devices:
+            if not self._originals_mw:
+                # A signal handler restored the limits meanwhile and handed the signal on to a handler
+                # that let the program continue: don't leave later GPUs changed and untracked.
+                return self.power_limit_w()
+            target_mw = min(max(round(w * 1000), d.min_limit_mw), d.max_limit_mw)
+            try:
+                backend.set_power_limit_mw(d.index, target_mw)
+            except (DeviceNoPermissionError, DeviceNotSupportedError) as exc:
+                self._restore_locked()  # undo any GPU already changed in this call
+                if isinstance(exc, DeviceNoPermissionError) and self._switch_to_agent():
+                    return self._set_through_agent(w)
+                self._cannot_set(exc)
+                return self.power_limit_w()
+            readback_mw = backend.power_limit_mw(d.index)
+            if abs(readback_mw - target_mw) > 1000:
+                _LOG.warning(
+                    "GPU %d: asked for a %.1f W power limit, NVML reports %.1f W.",
+                    d.index,
+                    target_mw / 1000,
+                    readback_mw / 1000,
+                )
+        self._can_set = True
+        return self.power_limit_w()
+
+    def _switch_to_agent(self) -> bool:
+        """After NVML said no-permission: use the agent if its default socket exists now."""
+        if self._agent_disabled:
+            return False
+        socket_path = self._agent_socket(None)
+        if not socket_path:
+            return False
+        self._connect_agent(socket_path)
+        if self._agent is None:
+            return False
+        _LOG.info("No permission to set power limits directly; using the powerbandit agent at %s.", socket_path)
+        self._can_set = None
+        return True
+
+    def _set_through_agent(self, w: float) -> float:
+        from powerbandit.agent.client import AgentError
+
+        assert self._agent is not None
+        if not self._lease_id:
+            self._lease_id = f"sdk-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            self._agent.set_power_limit(
+                list(self.device_uuids), w, self._agent_lease_s, lease_id=self._lease_id
+            )
+        except AgentError as exc:
+            self._lease_id = ""
+            self._cannot_set(exc)
             return self.power_limit_w()
+        self._lease_watts = w
+        self._can_set = True
+        return self.power_limit_w()
+
+    def renew_power_limit_lease(self) -> None:
+        """Renew the agent lease (called with the run's heartbeat); re-apply it if the agent lost it."""
+        from powerbandit.agent.client import AgentError
+
+        with self._lock:
+            if self._closed or self._agent is None or not self._lease_id:
+                return
+            try:
+                self._agent.renew(self._lease_id, self._agent_lease_s)
+            except AgentError as exc:
+                import grpc
+
+                if exc.code == grpc.StatusCode.NOT_FOUND and self._lease_watts is not None:
+                    _LOG.warning("The agent lost lease %s (%s); applying the limit again.", self._lease_id, exc)
+                    self._set_through_agent(self._lease_watts)
+                else:
+                    _LOG.warning("Renewing agent lease %s failed: %s", self._lease_id, exc)
 
     def restore_power_limit(self) -> None:
         """Put back the limits in force before this object first changed them (idempotent)."""
@@ -517,13 +529,26 @@ class NvmlGpu(Gpu):
             self._restore_locked()
 
     def _restore_locked(self) -> None:
-        nvml = self._nvml
+        if self._agent is not None and self._lease_id:
+            from powerbandit.agent.client import AgentError
+
+            lease_id, self._lease_id, self._lease_watts = self._lease_id, "", None
+            try:
+                self._agent.release(lease_id)
+            except AgentError as exc:
+                _LOG.warning(
+                    "Releasing agent lease %s failed (%s); the agent restores the limit when this process "
+                    "exits or the lease lapses.",
+                    lease_id,
+                    exc,
+                )
+        backend = self._backend
         for pos, original_mw in sorted(self._originals_mw.items()):
             d = self._devices[pos]
             try:
-                if int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle)) != original_mw:
-                    nvml.nvmlDeviceSetPowerManagementLimit(d.handle, original_mw)
-            except nvml.NVMLError as exc:
+                if backend.power_limit_mw(d.index) != original_mw:
+                    backend.set_power_limit_mw(d.index, original_mw)
+            except DeviceError as exc:
                 _LOG.warning(
                     "Could not restore GPU %d's power limit to %.1f W (%s); restore it by hand: "
                     "`sudo nvidia-smi -i %d -pl %.0f`.",
@@ -534,31 +559,51 @@ class NvmlGpu(Gpu):
                     original_mw / 1000,
                 )
         self._originals_mw.clear()
-        self._disarm_restore()
+        self._guard.disarm()
 
     def _probe_can_set(self) -> None:
-        nvml = self._nvml
         d = self._devices[0]
         with self._lock:
             if self._can_set is not None:
                 return
+            if self._agent is not None:
+                self._probe_agent()
+                return
             try:
-                current_mw = int(nvml.nvmlDeviceGetPowerManagementLimit(d.handle))
-                nvml.nvmlDeviceSetPowerManagementLimit(d.handle, current_mw)
-            except (nvml.NVMLError_NoPermission, nvml.NVMLError_NotSupported) as exc:
+                current_mw = self._backend.power_limit_mw(d.index)
+                self._backend.set_power_limit_mw(d.index, current_mw)
+            except (DeviceNoPermissionError, DeviceNotSupportedError) as exc:
+                if isinstance(exc, DeviceNoPermissionError) and self._switch_to_agent():
+                    self._probe_agent()
+                    return
                 self._cannot_set(exc)
             else:
                 self._can_set = True
+
+    def _probe_agent(self) -> None:
+        from powerbandit.agent.client import AgentError
+
+        assert self._agent is not None
+        try:
+            self._agent.set_power_limit(
+                list(self.device_uuids), self._max_limit_w, self._agent_lease_s, validate_only=True
+            )
+        except AgentError as exc:
+            self._cannot_set(exc)
+        else:
+            self._can_set = True
 
     def _cannot_set(self, exc: Exception) -> None:
         self._can_set = False
         if self._warned_cannot_set:
             return
         self._warned_cannot_set = True
-        if isinstance(exc, self._nvml.NVMLError_NoPermission):
+        if isinstance(exc, DeviceNoPermissionError):
             why = f"this process may not set GPU power limits ({exc}). {_PERMISSION_HELP}"
-        else:
+        elif isinstance(exc, DeviceError):
             why = f"these GPUs ({self._devices[0].name}) do not support setting power limits ({exc})."
+        else:
+            why = f"the powerbandit agent refused: {exc}."
         _LOG.warning(
             "powerbandit cannot change the power limit: %s The run continues at the power limit in force "
             "(%.0f W per GPU) and is reported with that limit.",
@@ -566,63 +611,16 @@ class NvmlGpu(Gpu):
             self.power_limit_w(),
         )
 
-    # ------------------------------------------- restore on exit and signals
-
-    def _arm_restore(self) -> None:
-        """Install atexit and SIGTERM/SIGINT restore hooks (once per change; main thread only for signals)."""
-        if self._atexit_callback is None:
-            # A strong reference on purpose: while a limit is changed, this object must live to restore it.
-            self._atexit_callback = self._restore_at_exit
-            atexit.register(self._atexit_callback)
-        if self._previous_handlers or threading.current_thread() is not threading.main_thread():
-            if not self._previous_handlers:
-                _LOG.debug(
-                    "Not in the main thread: no signal handlers; the limit is restored at exit/close()."
-                )
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                previous = signal.getsignal(signum)
-                if previous == signal.SIG_IGN:
-                    continue  # the process ignores it: it cannot end the run
-                signal.signal(signum, self._on_signal)
-            except (ValueError, OSError):  # not the main interpreter, or an unusual platform
-                continue
-            self._previous_handlers[signum] = previous
-
-    def _disarm_restore(self) -> None:
-        if self._atexit_callback is not None:
-            atexit.unregister(self._atexit_callback)
-            self._atexit_callback = None
-        if not self._previous_handlers or threading.current_thread() is not threading.main_thread():
-            return  # our handlers stay; they restore (a no-op now) and chain
-        for signum, previous in list(self._previous_handlers.items()):
-            try:
-                if signal.getsignal(signum) == self._on_signal:
-                    signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-            except (ValueError, OSError):
-                continue
-        self._previous_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-        _LOG.info("Signal %d: restoring the GPU power limit before handing the signal on.", signum)
-        try:
-            self.restore_power_limit()
-        finally:
-            _chain_signal(signum, previous, frame)
-
-    def _restore_at_exit(self) -> None:
-        self._atexit_callback = None  # atexit is running it now
-        try:
-            self.restore_power_limit()
-        except Exception:  # pragma: no cover - never let exit fail on this
-            _LOG.exception("Restoring the GPU power limit at exit failed")
+    # Kept for callers that look for the installed handler (tests, debugging).
+    @property
+    def restore_guard(self) -> RestoreGuard:
+        """The exit/signal guard that restores directly-set limits."""
+        return self._guard
 
     # ----------------------------------------------------------------- close
 
     def close(self) -> None:
-        """Restore the power limit, stop the power-polling thread and shut NVML down (idempotent)."""
+        """Restore the power limit, stop the power-polling thread and release the device (idempotent)."""
         if self._closed:
             return
         try:
@@ -630,14 +628,13 @@ class NvmlGpu(Gpu):
         finally:
             if self._poller is not None:
                 self._poller.stop()
-            self._shutdown_nvml()
+            if self._agent is not None:
+                self._agent.close()
+            self._shutdown_backend()
 
-    def _shutdown_nvml(self) -> None:
+    def _shutdown_backend(self) -> None:
         self._closed = True
-        try:
-            self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:  # pragma: no cover - nothing useful to do
-            _LOG.debug("nvmlShutdown failed", exc_info=True)
+        self._backend.close()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the repo is not necessarily pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
+from client_sdk.devices.restore_guard import RestoreGuard  # noqa: E402
 from client_sdk.gpu import GpuUnavailableError  # noqa: E402
 from client_sdk.nvml import GpuConfigError, NvmlGpu  # noqa: E402
 from client_sdk.power_polling import PowerPoller  # noqa: E402
@@ -366,7 +367,7 @@ def test_setting_not_supported_degrades_like_no_permission(install, caplog: pyte
 
 def callable_is_ours(signum: int) -> bool:
     h = signal.getsignal(signum)
-    return getattr(h, "__func__", None) is NvmlGpu._on_signal
+    return getattr(h, "__func__", None) is RestoreGuard.on_signal
 
 
 def test_signal_handlers_restore_then_chain(install) -> None:
