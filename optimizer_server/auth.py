@@ -1,12 +1,22 @@
 """Bearer-token authentication with per-token job-id prefix scopes.
 
 Tokens are configured from a file (``--auth-tokens-file`` / ``POWERBANDIT_AUTH_TOKENS_FILE``) or
-the ``POWERBANDIT_AUTH_TOKENS`` environment variable, never on the command line. One token per
-line (``;`` also separates entries in the variable)::
+the ``POWERBANDIT_AUTH_TOKENS`` environment variable, never on the command line. Each entry is a
+token followed by the job-id prefixes it may use, separated by spaces; ``*`` alone means every
+job. Every entry must say its scope: an entry with no prefixes is refused. In a file, one entry
+per line and ``#`` starts a comment::
 
-    # token            job-id prefixes it may use (none, or '*': every job)
+    # token            job-id prefixes it may use ('*': every job)
     s3cr3t-team-a      team-a/
     s3cr3t-ops         *
+
+In the environment variable, entries are separated by ``;`` (or newlines), as in
+``POWERBANDIT_AUTH_TOKENS="s3cr3t-team-a team-a/; s3cr3t-ops *"``.
+
+Tokens use the bearer-token alphabet of RFC 6750 (letters, digits and ``-._~+/``, then ``=``
+padding), at least 8 characters. Anything that could be read two ways is refused when the server
+starts, naming its line: a ``;`` in a file, a character outside that alphabet, ``*`` mixed with
+prefixes, a token listed twice.
 
 Clients send ``authorization: Bearer <token>`` metadata. Tokens are compared in constant time
 (every configured token is compared, so timing says nothing about which one was close).
@@ -17,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +51,33 @@ ANONYMOUS = Principal("anonymous", ())
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
+MIN_TOKEN_LENGTH = 8
+
+
+def _entry(line: str, where: str) -> tuple[str, tuple[str, ...]]:
+    """``(token, prefixes)`` of one entry; ``()`` for ``*``. Raises ``InvalidArgumentError``."""
+    secret, *prefixes = line.split()
+    if not _TOKEN.fullmatch(secret):
+        bad = sorted({ch for ch in secret if not _TOKEN.fullmatch(ch) and ch != "="})
+        raise InvalidArgumentError(
+            f"{where}: the token contains {', '.join(repr(ch) for ch in bad) or 'misplaced ='}; tokens use "
+            "letters, digits and -._~+/ (then = padding)"
+        )
+    if len(secret) < MIN_TOKEN_LENGTH:
+        raise InvalidArgumentError(f"{where}: auth tokens must be at least {MIN_TOKEN_LENGTH} characters long")
+    if not prefixes:
+        raise InvalidArgumentError(
+            f"{where}: token {secret[:4]}**** lists no job-id prefixes; add the prefixes it may use "
+            "(e.g. team-a/), or '*' for every job"
+        )
+    if "*" in prefixes and len(prefixes) > 1:
+        raise InvalidArgumentError(
+            f"{where}: token {secret[:4]}**** mixes '*' (every job) with prefixes; give one or the other"
+        )
+    return secret, (() if prefixes == ["*"] else tuple(prefixes))
+
+
 @dataclass(frozen=True)
 class _Token:
     secret: bytes
@@ -52,8 +90,8 @@ class TokenAuth:
     def __init__(self, entries: Iterable[tuple[str, Sequence[str]]] = ()) -> None:
         self._tokens: list[_Token] = []
         for secret, prefixes in entries:
-            if len(secret) < 8:
-                raise InvalidArgumentError("auth tokens must be at least 8 characters long")
+            if len(secret) < MIN_TOKEN_LENGTH:
+                raise InvalidArgumentError(f"auth tokens must be at least {MIN_TOKEN_LENGTH} characters long")
             scope = () if not prefixes or "*" in prefixes else tuple(prefixes)
             self._tokens.append(_Token(secret.encode(), Principal(f"{secret[:4]}****", scope)))
 
@@ -63,15 +101,44 @@ class TokenAuth:
         return bool(self._tokens)
 
     @classmethod
-    def parse(cls, text: str) -> TokenAuth:
-        """Tokens from the file/variable format of the module docstring."""
+    def parse(cls, text: str, source: str = "the auth tokens file") -> TokenAuth:
+        """Tokens from a file's text: one entry per line (see the module docstring)."""
         entries = []
-        for raw in text.replace(";", "\n").splitlines():
+        for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            where = f"{source}, line {number}"
+            if ";" in line:
+                raise InvalidArgumentError(
+                    f"{where}: ';' does not separate tokens in a file (only in POWERBANDIT_AUTH_TOKENS); "
+                    "put one token and its prefixes per line"
+                )
+            entries.append((where, *_entry(line, where)))
+        return cls._checked(entries)
+
+    @classmethod
+    def parse_variable(cls, text: str, source: str = "POWERBANDIT_AUTH_TOKENS") -> TokenAuth:
+        """Tokens from the environment variable: entries separated by ``;`` or newlines."""
+        entries = []
+        for number, raw in enumerate(text.replace("\n", ";").split(";"), start=1):
+            line = raw.strip()
             if line:
-                secret, *prefixes = line.split()
-                entries.append((secret, prefixes))
-        return cls(entries)
+                where = f"{source}, entry {number}"
+                entries.append((where, *_entry(line, where)))
+        return cls._checked(entries)
+
+    @classmethod
+    def _checked(cls, entries: Sequence[tuple[str, str, tuple[str, ...]]]) -> TokenAuth:
+        first_seen: dict[str, str] = {}
+        for where, secret, _ in entries:
+            if secret in first_seen:
+                raise InvalidArgumentError(
+                    f"{where}: token {secret[:4]}**** is already listed at {first_seen[secret]}; "
+                    "list each token once, with all its prefixes"
+                )
+            first_seen[secret] = where
+        return cls((secret, prefixes) for _, secret, prefixes in entries)
 
     @classmethod
     def from_environment(cls, tokens_file: str | None = None) -> TokenAuth:
@@ -79,10 +146,11 @@ class TokenAuth:
         path = tokens_file or os.environ.get("POWERBANDIT_AUTH_TOKENS_FILE")
         if path:
             try:
-                return cls.parse(Path(path).read_text())
-            except OSError as exc:
+                text = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
                 raise InvalidArgumentError(f"cannot read the auth tokens file {path}: {exc}") from exc
-        return cls.parse(os.environ.get("POWERBANDIT_AUTH_TOKENS", ""))
+            return cls.parse(text, source=f"auth tokens file {path}")
+        return cls.parse_variable(os.environ.get("POWERBANDIT_AUTH_TOKENS", ""))
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         """The caller of a request with this metadata. Raises ``UnauthenticatedError``."""

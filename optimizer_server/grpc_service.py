@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from optimizer_server import validation as v
 from optimizer_server.auth import TokenAuth, authorize, current_principal
@@ -64,6 +67,68 @@ STOP_REASON_TO_PB = {
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["OptimizerService"]
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """What a request body that does not parse as its message becomes (answered INVALID_ARGUMENT)."""
+
+    message_type: str
+    error: str
+
+
+class RateLimitedLog:
+    """Logs the first event of a kind, then at most one line per ``interval_s`` with a count."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self._log = logger
+        self._interval_s = interval_s
+        self._next_s = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: object) -> None:
+        """Log ``message % args`` unless a line was logged in the last ``interval_s``."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next_s = now + self._interval_s
+        if suppressed:
+            message += f" ({suppressed} more like it since the last such line)"
+        self._log.warning(message, *args)
+
+
+def _lenient(parse: Callable[[bytes], Message], message_type: str) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: a body that does not parse becomes an
+    :class:`UndecodableRequest`, which the handler answers with INVALID_ARGUMENT (grpc would answer
+    UNKNOWN and log a traceback per request)."""
+
+    def deserialize(body: bytes) -> Any:
+        try:
+            return parse(body)
+        except Exception as exc:  # DecodeError, and anything else a parser may raise on garbage
+            return UndecodableRequest(message_type, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def add_servicer_to_server(servicer: OptimizerServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` for every method of ``OptimizerService``, with lenient deserializers."""
+    handlers = {}
+    for method in SERVICE_DESCRIPTOR.methods:
+        request_cls = getattr(pb, method.input_type.name)
+        response_cls = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_cls.FromString, method.input_type.full_name),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_DESCRIPTOR.full_name, handlers),))
+
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status code of a domain error (INTERNAL for anything unexpected)."""
@@ -87,6 +152,14 @@ def rpc(handler: Handler) -> Handler:
         token = None
         try:
             token = current_principal.set(self.auth.authenticate(context.invocation_metadata()))
+            if isinstance(request, UndecodableRequest):
+                self.undecodable_log.warning(
+                    "%s: undecodable request body (%s)", handler.__name__, request.error[:200]
+                )
+                raise InvalidArgumentError(
+                    f"the request body is not a valid {request.message_type} message ({request.error}); "
+                    "build requests from protos/powerbandit/v1/optimizer.proto"
+                )
             return await handler(self, request, context)
         except OptimizerError as exc:
             code = status_for(exc)
@@ -200,6 +273,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self.service = service
         self.auth = auth if auth is not None else TokenAuth()
         self.metrics = metrics
+        self.undecodable_log = RateLimitedLog(log)
         self._submit = service.store.submit  # every call that changes state goes through the store
 
     @rpc
@@ -330,12 +404,11 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgumentError(f"page_size must be in 0..1000 (0 = 100), got {request.page_size}")
         token = v.text(request.page_token, "page_token")
+        scopes = current_principal.get().prefixes  # a scoped token sees only its own jobs
         views, next_token = await self.service.store.read(
-            self.service.list_jobs, prefix, request.page_size or 100, token
+            self.service.list_jobs, prefix, request.page_size or 100, token, scopes
         )
-        principal = current_principal.get()  # a scoped token sees only its own jobs
-        visible = [job_to_pb(view) for view in views if principal.may_use(view.record.spec.job_id)]
-        return pb.ListJobsResponse(jobs=visible, next_page_token=next_token)
+        return pb.ListJobsResponse(jobs=[job_to_pb(view) for view in views], next_page_token=next_token)
 
     @rpc
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:

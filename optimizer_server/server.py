@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
+import socket
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +27,11 @@ from grpc_reflection.v1alpha import reflection
 
 from optimizer_server.auth import TokenAuth
 from optimizer_server.errors import InvalidArgumentError
-from optimizer_server.grpc_service import OptimizerServicer
+from optimizer_server.grpc_service import OptimizerServicer, add_servicer_to_server
 from optimizer_server.metrics import Metrics
 from optimizer_server.service import DEFAULT_LEASE_S, OptimizerService
 from optimizer_server.store.base import Store, open_store
-from powerbandit.v1 import optimizer_pb2, optimizer_pb2_grpc
+from powerbandit.v1 import optimizer_pb2
 
 log = logging.getLogger("powerbandit.server")
 
@@ -60,15 +63,119 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
 
 
-def is_loopback(listen: str) -> bool:
-    """Whether ``host:port`` listens on the loopback interface only."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
+LISTEN_FORM = "HOST:PORT, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::1]:50051 (port 0: any free port)"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A checked listen address: ``host`` (IPv6 without brackets), ``port`` (0: any free port)."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]  # what ``host`` resolves to
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether every address ``host`` resolves to is a loopback address."""
+        return all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in self.addresses)
+
+    def with_port(self, port: int) -> str:
+        """``host:port`` as gRPC and clients write it (IPv6 in brackets)."""
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+
+
+def parse_listen(listen: str) -> ListenAddress:
+    """Check a listen address ``HOST:PORT`` (what ``serve --listen`` and :class:`EmbeddedServer` take).
+
+    The port must be 0 (any free port) to 65535; the host an IP address or a name that resolves.
+    Raises :class:`InvalidArgumentError` naming the address and what is wrong with it.
+    """
+    text = listen.strip()
+    problem = f"invalid listen address {listen!r}"
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise InvalidArgumentError(
+                f"{problem}: an IPv6 address needs a port after the brackets; use {LISTEN_FORM}"
+            )
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise InvalidArgumentError(f"{problem}: no port; use {LISTEN_FORM}")
+        if ":" in host:
+            raise InvalidArgumentError(f"{problem}: write an IPv6 address in brackets; use {LISTEN_FORM}")
+    if not host:
+        raise InvalidArgumentError(
+            f"{problem}: no host (0.0.0.0 or [::] listens on every interface); use {LISTEN_FORM}"
+        )
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidArgumentError(f"{problem}: the port must be a number from 0 to 65535; use {LISTEN_FORM}")
+    port = int(port_text)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InvalidArgumentError(
+            f"{problem}: host {host!r} does not resolve ({exc}); use an IP address or a resolvable name"
+        ) from None
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    return ListenAddress(host, port, addresses)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``host:port`` listens on the loopback interface only (False for an invalid address)."""
+    try:
+        return parse_listen(listen).is_loopback
+    except InvalidArgumentError:
         return False
+
+
+def _check_port_free(address: ListenAddress, listen: str) -> None:
+    """Raise ``OSError`` saying why ``address`` cannot be bound (in use, not local, not permitted).
+
+    gRPC reports only "Failed to bind"; a plain socket bound the way gRPC binds (SO_REUSEADDR, no
+    SO_REUSEPORT) tells which. Port 0 always binds.
+    """
+    if address.port == 0:
+        return
+    failures: list[OSError] = []
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ListenError(
+                        f"cannot listen on {listen}: port {address.port} is already in use (is another "
+                        "powerbandit server running there? stop it or choose another port)"
+                    ) from None
+                failures.append(exc)
+    if failures and len(failures) == len(infos):  # e.g. not an address of this machine, or a port < 1024
+        raise ListenError(f"cannot listen on {listen}: {failures[0].strerror}")
+
+
+class ListenError(OSError):
+    """The server cannot bind its listen address (in use, not a local address, not permitted)."""
+
+
+def open_store_checked(url: str, *, create: bool = True) -> Store:
+    """:func:`open_store`, with a user's mistakes as :class:`InvalidArgumentError` naming the URL.
+
+    ``create=False`` (commands that read an existing store: ``db upgrade``, ``jobs rebuild``)
+    refuses a SQLite file that does not exist instead of creating an empty database. A file that
+    is not a SQLite database is refused either way.
+    """
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path and not create and path != ":memory:" and not Path(path).exists():
+        raise InvalidArgumentError(
+            f"no database at {url} (file {Path(path).resolve()} does not exist); check --db, or start "
+            "`powerbandit serve --db URL` once to create it"
+        )
+    try:
+        return open_store(url)
+    except sqlite3.DatabaseError as exc:
+        raise InvalidArgumentError(f"cannot use {url} as a powerbandit database: {exc}") from None
 
 
 class RunningServer:
@@ -76,8 +183,11 @@ class RunningServer:
 
     def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
         self.config = config
-        self.auth = config.auth if config.auth is not None else TokenAuth.from_environment(config.auth_tokens_file)
-        if not self.auth.enabled and not is_loopback(config.listen) and not config.allow_unauthenticated_remote:
+        self.listen = parse_listen(config.listen)
+        self.auth = (
+            config.auth if config.auth is not None else TokenAuth.from_environment(config.auth_tokens_file)
+        )
+        if not self.auth.enabled and not self.listen.is_loopback and not config.allow_unauthenticated_remote:
             raise InvalidArgumentError(
                 f"refusing to listen on {config.listen} without authentication: configure tokens "
                 "(--auth-tokens-file or POWERBANDIT_AUTH_TOKENS_FILE / POWERBANDIT_AUTH_TOKENS), listen on "
@@ -85,7 +195,7 @@ class RunningServer:
             )
         if bool(config.tls_cert) != bool(config.tls_key):
             raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
-        self.store = store if store is not None else open_store(config.db_url)
+        self.store = store if store is not None else open_store_checked(config.db_url)
         self.service = OptimizerService(self.store, lease_s=config.lease_s)
         self.metrics = Metrics(self.store)
         self.store.transaction_observer = self.metrics.store_latency.observe
@@ -95,11 +205,12 @@ class RunningServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC sets SO_REUSEPORT by default: a second server on the same port would start
+                # and share the traffic. Off, binding a port in use fails.
+                ("grpc.so_reuseport", 0),
             ]
         )
-        optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(
-            OptimizerServicer(self.service, self.auth, self.metrics), self.server
-        )
+        add_servicer_to_server(OptimizerServicer(self.service, self.auth, self.metrics), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server
@@ -108,19 +219,27 @@ class RunningServer:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Bind and start; returns the bound port (useful with port 0)."""
-        if self.config.tls_cert and self.config.tls_key:
-            try:
-                key = Path(self.config.tls_key).read_bytes()
-                cert = Path(self.config.tls_cert).read_bytes()
-            except OSError as exc:
-                raise InvalidArgumentError(f"cannot read the TLS certificate or key: {exc}") from exc
-            credentials = grpc.ssl_server_credentials([(key, cert)])
-            self.port = self.server.add_secure_port(self.config.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(self.config.listen)
+        """Bind and start; returns the bound port (useful with port 0).
+
+        Raises :class:`ListenError` when the address cannot be bound (a port in use included).
+        """
+        listen = self.listen.with_port(self.listen.port)
+        _check_port_free(self.listen, self.config.listen)
+        try:
+            if self.config.tls_cert and self.config.tls_key:
+                try:
+                    key = Path(self.config.tls_key).read_bytes()
+                    cert = Path(self.config.tls_cert).read_bytes()
+                except OSError as exc:
+                    raise InvalidArgumentError(f"cannot read the TLS certificate or key: {exc}") from exc
+                credentials = grpc.ssl_server_credentials([(key, cert)])
+                self.port = self.server.add_secure_port(listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # gRPC: "Failed to bind to address ..." (e.g. taken since the check)
+            raise ListenError(f"cannot listen on {self.config.listen}: {exc}") from None
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+            raise ListenError(f"cannot listen on {self.config.listen}")
         await self.server.start()
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
@@ -128,7 +247,7 @@ class RunningServer:
         if self.auth.enabled:
             log.info("authentication: bearer tokens required")
         else:
-            log.warning("authentication: OFF (no tokens configured); listening on %s only", self.config.listen)
+            log.warning("authentication: OFF (no tokens configured); listening on %s only", self.address)
         log.info("TLS: %s", "on" if self.config.tls_cert else "off")
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -138,11 +257,10 @@ class RunningServer:
 
     @property
     def address(self) -> str:
-        """``host:port`` clients should dial."""
-        host = self.config.listen.rsplit(":", 1)[0]
-        if host in ("", "0.0.0.0", "[::]"):
-            host = "127.0.0.1"
-        return f"{host}:{self.port}"
+        """``host:port`` clients should dial (the bound port; loopback for a wildcard host)."""
+        if self.listen.host in ("0.0.0.0", "::"):
+            return f"127.0.0.1:{self.port}"
+        return self.listen.with_port(self.port)
 
     async def _sweep(self) -> None:
         while True:
@@ -190,21 +308,34 @@ class EmbeddedServer:
     """
 
     def __init__(self, db_url: str, listen: str = "127.0.0.1:0", **config: Any) -> None:
+        parse_listen(listen)  # a bad address fails here, before any thread starts
         self.config = ServerConfig(db_url=db_url, listen=listen, **config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="powerbandit-server", daemon=True)
         self._running: RunningServer | None = None
 
     def start(self) -> EmbeddedServer:
-        """Start serving; returns self once the port is bound."""
+        """Start serving; returns self once the port is bound.
+
+        Raises what :class:`RunningServer` raises (:class:`ListenError` for a port in use,
+        :class:`InvalidArgumentError` for a bad address or database), with the thread stopped.
+        """
         self._thread.start()
 
         async def boot() -> RunningServer:
             running = RunningServer(self.config)
-            await running.start()
+            try:
+                await running.start()
+            except BaseException:
+                running.store.close()
+                raise
             return running
 
-        self._running = asyncio.run_coroutine_threadsafe(boot(), self._loop).result(timeout=30)
+        try:
+            self._running = asyncio.run_coroutine_threadsafe(boot(), self._loop).result(timeout=30)
+        except BaseException:
+            self._stop_loop()
+            raise
         return self
 
     @property
@@ -226,14 +357,27 @@ class EmbeddedServer:
         return self._running.service
 
     def stop(self, grace_s: float = 1.0) -> None:
-        """Stop serving and join the thread."""
-        if self._running is not None:
-            asyncio.run_coroutine_threadsafe(self._running.stop(grace_s), self._loop).result(timeout=30)
-            self._running = None
+        """Stop serving, stop the loop and join its thread, then release the server.
+
+        The order matters: gRPC's asyncio layer shuts itself down when its last server object is
+        freed, removing its event-loop reader and closing that reader's socket. Freed here while
+        the loop thread still ran, the loop could be dispatching that reader at the same moment and
+        log ``OSError: [Errno 9] Bad file descriptor``. So the server is freed only once the loop
+        has stopped.
+        """
+        running = self._running
+        if running is not None:
+            asyncio.run_coroutine_threadsafe(running.stop(grace_s), self._loop).result(timeout=30)
+        self._stop_loop()
+        self._running = None
+        del running  # the last reference: gRPC shuts down now, with no loop running
+
+    def _stop_loop(self) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        self._loop.close()
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

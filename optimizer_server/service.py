@@ -180,10 +180,13 @@ class OptimizerService:
         return self._view(record, max_runs=max_runs, with_runs=with_runs)
 
     def list_jobs(
-        self, prefix: str = "", page_size: int = 100, page_token: str = ""
+        self, prefix: str = "", page_size: int = 100, page_token: str = "", scopes: Sequence[str] = ()
     ) -> tuple[list[JobView], str]:
-        """A page of jobs (without runs) and the token of the next page ("" on the last)."""
-        records = self.store.list_jobs(prefix, page_size + 1, page_token)
+        """A page of jobs (without runs) and the token of the next page ("" on the last).
+
+        With ``scopes`` (a caller's job-id prefixes), only jobs inside them, filtered by the store.
+        """
+        records = self.store.list_jobs(prefix, page_size + 1, page_token, scopes)
         more = len(records) > page_size
         records = records[:page_size]
         views = [self._view(r, max_runs=0, with_runs=False) for r in records]

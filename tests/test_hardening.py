@@ -266,3 +266,109 @@ def test_out_of_range_fields_are_invalid_arguments_not_retryable_codes(
         stub.RegisterJob(request_builder(), timeout=TIMEOUT_S)  # type: ignore[operator]
     assert err.value.code() == Code.INVALID_ARGUMENT and field in err.value.details()
     assert stub.ListJobs(pb.ListJobsRequest(), timeout=TIMEOUT_S).jobs == []
+
+
+# -------------------------------------------------------------------- 2. ListJobs never leaks ids
+SCOPED_TOKENS = "team-a-secret-1  team-a/\nadmin-secret-3  *\n"
+
+
+def test_list_jobs_pages_of_a_scoped_token_reveal_nothing_outside_its_scope(tmp_path: Path) -> None:
+    from optimizer_server.auth import TokenAuth
+
+    with (
+        EmbeddedServer(f"sqlite:///{tmp_path / 'scope.db'}", auth=TokenAuth.parse(SCOPED_TOKENS)) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
+        stub = pb_grpc.OptimizerServiceStub(ch)
+        admin = (("authorization", "Bearer admin-secret-3"),)
+        team_a = (("authorization", "Bearer team-a-secret-1"),)
+        # team-b's jobs sort between and after team-a's
+        for job_id in ("team-a/1", "team-a/3", "team-a0", "team-b/2", "team-a/5", "team-bb", "zzz"):
+            stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb(job_id)), metadata=admin, timeout=TIMEOUT_S)
+        for prefix in ("", "team", "team-a", "team-a/"):
+            seen, tokens, token = [], [], ""
+            for _ in range(20):
+                page = stub.ListJobs(
+                    pb.ListJobsRequest(job_id_prefix=prefix, page_size=1, page_token=token),
+                    metadata=team_a,
+                    timeout=TIMEOUT_S,
+                )
+                seen += [j.spec.job_id for j in page.jobs]
+                assert len(page.jobs) == 1, "a scoped page is never empty before the last"
+                tokens.append(page.next_page_token)
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == ["team-a/1", "team-a/3", "team-a/5"], prefix
+            assert all(t.startswith("team-a/") for t in tokens if t), tokens
+        # a prefix outside the scope lists nothing (and says nothing)
+        page = stub.ListJobs(pb.ListJobsRequest(job_id_prefix="team-b"), metadata=team_a, timeout=TIMEOUT_S)
+        assert list(page.jobs) == [] and page.next_page_token == ""
+        # a page token pointing outside the scope is only a position
+        page = stub.ListJobs(pb.ListJobsRequest(page_token="team-a/2"), metadata=team_a, timeout=TIMEOUT_S)
+        assert [j.spec.job_id for j in page.jobs] == ["team-a/3", "team-a/5"]
+
+
+def test_scoped_prefixes_intersect_a_request_prefix_with_token_scopes() -> None:
+    from optimizer_server.store.base import scoped_prefixes
+
+    assert scoped_prefixes("", ()) == [""]
+    assert scoped_prefixes("team", ("team-a/", "team-b/")) == ["team-a/", "team-b/"]
+    assert scoped_prefixes("team-a/x", ("team-a/",)) == ["team-a/x"]
+    assert scoped_prefixes("other", ("team-a/",)) == []
+    assert scoped_prefixes("", ("a/", "a/b/", "c")) == ["a/", "c"]
+
+
+# ---------------------------------------------------------------- 3. token files parse one way
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("abcdefgh;ijklmnop team-a/", "line 1: ';' does not separate tokens"),
+        ("# tokens\nabcdefgh-1234\n", "line 2: token abcd**** lists no job-id prefixes"),
+        ("abcdefgh-1234 team-a/\nabcdefgh-1234 team-b/\n", "line 2: token abcd**** is already listed at"),
+        ("abcdefgh-1234 * team-a/", "mixes '*'"),
+        ('abc"defgh-1234 team-a/', "the token contains '\"'"),
+    ],
+)
+def test_ambiguous_token_files_are_refused_with_their_line(tmp_path: Path, text: str, message: str) -> None:
+    from optimizer_server.auth import TokenAuth
+    from optimizer_server.errors import InvalidArgumentError
+
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    with pytest.raises(InvalidArgumentError) as err:
+        TokenAuth.from_environment(str(path))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_token_variable_separates_entries_with_semicolons(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimizer_server.auth import TokenAuth
+    from optimizer_server.errors import InvalidArgumentError
+
+    monkeypatch.setenv("POWERBANDIT_AUTH_TOKENS", "abcdefgh-1 team-a/ ; ijklmnop-2 *")
+    auth = TokenAuth.from_environment()
+    assert auth.authenticate([("authorization", "Bearer abcdefgh-1")]).prefixes == ("team-a/",)
+    assert auth.authenticate([("authorization", "Bearer ijklmnop-2")]).prefixes == ()
+    monkeypatch.setenv("POWERBANDIT_AUTH_TOKENS", "abcdefgh;ijklmnop team-a/")  # no all-jobs token by accident
+    with pytest.raises(InvalidArgumentError, match="entry 1: token abcd\\*\\*\\*\\* lists no job-id prefixes"):
+        TokenAuth.from_environment()
+
+
+# ------------------------------------------------------ 4. undecodable bodies: INVALID_ARGUMENT
+def test_an_undecodable_body_is_an_invalid_argument_logged_once(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, _ = live
+    with grpc.insecure_channel(server.address) as ch, caplog.at_level(logging.WARNING):
+        raw = ch.unary_unary(
+            "/powerbandit.v1.OptimizerService/Suggest",
+            request_serializer=lambda body: body,
+            response_deserializer=lambda body: body,
+        )
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\xff\xff\xff\xff\x0f", timeout=TIMEOUT_S)
+            assert err.value.code() == Code.INVALID_ARGUMENT
+            assert "not a valid powerbandit.v1.SuggestRequest" in err.value.details()
+    lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -124,6 +124,24 @@ class JobTransaction(ABC):
         """Persist the job's suggestion counter and, unless ``None``, its new policy state."""
 
 
+def scoped_prefixes(prefix: str, scopes: Sequence[str] = ()) -> list[str]:
+    """The id prefixes matching both ``prefix`` and one of ``scopes`` (none: no restriction).
+
+    A job id starts with ``prefix`` and with scope ``s`` exactly when it starts with the longer of
+    the two, provided one extends the other; otherwise no id can match both.
+    """
+    if not scopes:
+        return [prefix]
+    found = set()
+    for scope in scopes:
+        if scope.startswith(prefix):
+            found.add(scope)
+        elif prefix.startswith(scope):
+            found.add(prefix)
+    # drop prefixes that a shorter one already covers
+    return sorted(p for p in found if not any(p != q and p.startswith(q) for q in found))
+
+
 class Store(ABC):
     """Persistent jobs, runs and profiles. Implementations: SQLite and PostgreSQL."""
 
@@ -140,8 +158,14 @@ class Store(ABC):
         """The job. Raises ``NotFoundError``."""
 
     @abstractmethod
-    def list_jobs(self, prefix: str = "", limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
-        """Jobs whose id starts with ``prefix`` and sorts after ``after_job_id``, ascending by id."""
+    def list_jobs(
+        self, prefix: str = "", limit: int = 100, after_job_id: str = "", scopes: Sequence[str] = ()
+    ) -> list[JobRecord]:
+        """Jobs whose id starts with ``prefix`` and sorts after ``after_job_id``, ascending by id.
+
+        With ``scopes``, only jobs whose id also starts with one of them (a caller's token scopes:
+        filtered in the query, so that a page never reflects jobs outside them).
+        """
 
     @abstractmethod
     def delete_job(self, job_id: str) -> None:

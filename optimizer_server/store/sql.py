@@ -38,6 +38,7 @@ from optimizer_server.store.base import (
     ProfileRecord,
     RunRecord,
     Store,
+    scoped_prefixes,
 )
 
 RUN_COLUMNS = (
@@ -337,13 +338,20 @@ class SqlStore(Store):
             raise NotFoundError(f"job {job_id!r} not found")
         return row_to_job(row)
 
-    def list_jobs(self, prefix: str = "", limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
+    def list_jobs(
+        self, prefix: str = "", limit: int = 100, after_job_id: str = "", scopes: Sequence[str] = ()
+    ) -> list[JobRecord]:
+        prefixes = scoped_prefixes(prefix, scopes)
+        if not prefixes:
+            return []
+        # Prefix match without LIKE so that '%' and '_' in ids are literal.
+        match = " OR ".join("substr(job_id, 1, ?) = ?" for _ in prefixes)
+        params: list[Any] = [value for p in prefixes for value in (len(p), p)]
         with self._session(readonly=True) as cur:
-            # Prefix match without LIKE so that '%' and '_' in ids are literal.
             self._query(
                 cur,
-                _JOB_SELECT + " WHERE substr(job_id, 1, ?) = ? AND job_id > ? ORDER BY job_id LIMIT ?",
-                (len(prefix), prefix, after_job_id, limit),
+                _JOB_SELECT + f" WHERE ({match}) AND job_id > ? ORDER BY job_id LIMIT ?",
+                (*params, after_job_id, limit),
             )
             return [row_to_job(r) for r in cur.fetchall()]
 
