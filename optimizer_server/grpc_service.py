@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from optimizer_server.errors import (
 )
 from optimizer_server.metrics import Metrics
 from optimizer_server.policy import JobSpec
+from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.service import JobView, OptimizerService
 from optimizer_server.store.base import RunRecord
 from powerbandit.v1 import optimizer_pb2 as pb
@@ -76,30 +76,6 @@ class UndecodableRequest:
 
     message_type: str
     error: str
-
-
-class RateLimitedLog:
-    """Logs the first event of a kind, then at most one line per ``interval_s`` with a count."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
-        self._log = logger
-        self._interval_s = interval_s
-        self._next_s = 0.0
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def warning(self, message: str, *args: object) -> None:
-        """Log ``message % args`` unless a line was logged in the last ``interval_s``."""
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next_s:
-                self._suppressed += 1
-                return
-            suppressed, self._suppressed = self._suppressed, 0
-            self._next_s = now + self._interval_s
-        if suppressed:
-            message += f" ({suppressed} more like it since the last such line)"
-        self._log.warning(message, *args)
 
 
 def _lenient(parse: Callable[[bytes], Message], message_type: str) -> Callable[[bytes], Any]:

@@ -29,7 +29,7 @@ from optimizer_server.auth import TokenAuth
 from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.grpc_service import OptimizerServicer, add_servicer_to_server
 from optimizer_server.metrics import Metrics
-from optimizer_server.service import DEFAULT_LEASE_S, OptimizerService
+from optimizer_server.service import DEFAULT_LEASE_S, DEFAULT_MAX_RUNS_IN_FLIGHT, OptimizerService
 from optimizer_server.store.base import Store, open_store
 from powerbandit.v1 import optimizer_pb2
 
@@ -61,6 +61,8 @@ class ServerConfig:
     tls_key: str | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    max_runs_in_flight: int = DEFAULT_MAX_RUNS_IN_FLIGHT
+    db_timeout_s: float | None = None  # PostgreSQL: wait for a pooled connection (None: the store's 3 s)
 
 
 LISTEN_FORM = "HOST:PORT, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::1]:50051 (port 0: any free port)"
@@ -159,7 +161,7 @@ class ListenError(OSError):
     """The server cannot bind its listen address (in use, not a local address, not permitted)."""
 
 
-def open_store_checked(url: str, *, create: bool = True) -> Store:
+def open_store_checked(url: str, *, create: bool = True, timeout_s: float | None = None) -> Store:
     """:func:`open_store`, with a user's mistakes as :class:`InvalidArgumentError` naming the URL.
 
     ``create=False`` (commands that read an existing store: ``db upgrade``, ``jobs rebuild``)
@@ -173,7 +175,7 @@ def open_store_checked(url: str, *, create: bool = True) -> Store:
             "`powerbandit serve --db URL` once to create it"
         )
     try:
-        return open_store(url)
+        return open_store(url, timeout_s=timeout_s)
     except sqlite3.DatabaseError as exc:
         raise InvalidArgumentError(f"cannot use {url} as a powerbandit database: {exc}") from None
 
@@ -193,10 +195,16 @@ class RunningServer:
                 "(--auth-tokens-file or POWERBANDIT_AUTH_TOKENS_FILE / POWERBANDIT_AUTH_TOKENS), listen on "
                 "127.0.0.1, or pass --allow-unauthenticated-remote"
             )
+        if config.max_runs_in_flight < 1:
+            raise InvalidArgumentError(f"--max-runs-in-flight must be >= 1, got {config.max_runs_in_flight}")
+        if config.db_timeout_s is not None and not config.db_timeout_s > 0:
+            raise InvalidArgumentError(f"--db-timeout-s must be > 0, got {config.db_timeout_s}")
         if bool(config.tls_cert) != bool(config.tls_key):
             raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
-        self.store = store if store is not None else open_store_checked(config.db_url)
-        self.service = OptimizerService(self.store, lease_s=config.lease_s)
+        self.store = store if store is not None else open_store_checked(config.db_url, timeout_s=config.db_timeout_s)
+        self.service = OptimizerService(
+            self.store, lease_s=config.lease_s, max_runs_in_flight=config.max_runs_in_flight
+        )
         self.metrics = Metrics(self.store)
         self.store.transaction_observer = self.metrics.store_latency.observe
         self.metrics_port: int | None = None

@@ -18,7 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from optimizer_server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from optimizer_server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from optimizer_server.policy import (
     ArmSummary,
     JobSpec,
@@ -47,6 +52,8 @@ log = logging.getLogger("powerbandit.server")
 
 DEFAULT_LEASE_S = 300.0
 DEFAULT_POWER_LIMIT_STEP_W = 25.0
+DEFAULT_MAX_RUNS_IN_FLIGHT = 1000
+"""Runs one job may have in flight at once; a Suggest beyond it answers RESOURCE_EXHAUSTED."""
 
 
 def gpu_key(model: str, count: int) -> str:
@@ -136,10 +143,12 @@ class OptimizerService:
         store: Store,
         *,
         lease_s: float = DEFAULT_LEASE_S,
+        max_runs_in_flight: int = DEFAULT_MAX_RUNS_IN_FLIGHT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
+        self.max_runs_in_flight = max_runs_in_flight
         self.clock = clock
 
     # ----------------------------------------------------------------------------------- jobs
@@ -250,7 +259,14 @@ class OptimizerService:
                     key = gpu_key(existing.gpu_model, existing.gpu_count)
                     bound = policy.cost_bound(spec, tx.job.policy_state, existing.batch_size, key)
                     return Suggestion(existing, spec, bound)
-            in_flight = [r.batch_size for r in tx.runs_in_flight() if r.lease_expires_unix_s >= now]
+            in_flight_count = tx.count_in_flight()
+            if in_flight_count >= self.max_runs_in_flight:
+                raise ResourceExhaustedError(
+                    f"job {job_id!r} has {in_flight_count} runs in flight, the most one job may have "
+                    f"(--max-runs-in-flight {self.max_runs_in_flight}); complete or fail runs that ended, "
+                    f"or wait for the leases of abandoned ones ({self.lease_s:g} s) to lapse"
+                )
+            in_flight = tx.in_flight_batch_sizes(now)
             limits = gpu.candidate_power_limits()
             key = gpu_key(gpu.model, gpu.count)
             context = SuggestContext(key, gpu.max_power_w, limits, tx.profiles(key), in_flight)

@@ -9,6 +9,8 @@ import os
 import sys
 
 from powerbandit import __version__, health, operator_cli
+from powerbandit.argtypes import listen_address
+from powerbandit.errors import run_command
 from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
 from powerbandit.logs import configure_logging
 
@@ -29,7 +31,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=_env("DB", "sqlite:///powerbandit.db"),
                    help="sqlite:///PATH (relative) or sqlite:////ABS/PATH, or postgresql://... "
                         "[POWERBANDIT_DB, default sqlite:///powerbandit.db]")  # fmt: skip
-    p.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:50051"),
+    p.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:50051"), type=listen_address,
                    help="host:port to listen on [POWERBANDIT_LISTEN, default 127.0.0.1:50051]")  # fmt: skip
     p.add_argument("--lease-s", type=float, default=float(_env("LEASE_S", "300")),
                    help="seconds a run may go without a heartbeat before it expires [POWERBANDIT_LEASE_S, 300]")  # fmt: skip
@@ -48,10 +50,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="address of the metrics endpoint [POWERBANDIT_METRICS_HOST, 127.0.0.1]")  # fmt: skip
     p.add_argument("--sweep-interval-s", type=float, default=float(_env("SWEEP_INTERVAL_S", "30")),
                    help="how often lapsed leases are expired [POWERBANDIT_SWEEP_INTERVAL_S, 30]")  # fmt: skip
+    p.add_argument("--max-runs-in-flight", type=int, default=int(_env("MAX_RUNS_IN_FLIGHT", "1000")),
+                   help="runs one job may have in flight; Suggest beyond it answers RESOURCE_EXHAUSTED "
+                        "[POWERBANDIT_MAX_RUNS_IN_FLIGHT, 1000]")  # fmt: skip
+    p.add_argument("--db-timeout-s", type=float, default=float(_env("DB_TIMEOUT_S", "3")),
+                   help="PostgreSQL: seconds a call waits for a database connection before answering "
+                        "UNAVAILABLE [POWERBANDIT_DB_TIMEOUT_S, 3]")  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from optimizer_server.errors import OptimizerError
     from optimizer_server.server import ServerConfig, serve_forever
 
     config = ServerConfig(
@@ -66,12 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.metrics_host,
+        max_runs_in_flight=args.max_runs_in_flight,
+        db_timeout_s=args.db_timeout_s,
     )
-    try:
-        asyncio.run(serve_forever(config))
-    except (OptimizerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    asyncio.run(serve_forever(config))  # a bad address, port in use or database: one line, from main()
     return 0
 
 
@@ -85,9 +90,9 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from optimizer_server.store.base import open_store
+    from optimizer_server.server import open_store_checked
 
-    open_store(args.db).close()  # opening a store applies pending migrations
+    open_store_checked(args.db, create=False).close()  # opening a store applies pending migrations
     print(f"{args.db}: schema up to date")
     return 0
 
@@ -117,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         if not is_missing_server_extra(exc):
             raise
         for p in (d, sim):
-            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(server_extra_missing=True)  # main() then says which extra to install
     else:
         d.description = demo.__doc__
         demo.add_arguments(d)
@@ -126,16 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(sub)
     h = sub.add_parser("health", help="check a server's gRPC health (exit 0 = SERVING)", description=health.__doc__)
     health.add_arguments(h)
+    from powerbandit.agent import cli as agent_cli
+
+    agent_cli.add_arguments(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``powerbandit`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "server_extra_missing", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(args.log_level, args.log_format, quiet_default=args.command in ("demo", "simulate"))
     try:
-        code = _dispatch(args)
+        code = run_command(lambda: _dispatch(args))  # a user's mistake: one `error:` line, no traceback
     except ModuleNotFoundError as exc:
         if not is_missing_server_extra(exc):
             raise
@@ -159,6 +169,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return sim_cli.run(args)
     if args.command == "health":
         return health.run(args)
+    if args.command == "agent":
+        from powerbandit.agent import cli as agent_cli
+
+        return agent_cli.run(args)
     if args.command in operator_cli.COMMANDS:
         return operator_cli.run(args)
     return _db(args)

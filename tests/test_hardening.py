@@ -372,3 +372,95 @@ def test_an_undecodable_body_is_an_invalid_argument_logged_once(
             assert "not a valid powerbandit.v1.SuggestRequest" in err.value.details()
     lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
     assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
+
+
+# ------------------------------------------------------------- 5. one job does not slow the others
+def test_runs_in_flight_are_bounded_per_job_with_a_clear_message(tmp_path: Path) -> None:
+    with (
+        EmbeddedServer(f"sqlite:///{tmp_path / 'bound.db'}", max_runs_in_flight=3) as server,
+        grpc.insecure_channel(server.address) as ch,
+    ):
+        stub = pb_grpc.OptimizerServiceStub(ch)
+        for job_id in ("team-a/busy", "team-a/quiet"):
+            stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb(job_id)), timeout=TIMEOUT_S)
+        runs = [stub.Suggest(pb.SuggestRequest(job_id="team-a/busy", gpu=gpu_pb(), request_id=f"r{i}"),
+                             timeout=TIMEOUT_S) for i in range(3)]  # fmt: skip
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Suggest(pb.SuggestRequest(job_id="team-a/busy", gpu=gpu_pb()), timeout=TIMEOUT_S)
+        assert err.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "3 runs in flight" in err.value.details() and "--max-runs-in-flight" in err.value.details()
+        # a retried request id still gets its run; other jobs are not limited
+        again = stub.Suggest(pb.SuggestRequest(job_id="team-a/busy", gpu=gpu_pb(), request_id="r1"), timeout=TIMEOUT_S)
+        assert again.run_id == runs[1].run_id
+        stub.Suggest(pb.SuggestRequest(job_id="team-a/quiet", gpu=gpu_pb()), timeout=TIMEOUT_S)
+        # a finished run makes room
+        stub.FailRun(pb.FailRunRequest(job_id="team-a/busy", run_id=runs[0].run_id, reason="x"), timeout=TIMEOUT_S)
+        stub.Suggest(pb.SuggestRequest(job_id="team-a/busy", gpu=gpu_pb()), timeout=TIMEOUT_S)
+
+
+def test_in_flight_index_answers_what_a_suggestion_needs(tmp_path: Path) -> None:
+    """Busy batch sizes, counts and request ids come from the index, consistent with the run log."""
+    from optimizer_server.service import OptimizerService, RunGpu
+    from optimizer_server.store.base import open_store
+    from optimizer_server.validation import job_spec
+
+    store = open_store(f"sqlite:///{tmp_path / 'idx.db'}")
+    now = [1000.0]
+    service = OptimizerService(store, lease_s=10.0, clock=lambda: now[0])
+    try:
+        service.register_job(job_spec(spec_pb("j")))
+        gpu = RunGpu("A40", 1, 100.0, 300.0, (100.0, 300.0))
+        runs = [service.suggest("j", gpu, request_id=f"q{i}").run for i in range(4)]
+        with store.job_transaction("j") as tx:
+            assert tx.count_in_flight() == 4
+            assert sorted(tx.in_flight_batch_sizes(now[0])) == sorted({r.batch_size for r in runs})
+            assert tx.in_flight_batch_sizes(now[0] + 11.0) == []  # every lease lapsed
+            assert tx.find_run_by_request("q2").run_id == runs[2].run_id  # type: ignore[union-attr]
+        service.fail_run("j", runs[2].run_id, "crashed")
+        with store.job_transaction("j") as tx:
+            assert tx.count_in_flight() == 3
+            assert tx.find_run_by_request("q2").state == "failed"  # type: ignore[union-attr] - from the log
+            assert {r.run_id for r in tx.runs_in_flight()} == {runs[0].run_id, runs[1].run_id, runs[3].run_id}
+    finally:
+        store.close()
+
+
+# ------------------------------------------------- 7. database outages: short waits, no driver text
+@pytest.mark.postgres
+def test_a_postgres_outage_answers_unavailable_quickly_without_driver_details(tmp_path: Path) -> None:
+    import tempfile
+    import time
+
+    from tests.conftest import PostgresServer
+
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="powerbandit-pg-outage-"))
+    pg = PostgresServer(root)
+    try:
+        url = pg.new_database()
+        with EmbeddedServer(url, db_timeout_s=1.0) as server, grpc.insecure_channel(server.address) as ch:
+            stub = pb_grpc.OptimizerServiceStub(ch)
+            stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb()), timeout=TIMEOUT_S)
+            pg._run(str(pg.bindir / "pg_ctl"), "-D", str(pg.data), "-m", "immediate", "-w", "stop")
+            for _ in range(3):  # the first call may find a dead pooled connection, later ones wait
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+                assert err.value.code() == Code.UNAVAILABLE, err.value.details()
+                assert err.value.details().startswith("database unavailable")
+                for leak in ("127.0.0.1", "postgres", "connection", str(pg.port)):
+                    assert leak not in err.value.details()
+                assert time.monotonic() - started < 5.0
+            opts = f"-p {pg.port} -k {pg.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+            pg._run(str(pg.bindir / "pg_ctl"), "-D", str(pg.data), "-o", opts, "-w", "-l", str(root / "pg2.log"), "start")
+            for _ in range(50):  # the pool reconnects in the background
+                if code_of(stub.Suggest, pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb())) == Code.OK:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the server did not recover after PostgreSQL came back")
+    finally:
+        pg.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

@@ -104,6 +104,14 @@ class JobTransaction(ABC):
         """This job's runs in state ``in_flight``."""
 
     @abstractmethod
+    def count_in_flight(self) -> int:
+        """How many of this job's runs are in state ``in_flight`` (however many: in constant time)."""
+
+    @abstractmethod
+    def in_flight_batch_sizes(self, now_unix_s: float) -> list[int]:
+        """Distinct batch sizes of this job's runs in flight whose lease is live at ``now_unix_s``."""
+
+    @abstractmethod
     def insert_run(self, run: RunRecord) -> RunRecord:
         """Add a new run; returns it with ``seq`` assigned."""
 
@@ -218,8 +226,15 @@ class Store(ABC):
         """Release connections. Further use is an error."""
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by ``url``: ``sqlite:///PATH`` or ``postgresql://...``."""
+DATABASE_UNAVAILABLE = "database unavailable; retry later (the server log has the details)"
+"""What callers are told when the database cannot be reached: driver text stays in the log."""
+
+
+def open_store(url: str, *, timeout_s: float | None = None) -> Store:
+    """Open the store named by ``url``: ``sqlite:///PATH`` or ``postgresql://...``.
+
+    ``timeout_s``: how long a call waits for a PostgreSQL connection (default: the store's).
+    """
     from optimizer_server.errors import InvalidArgumentError
 
     if url.startswith("sqlite:///"):
@@ -237,5 +252,5 @@ def open_store(url: str) -> Store:
             raise InvalidArgumentError(
                 "PostgreSQL support needs the 'postgres' extra: pip install 'powerbandit[postgres]'"
             ) from exc
-        return PostgresStore(url)
+        return PostgresStore(url) if timeout_s is None else PostgresStore(url, timeout_s=timeout_s)
     raise InvalidArgumentError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -17,9 +17,17 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from optimizer_server.rate_limited_log import RateLimitedLog
+from optimizer_server.store.base import DATABASE_UNAVAILABLE
 from optimizer_server.store.sql import Cursor, SqlStore
 
 log = logging.getLogger("powerbandit.store.postgres")
+
+_outage_log = RateLimitedLog(log, interval_s=10.0)
+
+DEFAULT_TIMEOUT_S = 3.0
+"""Seconds a call waits for a pooled connection: shorter than the SDK's deadlines, so that in a
+database outage callers get UNAVAILABLE (and retry) rather than a deadline of their own."""
 
 _MIGRATION_LOCK = 0x70B4  # advisory lock key: one migrator at a time
 
@@ -85,13 +93,26 @@ class PostgresStore(SqlStore):
 
     paramstyle = "format"
 
-    def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 16,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         super().__init__()
         self.url = url
+        self.timeout_s = timeout_s
         try:
             psycopg.connect(url, connect_timeout=5).close()  # fail fast, with the driver's reason
             self.pool = ConnectionPool(
-                url, min_size=min_connections, max_size=max_connections, open=True, timeout=10.0, name="powerbandit"
+                url,
+                min_size=min_connections,
+                max_size=max_connections,
+                open=True,
+                timeout=timeout_s,  # how long a call waits for a connection (in an outage: then UNAVAILABLE)
+                name="powerbandit",
             )
             self.pool.wait(timeout=10.0)
         except (psycopg.Error, Exception) as exc:
@@ -122,7 +143,9 @@ class PostgresStore(SqlStore):
                     cur.execute("SELECT 1 FROM jobs WHERE job_id = %s FOR UPDATE", (lock_job_id,))
                 yield cur  # the pool commits on success and rolls back on an exception
         except (psycopg.OperationalError, TimeoutError) as exc:
-            raise UnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+            # the driver's text names hosts, users and databases: it stays in the server log
+            _outage_log.warning("PostgreSQL at %s is unavailable: %s", _redact(self.url), exc)
+            raise UnavailableError(DATABASE_UNAVAILABLE) from exc
 
     def close(self) -> None:
         self.pool.close()

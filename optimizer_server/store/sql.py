@@ -115,6 +115,61 @@ def new_revision() -> str:
     return secrets.token_hex(8)
 
 
+class InFlightRuns:
+    """A job's runs in flight, indexed by run id, request id and batch size.
+
+    What a suggestion asks of them (is this request id known? which batch sizes are busy?) costs
+    the same however many runs are in flight.
+    """
+
+    def __init__(self, runs: Iterator[RunRecord] | Sequence[RunRecord] = ()) -> None:
+        self.by_id: dict[str, RunRecord] = {}
+        self._by_request: dict[str, str] = {}
+        self._by_batch_size: dict[int, dict[str, RunRecord]] = {}
+        for run in runs:
+            self.put(run)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def get(self, run_id: str) -> RunRecord | None:
+        """The run in flight with this id, if any."""
+        return self.by_id.get(run_id)
+
+    def put(self, run: RunRecord) -> None:
+        """Add or replace a run in flight."""
+        self.pop(run.run_id)
+        self.by_id[run.run_id] = run
+        if run.request_id:
+            self._by_request[run.request_id] = run.run_id
+        self._by_batch_size.setdefault(run.batch_size, {})[run.run_id] = run
+
+    def pop(self, run_id: str) -> None:
+        """Forget a run (it finished), if it was in flight."""
+        run = self.by_id.pop(run_id, None)
+        if run is None:
+            return
+        if run.request_id and self._by_request.get(run.request_id) == run_id:
+            del self._by_request[run.request_id]
+        same_size = self._by_batch_size[run.batch_size]
+        del same_size[run_id]
+        if not same_size:
+            del self._by_batch_size[run.batch_size]
+
+    def by_request(self, request_id: str) -> RunRecord | None:
+        """The run in flight created by ``request_id``, if any."""
+        run_id = self._by_request.get(request_id)
+        return None if run_id is None else self.by_id[run_id]
+
+    def leased_batch_sizes(self, now_unix_s: float) -> list[int]:
+        """Batch sizes with at least one run whose lease has not lapsed at ``now_unix_s``."""
+        return [
+            b
+            for b, runs in self._by_batch_size.items()
+            if any(r.lease_expires_unix_s >= now_unix_s for r in runs.values())
+        ]
+
+
 @dataclass
 class JobAggregate:
     """A job as its transactions see it, decoded once and reused while its revision is unchanged.
@@ -125,7 +180,7 @@ class JobAggregate:
     revision: str
     job: JobRecord
     profiles: dict[str, dict[int, dict[float, ProfilePoint]]] = field(default_factory=dict)
-    in_flight: dict[str, RunRecord] | None = None  # run id -> run, in creation order
+    in_flight: InFlightRuns | None = None
     next_seq: int | None = None
 
 
@@ -154,9 +209,9 @@ class SqlJobTransaction(JobTransaction):
         return row_to_run(row)
 
     def find_run_by_request(self, request_id: str) -> RunRecord | None:
-        for run in self._in_flight().values():
-            if run.request_id == request_id:
-                return run
+        found = self._in_flight().by_request(request_id)
+        if found is not None:
+            return found
         self._execute(
             _RUN_SELECT + " WHERE job_id = ? AND request_id = ?", (self.job.spec.job_id, request_id)
         )
@@ -167,17 +222,23 @@ class SqlJobTransaction(JobTransaction):
         self._execute(_RUN_SELECT + " WHERE job_id = ? ORDER BY seq", (self.job.spec.job_id,))
         return [row_to_run(r) for r in self._cur.fetchall()]
 
-    def _in_flight(self) -> dict[str, RunRecord]:
+    def _in_flight(self) -> InFlightRuns:
         if self._agg.in_flight is None:
             self._execute(
                 _RUN_SELECT + " WHERE job_id = ? AND state = ? ORDER BY seq",
                 (self.job.spec.job_id, RUN_IN_FLIGHT),
             )
-            self._agg.in_flight = {r.run_id: r for r in map(row_to_run, self._cur.fetchall())}
+            self._agg.in_flight = InFlightRuns(list(map(row_to_run, self._cur.fetchall())))
         return self._agg.in_flight
 
     def runs_in_flight(self) -> list[RunRecord]:
-        return list(self._in_flight().values())
+        return list(self._in_flight().by_id.values())
+
+    def count_in_flight(self) -> int:
+        return len(self._in_flight())
+
+    def in_flight_batch_sizes(self, now_unix_s: float) -> list[int]:
+        return self._in_flight().leased_batch_sizes(now_unix_s)
 
     def insert_run(self, run: RunRecord) -> RunRecord:
         if self._agg.next_seq is None:
@@ -188,7 +249,7 @@ class SqlJobTransaction(JobTransaction):
         self._agg.next_seq += 1
         self._dirty = True
         if run.state == RUN_IN_FLIGHT:
-            self._in_flight()[run.run_id] = _copy_run(run)  # the caller keeps its own
+            self._in_flight().put(_copy_run(run))  # the caller keeps its own
         return run
 
     def update_run(self, run: RunRecord) -> None:
@@ -197,9 +258,9 @@ class SqlJobTransaction(JobTransaction):
         self._dirty = True
         in_flight = self._in_flight()
         if run.state == RUN_IN_FLIGHT:
-            in_flight[run.run_id] = _copy_run(run)
+            in_flight.put(_copy_run(run))
         else:
-            in_flight.pop(run.run_id, None)
+            in_flight.pop(run.run_id)
 
     def profiles(self, gpu_model: str) -> dict[int, dict[float, ProfilePoint]]:
         cached = self._agg.profiles.get(gpu_model)

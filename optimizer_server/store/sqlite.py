@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from optimizer_server.rate_limited_log import RateLimitedLog
+from optimizer_server.store.base import DATABASE_UNAVAILABLE
 from optimizer_server.store.sql import Cursor, SqlStore
 
 log = logging.getLogger("powerbandit.store.sqlite")
+_outage_log = RateLimitedLog(log, interval_s=10.0)
 
 MIGRATIONS: list[str] = [
     # 1: initial schema
@@ -125,7 +128,7 @@ class _LoopBatcher:
                     with contextlib.suppress(sqlite3.Error):
                         self.store._conn.execute("ROLLBACK")
                 self.store._lock.release()
-                raise UnavailableError(f"SQLite database {self.store.path} is busy: {exc}") from exc
+                raise self.store.unavailable("is busy", exc) from exc
             self.open = True
             self.loop.call_soon(self._commit)
         future: asyncio.Future[T] = self.loop.create_future()
@@ -160,7 +163,7 @@ class _LoopBatcher:
             with contextlib.suppress(sqlite3.Error):
                 self.store._conn.execute("ROLLBACK")
             self.store._cache_clear()  # the batch's jobs were cached as if it had committed
-            return UnavailableError(f"SQLite database {self.store.path} could not commit: {exc}")
+            return self.store.unavailable("could not commit", exc)
         finally:
             self.store._lock.release()
 
@@ -289,9 +292,14 @@ class SqliteStore(SqlStore):
                 else:
                     cur.execute("COMMIT")
             except sqlite3.OperationalError as exc:  # locked by another process, disk full, I/O error
-                raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+                raise self.unavailable("is unavailable", exc) from exc
             finally:
                 cur.close()
+
+    def unavailable(self, what: str, exc: Exception) -> UnavailableError:
+        """The error callers get when the file cannot be used; the details go to the log only."""
+        _outage_log.warning("SQLite database %s %s: %s", self.path, what, exc)
+        return UnavailableError(DATABASE_UNAVAILABLE)
 
     def _check_data_version(self, cur: Cursor) -> None:
         """At the start of a write transaction (under SQLite's write lock): if another connection
@@ -319,7 +327,7 @@ class SqliteStore(SqlStore):
                 conn.execute("PRAGMA query_only=1")
                 conn.execute("PRAGMA busy_timeout=5000")
             except sqlite3.Error as exc:
-                raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+                raise self.unavailable("is unavailable", exc) from exc
             self._readers.conn = conn
             with self._readers_lock:
                 self._reader_conns.append(conn)
@@ -331,7 +339,7 @@ class SqliteStore(SqlStore):
             finally:
                 cur.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            raise UnavailableError(f"SQLite database {self.path} is unavailable: {exc}") from exc
+            raise self.unavailable("is unavailable", exc) from exc
         finally:
             cur.close()
 
