@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         for p in (d, sim):
             p.set_defaults(server_extra_missing=True)  # main() then says which extra to install
     else:
-        d.description = demo.__doc__
+        d.description = demo.DESCRIPTION
         demo.add_arguments(d)
         sim_cli.add_arguments(sim)
     operator_cli.add_arguments(sub)

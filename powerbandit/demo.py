@@ -11,7 +11,6 @@ numbers are made up to look like a typical image-classification job (they were n
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -22,7 +21,23 @@ import numpy as np
 from client_sdk.client import Job, OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.policy.base import ProfilePoint
-from simulations.traces import CANONICAL, TraceJob, TraceSet, default_trace_dir
+from optimizer_server.policy.registry import POLICY_NAMES
+from powerbandit import operator_view as view
+from powerbandit.argtypes import fraction_0_1, positive_int
+from powerbandit.errors import UserError, run_command
+from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet, default_trace_dir
+
+DESCRIPTION = (
+    "Watch one recurring job converge, end to end, without a GPU. The demo starts the real server on a "
+    "temporary SQLite file (or uses --server), then replays N recurrences of one job through the real SDK "
+    "with a replay GPU: each run trains epoch by epoch, profiles power limits when asked, reports progress "
+    "and completes. At the end it prints the configuration it converged to and the energy saved against the "
+    "job's measured default configuration (default batch size at the maximum power limit), computed as "
+    "`powerbandit jobs list` computes it. The job's numbers come from the published traces shipped with "
+    "powerbandit (--trace-dir or POWERBANDIT_TRACE_DIR for another copy), or with --synthetic from a small "
+    "built-in job whose numbers are made up (not measured)."
+)
+"""``powerbandit demo --help`` (plain text: no reStructuredText markup)."""
 
 
 def synthetic_job() -> TraceJob:
@@ -66,8 +81,8 @@ def load_job(trace_dir: str | None, workload: str, gpu: str, synthetic: bool = F
         return synthetic_job(), "a built-in SYNTHETIC job (numbers made up, not measured)"
     directory = Path(trace_dir) if trace_dir else default_trace_dir()
     if not (directory / "summary_train.csv").exists():
-        raise SystemExit(f"error: no traces at {directory} (expected summary_train.csv there; "
-                         "--synthetic runs a built-in made-up job instead)")  # fmt: skip
+        raise UserError(f"no traces at {directory} (expected summary_train.csv there; "
+                        "--synthetic runs a built-in made-up job instead)")  # fmt: skip
     job = TraceSet(directory).job(gpu, workload)
     return job, f"measured traces from {directory} ({workload} on {gpu})"
 
@@ -78,17 +93,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server", help="address of a running server (default: start one on a temporary SQLite file)"
     )
     parser.add_argument(
-        "--recurrences", type=int, default=40, help="recurrences of the job to replay (default 40)"
+        "--recurrences", type=positive_int, default=40, help="recurrences of the job to replay (default 40)"
     )
     parser.add_argument(
         "--trace-dir", help="published traces [POWERBANDIT_TRACE_DIR, default: the copy shipped with powerbandit]"
     )
     parser.add_argument("--workload", default="cifar100", choices=sorted(CANONICAL), help="trace workload")
-    parser.add_argument("--gpu", default="v100", help="trace GPU: v100, a40, rtx6000, p100 (default v100)")
-    parser.add_argument("--policy", default="powerbandit", help="server policy: powerbandit or zeus")
+    parser.add_argument("--gpu", default="v100", choices=GPUS, help="trace GPU model (default v100)")
+    parser.add_argument("--policy", default="powerbandit", choices=POLICY_NAMES,
+                        help="the server's policy for the job (default powerbandit)")  # fmt: skip
     parser.add_argument(
-        "--eta", type=float, default=0.5, help="energy-time trade-off in [0, 1] (default 0.5)"
-    )
+        "--eta", type=fraction_0_1, default=0.5,
+        help="energy-time trade-off in [0, 1]: 1 = energy only, 0 = time only (default 0.5)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="seed of the job and of the replayed training")
     parser.add_argument("--synthetic", action="store_true", help="use the built-in synthetic job even if traces exist")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -96,12 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
-    if args.recurrences < 1:
-        raise SystemExit("error: --recurrences must be at least 1")
     trace, source = load_job(args.trace_dir, args.workload, args.gpu, args.synthetic)
     print(f"job data: {source}")
     if args.server:
-        return _replay(OptimizerClient(args.server), trace, args)
+        with OptimizerClient(args.server) as client:
+            return _replay(client, trace, args)
     from optimizer_server.server import EmbeddedServer
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(f"sqlite:///{tmp}/demo.db") as server:
@@ -129,7 +145,6 @@ def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) 
     }
     rng = np.random.default_rng(args.seed)
     steps_per_epoch = 4 * len(trace.power_limits)  # the profile fits the first epoch in equal slices
-    total_energy = total_time = total_cost = 0.0
     if not args.quiet:
         print(f"{'rec':>4} {'try':>3} {'batch':>6} {'limit W':>8} {'epochs':>6} {'energy kJ':>10} {'time s':>9} "
               f"{'cost':>10}  outcome")  # fmt: skip
@@ -147,9 +162,6 @@ def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) 
                         break
             done = r.completed_run
             assert done is not None
-            total_energy += done.energy_j
-            total_time += done.time_s
-            total_cost += done.cost
             if not args.quiet:
                 outcome = (
                     "reached target" if done.reached_target else f"stopped: {r.stop_reason or 'max epochs'}"
@@ -159,19 +171,12 @@ def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) 
             if done.reached_target:
                 break
     elapsed = time.perf_counter() - started
-    final = client.get_job(job.job_id)
+    final = client.get_job(job.job_id)  # with every run: the saving is what `jobs list` shows
     b0, p_max = trace.default_batch_size, trace.max_power
-    default_energy = args.recurrences * trace.expected_energy(b0, p_max)
     print()
     print(f"converged to: batch size {final.best_batch_size}, power limit {final.best_power_limit_w:g} W "
           f"(default: batch size {b0} at {p_max:g} W)")  # fmt: skip
-    if math.isfinite(default_energy) and default_energy > 0:
-        saved = 1 - total_energy / default_energy
-        print(f"energy over {args.recurrences} recurrences: {total_energy / 3.6e6:.2f} kWh, against "
-              f"{default_energy / 3.6e6:.2f} kWh expected at the default configuration: {saved:+.1%} saved")  # fmt: skip
-    else:
-        print(f"energy over {args.recurrences} recurrences: {total_energy / 3.6e6:.2f} kWh "
-              f"(the default batch size {b0} never reaches the target here, so there is no default to compare)")  # fmt: skip
+    print(f"job {job.job_id}: {view.saving_sentence(view.job_summary(final))}")
     print(
         f"{final.completed_runs} runs in {elapsed:.1f} s ({final.completed_runs / elapsed:.1f} runs/s through gRPC)"
     )
@@ -180,6 +185,7 @@ def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) 
 
 def main() -> None:  # pragma: no cover - convenience entry point
     """``python -m powerbandit.demo``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    args = parser.parse_args()
+    sys.exit(run_command(lambda: run(args)))

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from powerbandit import operator_view as view
+from powerbandit.errors import UserError
 
 COMMANDS = ("jobs", "report")
 
@@ -74,7 +75,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     show = jobs.add_parser(
         "show",
         help="everything about one job",
-        description="A job's spec, every batch size with its observations and posterior (cost mean and 90%% "
+        description="A job's spec, every batch size with its observations and posterior (cost mean and 90% "
         "credible interval, epochs to target), power profiles per GPU model, recent runs, energy saved, "
         "and what the next suggestion will be and why.",
     )
@@ -87,7 +88,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         "plot",
         help="PNG of a job's cost per run and posterior per batch size",
         description="Write a PNG: cost per run with the best-so-far line (left) and each batch size's "
-        "posterior cost with its 90%% credible interval (right).",
+        "posterior cost with its 90% credible interval (right).",
     )
     _add_server(plot, top=False)
     plot.add_argument("job_id", help="the job id")
@@ -97,10 +98,14 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("--dpi", type=int, default=100, help="pixels per inch (default 100)")
 
     delete = jobs.add_parser(
-        "delete", help="delete a job and its history", description="Delete a job and its history."
+        "delete",
+        help="delete a job and its history (asks first)",
+        description="Delete a job and its whole history (runs, profiles, learned state); this cannot be "
+        "undone. Asks for confirmation on the terminal; --yes skips the question (needed without a terminal).",
     )
     _add_server(delete, top=False)
     delete.add_argument("job_id", help="the job id")
+    delete.add_argument("--yes", "-y", action="store_true", help="delete without asking")
 
     rebuild = jobs.add_parser(
         "rebuild",
@@ -108,7 +113,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         description="Recompute a job's policy state from its run log, directly on the database.",
     )
     rebuild.add_argument("job_id", help="the job id")
-    rebuild.add_argument("--db", required=True, help="the server's database URL")
+    rebuild.add_argument("--db", required=True, help="the server's database URL (an existing database)")
 
     r = sub.add_parser(
         "report",
@@ -143,17 +148,6 @@ def _all_jobs(client: Any, prefix: str) -> list[Any]:
     return [client.get_job(j.spec.job_id) for j in client.list_jobs(prefix)]
 
 
-def _saved_text(saved: dict[str, Any]) -> str:
-    if saved["energy_j"] is None:
-        return "-"
-    text = view.fmt_energy(saved["energy_j"])
-    if saved["fraction"] is not None:
-        text += f" ({saved['fraction']:+.0%})"
-    if saved["uncovered"]:
-        text += " partial"
-    return text
-
-
 # ------------------------------------------------------------------------------------ commands
 def _list(client: Any, args: argparse.Namespace) -> int:
     summaries = [view.job_summary(j) for j in _all_jobs(client, args.prefix)]
@@ -186,7 +180,7 @@ def _list(client: Any, args: argparse.Namespace) -> int:
         print(f"{s['job_id']:<{width}} {s['finished_runs']:>5} {s['in_flight_runs']:>6} "
               f"{best['batch_size'] or '-':>6} {view.fmt_num(best['power_limit_w']):>7} "
               f"{view.fmt_energy(best['energy_j']):>10} {view.fmt_time(best['time_s']):>9} "
-              f"{view.fmt_energy(s['energy_j']):>12} {_saved_text(s['saved']):>18}")  # fmt: skip
+              f"{view.fmt_energy(s['energy_j']):>12} {view.saved_text(s['saved']):>18}")  # fmt: skip
         if s["saved"]["reason"]:
             notes.append(f"  {s['job_id']}: {'saved' if s['saved']['energy_j'] is None else 'partial'}: "
                          f"{s['saved']['reason']}")  # fmt: skip
@@ -219,12 +213,7 @@ def _show(client: Any, args: argparse.Namespace) -> int:
     print(f"best: batch size {best['batch_size'] or '-'}, power limit {view.fmt_num(best['power_limit_w'], ' W')}; "
           f"expected per run {view.fmt_energy(best['energy_j'])}, {view.fmt_time(best['time_s'])}, "
           f"cost {view.fmt_num(best['cost'])}" + (f" ({best['detail']})" if best["detail"] else ""))  # fmt: skip
-    saved = summary["saved"]
-    if saved["energy_j"] is None:
-        print(f"energy used {view.fmt_energy(summary['energy_j'])}; saved vs default: - ({saved['reason']})")
-    else:
-        print(f"energy used {view.fmt_energy(summary['energy_j'])}; saved vs default: {_saved_text(saved)} "
-              f"[{saved['method']}]" + (f"; {saved['reason']}" if saved["reason"] else ""))  # fmt: skip
+    print(view.saving_sentence(summary))
     print(f"early-stop bound: {view.fmt_num(detail['max_cost'])}")
     print(f"outlook: {detail['outlook']}")
     print()
@@ -306,7 +295,7 @@ def _report(client: Any, args: argparse.Namespace) -> int:
         for r in rows:
             saved_text = view.fmt_energy(r["saved_energy_j"])
             if key == "job_id" and r["saved_fraction"] is not None:
-                saved_text += f" ({r['saved_fraction']:+.0%})"
+                saved_text += f" ({r['saved_fraction']:+.1%})"
             partial = r["partial"] if key == "job_id" else bool(r["uncovered_jobs"])
             if partial and r["saved_energy_j"] is not None:
                 saved_text += " partial"
@@ -319,21 +308,35 @@ def _report(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _rebuild(args: argparse.Namespace) -> int:
-    from optimizer_server.errors import OptimizerError
-    from optimizer_server.service import OptimizerService
-    from optimizer_server.store.base import open_store
+def _delete(client: Any, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job_id, max_runs=1)  # NOT_FOUND before asking anything
+    if not args.yes:
+        runs = job.completed_runs + job.failed_runs + job.in_flight_runs
+        question = f"delete job {args.job_id} and its history ({runs} runs)? This cannot be undone. [y/N] "
+        if not _confirm(question):
+            print(f"kept {args.job_id}", file=sys.stderr)
+            return 1
+    client.delete_job(args.job_id)
+    print(f"deleted {args.job_id}")
+    return 0
 
-    try:
-        store = open_store(args.db)
-    except OptimizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; without one (a script, a pipe) refuse and say to pass --yes."""
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise UserError("jobs delete asks for confirmation and there is no terminal to ask on: pass --yes")
+    print(question, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from optimizer_server.server import open_store_checked
+    from optimizer_server.service import OptimizerService
+
+    store = open_store_checked(args.db, create=False)  # a mistyped --db must not create a database
     try:
         record = OptimizerService(store).rebuild_job(args.job_id)
-    except OptimizerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         store.close()
     print(f"rebuilt {args.job_id} from its run log: {json.dumps(record.policy_state)[:200]}")
@@ -341,9 +344,11 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run an operator command (``jobs ...`` or ``report``); returns the exit code."""
-    from client_sdk.client import OptimizerClientError
+    """Run an operator command (``jobs ...`` or ``report``); returns the exit code.
 
+    Errors (server unreachable or refusing, a file that cannot be written) reach the caller, whose
+    :func:`powerbandit.errors.run_command` prints them as one line.
+    """
     if args.command == "jobs" and args.jobs_command == "rebuild":
         return _rebuild(args)
     client = _connect(args)
@@ -356,14 +361,6 @@ def run(args: argparse.Namespace) -> int:
             return _show(client, args)
         if args.jobs_command == "plot":
             return _plot(client, args)
-        client.delete_job(args.job_id)
-        print(f"deleted {args.job_id}")
-        return 0
-    except OptimizerClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. the PNG cannot be written
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _delete(client, args)
     finally:
         client.close()

@@ -20,6 +20,10 @@ the reason. Otherwise ``saved = successes x baseline - used``, where ``used`` is
 reported by *every* finished run on that GPU model (completed, stopped early, failed, expired:
 exploration is paid for) and ``successes`` the runs that reached the target: what the same number
 of trained models would have cost at the default configuration, minus what they cost.
+
+This is the one definition of "saved": ``powerbandit demo``, ``jobs list``, ``jobs show`` and
+``report`` all take it from :func:`job_summary` and print it with :func:`saved_text`, next to the
+baseline it was measured against (``saved["baseline"]``).
 """
 
 from __future__ import annotations
@@ -104,6 +108,32 @@ def fmt_num(value: float | None, unit: str = "") -> str:
 def fmt_unix(seconds: float) -> str:
     """A timestamp as local ``YYYY-MM-DD HH:MM:SS``; ``-`` for 0."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds > 0 else "-"
+
+
+def saved_text(saved: dict[str, Any]) -> str:
+    """The saving of a :func:`job_summary` as one short text: ``1.23 kWh (+45.6%)``, ``-`` when unknown.
+
+    The one formatting of a saving (demo, ``jobs list``, ``jobs show``, ``report``): the same job
+    reads the same everywhere. ``partial`` marks a saving that covers only some GPU models.
+    """
+    if saved["energy_j"] is None:
+        return "-"
+    text = fmt_energy(saved["energy_j"])
+    if saved["fraction"] is not None:
+        text += f" ({saved['fraction']:+.1%})"
+    if saved["uncovered"]:
+        text += " partial"
+    return text
+
+
+def saving_sentence(summary: dict[str, Any]) -> str:
+    """One sentence: energy used, saved against the default configuration, and that baseline."""
+    saved = summary["saved"]
+    used = f"energy used {fmt_energy(summary['energy_j'])} over {summary['finished_runs']} finished run(s)"
+    if saved["energy_j"] is None:
+        return f"{used}; saved vs default configuration: - ({saved['reason']})"
+    text = f"{used}; saved vs default configuration: {saved_text(saved)} (baseline: {saved['baseline']})"
+    return text + (f"; {saved['reason']}" if saved["reason"] else "")
 
 
 # ------------------------------------------------------------------------------------ estimates
@@ -299,7 +329,7 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
     groups = usage_by_gpu(job.runs, since_unix_s)
     per_gpu = []
     saved_e = saved_t = base_e = covered_used = 0.0
-    covered, uncovered, reasons, methods = 0, [], [], set()
+    covered, uncovered, reasons, methods, baselines = 0, [], [], set(), []
     for model in sorted(groups):
         g = groups[model]
         baseline, reason = default_baseline(job, model)
@@ -323,6 +353,7 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
             covered_used += g.energy_j
             covered += 1
             methods.add(baseline.source)
+            baselines.append(baseline.detail)
         else:
             uncovered.append(model)
             reasons.append(reason)
@@ -333,6 +364,7 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
         "fraction": None,
         "baseline_energy_j": None,
         "method": None,
+        "baseline": None,
         "uncovered": uncovered,
         "reason": None,
     }
@@ -343,6 +375,7 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
             fraction=(saved_e / base_e) if base_e > 0 else None,
             baseline_energy_j=base_e,
             method="+".join(sorted(methods)),
+            baseline="; ".join(baselines),
             reason=("not counted: " + "; ".join(reasons)) if reasons else None,
         )
     elif groups:

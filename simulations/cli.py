@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optimizer_server.policy.registry import POLICY_NAMES
+from powerbandit.argtypes import at_least_1, fraction_0_1, positive_int
+from powerbandit.errors import UserError, run_command
 from simulations.backend import BackendFactory
 from simulations.baselines import BASELINES
 from simulations.engine import SimResult, simulate
@@ -29,7 +31,7 @@ from simulations.scenarios import (
     simulate_concurrent,
     simulate_drift,
 )
-from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet
+from simulations.traces import CANONICAL, GPUS, TraceError, TraceJob, TraceSet
 
 ALL_POLICIES: tuple[str, ...] = (*BASELINES, *POLICY_NAMES)
 
@@ -58,7 +60,10 @@ def parse_targets(items: Sequence[str]) -> dict[str, float]:
         name, sep, value = item.partition("=")
         if not sep or name not in CANONICAL:
             raise argparse.ArgumentTypeError(f"--target wants WORKLOAD=VALUE with WORKLOAD in {list(CANONICAL)}")
-        out[name] = float(value)
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--target {item}: {value!r} is not a number") from None
     return out
 
 
@@ -70,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--gpu", nargs="+", choices=GPUS, default=None, help="GPU models")
     sel.add_argument("--workload", nargs="+", choices=tuple(CANONICAL), default=None, help="workloads")
     sel.add_argument("--target", nargs="+", default=[], metavar="WORKLOAD=VALUE", help="target metric overrides")
-    sel.add_argument("--eta", type=float, default=0.5, help="energy/time trade-off (default 0.5)")
-    sel.add_argument("--beta", type=float, default=2.0, help="early-stop multiple (default 2)")
+    sel.add_argument("--eta", type=fraction_0_1, default=0.5,
+                     help="energy/time trade-off in [0, 1]: 1 = energy only, 0 = time only (default 0.5)")  # fmt: skip
+    sel.add_argument("--beta", type=at_least_1, default=2.0, help="early-stop multiple, >= 1 (default 2)")
     sel.add_argument("--seeds", type=parse_seeds, default=[1], help="seeds, e.g. 1-10 (default 1)")
     sel.add_argument(
         "--policy", nargs="+", choices=ALL_POLICIES, default=["zeus", "powerbandit"], help="policies to compare"
@@ -82,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="trace",
         help="trace replay, or a synthetic scenario: drift, concurrent, alternating (GPU pairs)",
     )
-    sel.add_argument("--recurrences", type=int, default=None, help="override the number of recurrences")
+    sel.add_argument("--recurrences", type=positive_int, default=None, help="override the number of recurrences")
     sel.add_argument(
         "--via-server",
         nargs="?",
@@ -95,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="directory for runs.csv, summary.json, plots")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    out.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    out.add_argument("--jobs", type=positive_int, default=1, help="parallel processes (default 1)")
     out.add_argument("--quiet", action="store_true", help="no table, no progress bar")
 
 
@@ -186,17 +192,14 @@ def run(args: argparse.Namespace, backend_factory: BackendFactory | None = None)
     try:
         traces = TraceSet(args.trace_dir)
         tasks = build_tasks(args, traces)
-    except (FileNotFoundError, ValueError, argparse.ArgumentTypeError) as err:
-        print(f"simulate: {err}", file=sys.stderr)
-        return 2
+    except (OSError, TraceError, argparse.ArgumentTypeError) as err:  # missing, unreadable or malformed input
+        raise UserError(str(err), exit_code=2) from None
     if not tasks:
-        print("simulate: nothing selected", file=sys.stderr)
-        return 2
+        raise UserError("nothing selected", exit_code=2)
     start = time.perf_counter()
     if getattr(args, "via_server", None) and backend_factory is None:
         if args.scenario != "trace":
-            print("simulate: --via-server supports the trace scenario only", file=sys.stderr)
-            return 2
+            raise UserError("--via-server supports the trace scenario only", exit_code=2)
         from simulations.server_backend import server_backends, trace_profiles
 
         address = None if args.via_server == "embedded" else args.via_server
@@ -222,4 +225,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m simulations``."""
     parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_command(lambda: run(args))

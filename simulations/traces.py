@@ -11,13 +11,45 @@ import csv
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA, ProfilePoint
 
 GPUS: tuple[str, ...] = ("v100", "a40", "rtx6000", "p100")
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read or does not have the published format; the message names it."""
+
+
+TRAIN_COLUMNS = ("dataset", "network", "optimizer", "batch_size", "target_metric", "target_epoch")
+POWER_COLUMNS = ("dataset", "network", "optimizer", "batch_size", "power_limit", "average_power", "time_per_epoch")
+
+
+def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a trace CSV; :class:`TraceError` when it cannot be read or lacks ``columns``."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or ())]
+            if missing:
+                raise TraceError(
+                    f"{path} is not a trace file: no column {', '.join(missing)} in its header "
+                    f"(expected {', '.join(columns)}; see simulations/data/zeus_nsdi23/README.md)"
+                )
+            for row in reader:
+                yield reader.line_num, row
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TraceError(f"cannot read trace file {path}: {exc}") from None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -180,13 +212,16 @@ class TraceSet:
         self.train: dict[tuple[str, str, str], dict[float, dict[int, list[int | None]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(list))
         )
-        with open(self.dir / "summary_train.csv", newline="") as f:
-            for row in csv.DictReader(f):
+        train_path = self.dir / "summary_train.csv"
+        for line, row in _read_rows(train_path, TRAIN_COLUMNS):
+            try:
                 key = (row["dataset"], row["network"], row["optimizer"])
                 k = _float(row["target_epoch"])
                 self.train[key][float(row["target_metric"])][int(row["batch_size"])].append(
                     None if k is None else int(k)
                 )
+            except (TypeError, ValueError) as exc:  # a field missing or not a number
+                raise TraceError(f"{train_path}, line {line}: {exc}") from None
         self.power: dict[str, dict[tuple[str, str, str], dict[int, dict[float, ProfilePoint]]]] = {}
         self.power_limits: dict[str, tuple[float, ...]] = {}
         for gpu in GPUS:
@@ -195,14 +230,15 @@ class TraceSet:
                 continue
             table: dict[tuple[str, str, str], dict[int, dict[float, ProfilePoint]]] = defaultdict(dict)
             limits: set[float] = set()
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
+            for line, row in _read_rows(path, POWER_COLUMNS):
+                try:
                     key = (row["dataset"], row["network"], row["optimizer"])
-                    p = float(row["power_limit"])
+                    p = _positive(row["power_limit"])
+                    point = ProfilePoint(p, _positive(row["average_power"]), _positive(row["time_per_epoch"]))
+                    table[key].setdefault(int(row["batch_size"]), {})[p] = point
                     limits.add(p)
-                    table[key].setdefault(int(row["batch_size"]), {})[p] = ProfilePoint(
-                        p, float(row["average_power"]), float(row["time_per_epoch"])
-                    )
+                except (TypeError, ValueError) as exc:
+                    raise TraceError(f"{path}, line {line}: {exc}") from None
             self.power[gpu] = dict(table)
             self.power_limits[gpu] = tuple(sorted(limits))
 
@@ -231,12 +267,14 @@ class TraceSet:
         by_target = self.train.get(key, {})
         match = [t for t in by_target if math.isclose(t, target, rel_tol=1e-9, abs_tol=1e-9)]
         if not match:
-            raise ValueError(f"{workload}: no target {target}; the trace lists {sorted(by_target)}")
+            raise TraceError(f"{workload}: no target {target}; the trace lists {sorted(by_target)}")
         train = by_target[match[0]]
+        if gpu not in self.power:
+            raise TraceError(f"no power file for GPU {gpu!r} in {self.dir}; it has {', '.join(self.gpus) or 'none'}")
         power = self.power[gpu].get(key, {})
         batch_sizes = tuple(sorted(b for b in train if b in power))
         if not batch_sizes:
-            raise ValueError(f"{workload} has no batch size in both the train and the {gpu} power file")
+            raise TraceError(f"{workload} has no batch size in both the train and the {gpu} power file")
         limits = self.power_limits[gpu]
         b0 = min(w.default_batch_size, max(power))
         if b0 not in batch_sizes:

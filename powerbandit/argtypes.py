@@ -1,0 +1,67 @@
+"""Argparse types that check a flag's value where it is parsed: a mistake is one usage line, exit 2.
+
+>>> fraction_0_1("0.25")
+0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number ({kind})") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number ({kind})")
+    return value
+
+
+def fraction_0_1(text: str) -> float:
+    """A number from 0 to 1 inclusive (``eta``: 1 = energy only, 0 = time only)."""
+    value = _number(text, "expected a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]: use a number from 0 to 1, e.g. 0.5")
+    return value
+
+
+def at_least_1(text: str) -> float:
+    """A number >= 1 (``beta``: the early-stop multiple of the best cost)."""
+    value = _number(text, "expected a number >= 1")
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is below 1: use a number >= 1, e.g. 2")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (seconds, sizes)."""
+    value = _number(text, "expected a number > 0")
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive: use a number > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected 1 or more)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1: use a whole number >= 1")
+    return value
+
+
+def listen_address(text: str) -> str:
+    """A ``HOST:PORT`` the server can listen on (checked by :func:`optimizer_server.server.parse_listen`)."""
+    from optimizer_server.errors import InvalidArgumentError
+    from optimizer_server.server import parse_listen
+
+    try:
+        parse_listen(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
