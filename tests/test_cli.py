@@ -85,7 +85,11 @@ def test_serve_jobs_and_graceful_sigterm(tmp_path: Path) -> None:
 
 
 def test_db_upgrade(tmp_path: Path) -> None:
-    done = run_cli("db", "upgrade", "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    from optimizer_server.store.base import open_store
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    open_store(url).close()  # the database a server created
+    done = run_cli("db", "upgrade", "--db", url)
     assert done.returncode == 0 and "up to date" in done.stdout
 
 

@@ -28,6 +28,7 @@ from optimizer_server.server import EmbeddedServer
 from powerbandit import operator_cli
 from powerbandit import operator_view as view
 from powerbandit.cli import build_parser
+from powerbandit.errors import run_command
 from powerbandit.demo import synthetic_job
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 from simulations.traces import TraceJob
@@ -81,9 +82,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Parse ``argv`` with the real parser and run it in-process: (exit code, stdout, stderr)."""
+    """Parse ``argv`` with the real parser and run it in-process as ``main`` does: (exit code, stdout, stderr)."""
     args = build_parser().parse_args(argv)
-    code = operator_cli.run(args)
+    code = run_command(lambda: operator_cli.run(args))
     out, err = capsys.readouterr()
     return code, out, err
 
