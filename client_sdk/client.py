@@ -5,6 +5,15 @@
 ...           target_metric=0.65, max_epochs=100)                   # doctest: +SKIP
 >>> with client.run(job, gpu=NvmlGpu()) as run:                      # doctest: +SKIP
 ...     train(batch_size=run.batch_size, on_step=run.step, on_epoch=run.epoch_end)
+
+**Fail-open.** By default a run whose server cannot be reached raises :class:`OptimizerClientError`
+before training starts. With ``OptimizerClient(..., fail_open=True)`` or ``POWERBANDIT_FAIL_OPEN=1``
+an unreachable server (``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` at register or suggest, after the
+client's retries) does not stop training: the run trains at the job's *default configuration* (its
+default batch size, the GPU's power limit left as it is), energy and time are still measured
+(``run.offline_result``), one warning is logged, and nothing is reported. A server lost in the
+middle of a run is handled the same way: one warning, the remaining reports skipped. Any other
+error (a refused token, an invalid job) still raises.
 """
 
 from __future__ import annotations
@@ -29,6 +38,17 @@ if TYPE_CHECKING:
     from client_sdk.run import TrainingRun
 
 log = logging.getLogger("powerbandit.sdk")
+
+FAIL_OPEN_ENV = "POWERBANDIT_FAIL_OPEN"
+"""Environment variable turning fail-open on (``1``, ``true``, ``yes``, ``on``) when the client does not say."""
+
+#: Status codes that mean "the server cannot be reached", the ones fail-open tolerates.
+UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def fail_open_from_environment() -> bool:
+    """Whether ``POWERBANDIT_FAIL_OPEN`` turns fail-open on."""
+    return os.environ.get(FAIL_OPEN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 # Retry transient failures (server restarting, replica failover). Suggest and CompleteRun are
 # idempotent (request ids, identical reports), so retrying them is safe.
@@ -65,6 +85,11 @@ class OptimizerClientError(RuntimeError):
         else:
             hint = f"{details} (server {address})"
         super().__init__(f"{method} failed with {code.name}: {hint}")
+
+    @property
+    def unreachable(self) -> bool:
+        """True when the server could not be reached or did not answer in time."""
+        return self.code in UNREACHABLE_CODES
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,8 @@ class OptimizerClient:
     ``token``: bearer token for servers with authentication (default: ``POWERBANDIT_TOKEN``).
     ``tls``: use TLS, verifying the server with the system roots, or with ``root_cert`` (a PEM
     file path) when given (``root_cert`` implies TLS; default from ``POWERBANDIT_TLS_ROOT_CERT``).
+    ``fail_open``: let runs train at the job's default configuration when the server cannot be
+    reached (see the module docstring; default from ``POWERBANDIT_FAIL_OPEN``, else off).
     """
 
     def __init__(
@@ -135,9 +162,11 @@ class OptimizerClient:
         token: str | None = None,
         tls: bool = False,
         root_cert: str | None = None,
+        fail_open: bool | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.fail_open = fail_open_from_environment() if fail_open is None else fail_open
         token = token if token is not None else os.environ.get("POWERBANDIT_TOKEN") or None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         root_cert = root_cert or os.environ.get("POWERBANDIT_TLS_ROOT_CERT") or None
@@ -254,18 +283,34 @@ class OptimizerClient:
         """Renew a run's lease."""
         return self._call("Heartbeat", pb.HeartbeatRequest(job_id=job_id, run_id=run_id))  # type: ignore[return-value]
 
-    def get_job(self, job_id: str, max_runs: int = 0) -> pb.Job:
-        """The job with its arms, best configuration, profiles and runs."""
-        response = self._call("GetJob", pb.GetJobRequest(job_id=job_id, max_runs=max_runs))
-        return response.job  # type: ignore[attr-defined]
+    def get_job(self, job_id: str, max_runs: int = 0, window_start_unix_s: float = 0.0) -> pb.Job:
+        """The job with its arms, best configuration, profiles, run groups and runs.
 
-    def list_jobs(self, prefix: str = "") -> list[pb.Job]:
-        """Every job whose id starts with ``prefix`` (all pages)."""
+        ``max_runs`` > 0: only the most recent ones; 0: every run (the server sends them a page at
+        a time; they are gathered here, oldest first).
+        """
+        request = pb.GetJobRequest(job_id=job_id, max_runs=max_runs, window_start_unix_s=window_start_unix_s)
+        response = self._call("GetJob", request)
+        job: pb.Job = response.job  # type: ignore[attr-defined]
+        while response.next_page_token:  # type: ignore[attr-defined]
+            request.page_token = response.next_page_token  # type: ignore[attr-defined]
+            response = self._call("GetJob", request)
+            job.runs.extend(response.job.runs)  # type: ignore[attr-defined]
+        return job
+
+    def list_jobs(self, prefix: str = "", window_start_unix_s: float = 0.0) -> list[pb.Job]:
+        """Every job whose id starts with ``prefix`` (all pages), with run groups but no runs.
+
+        ``window_start_unix_s``: run groups mark the finished runs that ended at or after it.
+        """
         jobs: list[pb.Job] = []
         token = ""
         while True:
             response = self._call(
-                "ListJobs", pb.ListJobsRequest(job_id_prefix=prefix, page_size=500, page_token=token)
+                "ListJobs",
+                pb.ListJobsRequest(
+                    job_id_prefix=prefix, page_size=500, page_token=token, window_start_unix_s=window_start_unix_s
+                ),
             )
             jobs.extend(response.jobs)  # type: ignore[attr-defined]
             token = response.next_page_token  # type: ignore[attr-defined]
@@ -289,7 +334,8 @@ class OptimizerClient:
         """A context manager for one run of ``job``: suggestion in, measurements out.
 
         ``gpu`` defaults to the NVML GPU of this machine (raising a clear error where there is
-        none; pass a :class:`~client_sdk.replay.ReplayGpu` for a dry run).
+        none; pass a :class:`~client_sdk.replay.ReplayGpu` for a dry run). With fail-open on, an
+        unreachable server makes it an offline run at the job's default configuration.
         """
         from client_sdk.run import TrainingRun
 
@@ -297,9 +343,17 @@ class OptimizerClient:
             from client_sdk.nvml import NvmlGpu
 
             gpu = NvmlGpu()
+        unreachable: OptimizerClientError | None = None
         if register:
-            self.register_job(job)
-        return TrainingRun(self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat)
+            try:
+                self.register_job(job)
+            except OptimizerClientError as exc:
+                if not (self.fail_open and exc.unreachable):
+                    raise
+                unreachable = exc  # the run trains offline; it says so once, when it starts
+        return TrainingRun(
+            self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat, unreachable=unreachable
+        )
 
     def close(self) -> None:
         """Close the channel."""

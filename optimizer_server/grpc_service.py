@@ -34,7 +34,7 @@ from optimizer_server.metrics import Metrics
 from optimizer_server.policy import JobSpec
 from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.service import JobView, OptimizerService
-from optimizer_server.store.base import RunRecord
+from optimizer_server.store.base import RunGroup, RunRecord
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 
@@ -198,8 +198,47 @@ def run_to_pb(run: RunRecord) -> pb.Run:
     )
 
 
+def group_to_pb(group: RunGroup) -> pb.RunGroup:
+    """A run group as its message."""
+    return pb.RunGroup(
+        gpu_model=group.gpu_model,
+        batch_size=group.batch_size,
+        power_limit_w=group.power_limit_w,
+        state=RUN_STATE_TO_PB[group.state],
+        reached_target=group.reached_target,
+        in_window=group.in_window,
+        runs=group.runs,
+        energy_j=group.energy_j,
+        time_s=group.time_s,
+        epochs=group.epochs,
+        max_power_limit_w=group.max_power_limit_w,
+        last_created_unix_s=group.last_created_unix_s,
+    )
+
+
+RUNS_PAGE_BYTES = 3 * 1024 * 1024
+"""Serialized runs per GetJob answer at most: with the job's other fields, under the 4 MiB limit."""
+
+
+def runs_page_to_pb(job: pb.Job, runs: list[RunRecord], *, newest: bool) -> bool:
+    """Append ``runs`` to ``job.runs`` while they fit :data:`RUNS_PAGE_BYTES`; whether all fitted.
+
+    ``newest``: keep the newest runs when they do not all fit (else the oldest).
+    """
+    budget = RUNS_PAGE_BYTES - job.ByteSize()
+    messages = []
+    for run in reversed(runs) if newest else runs:
+        message = run_to_pb(run)
+        budget -= message.ByteSize() + 8  # field tag and length
+        if budget < 0 and messages:
+            break
+        messages.append(message)
+    job.runs.extend(reversed(messages) if newest else messages)
+    return len(messages) == len(runs)
+
+
 def job_to_pb(view: JobView) -> pb.Job:
-    """A job view as its message."""
+    """A job view as its message (without runs: see :func:`runs_page_to_pb`)."""
     return pb.Job(
         spec=spec_to_pb(view.record.spec),
         arms=[
@@ -217,7 +256,6 @@ def job_to_pb(view: JobView) -> pb.Job:
         ],
         best_batch_size=view.best_batch_size,
         best_power_limit_w=view.best_power_limit_w,
-        runs=[run_to_pb(r) for r in view.runs],
         profiles=[
             pb.PowerProfile(
                 gpu_model=p.gpu_model,
@@ -239,6 +277,7 @@ def job_to_pb(view: JobView) -> pb.Job:
         created_unix_s=view.record.created_unix_s,
         max_cost=view.max_cost,
         outlook=view.outlook,
+        run_groups=[group_to_pb(g) for g in view.groups],
     )
 
 
@@ -370,9 +409,22 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         if request.max_runs < 0:
-            raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all), got {request.max_runs}")
-        view = await self.service.store.read(self.service.get_job, job_id, request.max_runs)
-        return pb.GetJobResponse(job=job_to_pb(view))
+            raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all, a page at a time), got {request.max_runs}")
+        after_seq = v.page_token_seq(request.page_token, "page_token")
+        window_start = v.finite(request.window_start_unix_s, "window_start_unix_s", low=0.0)
+        view = await self.service.store.read(
+            self.service.get_job,
+            job_id,
+            request.max_runs,
+            after_seq=after_seq,
+            window_start_unix_s=window_start,
+        )
+        job = job_to_pb(view)
+        complete = runs_page_to_pb(job, view.runs, newest=request.max_runs > 0)
+        next_token = ""
+        if request.max_runs == 0 and (view.more_runs or not complete):
+            next_token = v.seq_page_token(view.runs[len(job.runs) - 1].seq)
+        return pb.GetJobResponse(job=job, next_page_token=next_token)
 
     @rpc
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
@@ -380,9 +432,10 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgumentError(f"page_size must be in 0..1000 (0 = 100), got {request.page_size}")
         token = v.text(request.page_token, "page_token")
+        window_start = v.finite(request.window_start_unix_s, "window_start_unix_s", low=0.0)
         scopes = current_principal.get().prefixes  # a scoped token sees only its own jobs
         views, next_token = await self.service.store.read(
-            self.service.list_jobs, prefix, request.page_size or 100, token, scopes
+            self.service.list_jobs, prefix, request.page_size or 100, token, scopes, window_start
         )
         return pb.ListJobsResponse(jobs=[job_to_pb(view) for view in views], next_page_token=next_token)
 

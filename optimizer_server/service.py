@@ -44,6 +44,7 @@ from optimizer_server.store.base import (
     JobRecord,
     JobTransaction,
     ProfileRecord,
+    RunGroup,
     RunRecord,
     Store,
 )
@@ -52,6 +53,8 @@ log = logging.getLogger("powerbandit.server")
 
 DEFAULT_LEASE_S = 300.0
 DEFAULT_POWER_LIMIT_STEP_W = 25.0
+RUNS_PAGE_SIZE = 5000
+"""Runs per ``GetJob`` page at most (the gRPC layer may cut a page shorter to fit a message)."""
 DEFAULT_MAX_RUNS_IN_FLIGHT = 1000
 """Runs one job may have in flight at once; a Suggest beyond it answers RESOURCE_EXHAUSTED."""
 
@@ -125,6 +128,8 @@ class JobView:
     outlook: str
     runs: list[RunRecord] = field(default_factory=list)
     profiles: list[ProfileRecord] = field(default_factory=list)
+    groups: list[RunGroup] = field(default_factory=list)
+    more_runs: bool = False  # a page of runs: more follow the last one
 
 
 def spec_differences(stored: JobSpec, requested: JobSpec) -> list[str]:
@@ -183,25 +188,48 @@ class OptimizerService:
         self.store.delete_job(job_id)
         log.info("job deleted", extra={"job_id": job_id})
 
-    def get_job(self, job_id: str, max_runs: int = 0, *, with_runs: bool = True) -> JobView:
-        """A job with its arms, best configuration, profiles and (optionally) runs."""
+    def get_job(
+        self,
+        job_id: str,
+        max_runs: int = 0,
+        *,
+        with_runs: bool = True,
+        after_seq: int = -1,
+        window_start_unix_s: float = 0.0,
+    ) -> JobView:
+        """A job with its arms, best configuration, profiles, run groups and (optionally) runs.
+
+        ``max_runs`` > 0: the most recent ``max_runs`` runs. 0: a page of at most
+        :data:`RUNS_PAGE_SIZE` runs after ``after_seq`` (``view.more_runs`` says whether more follow).
+        """
         record = self.store.get_job(job_id)
-        return self._view(record, max_runs=max_runs, with_runs=with_runs)
+        view = self._view(record, window_start_unix_s)
+        if with_runs and max_runs > 0:
+            view.runs = self.store.list_runs(job_id, limit=max_runs)
+        elif with_runs:
+            page = self.store.list_runs_after(job_id, after_seq, RUNS_PAGE_SIZE + 1)
+            view.runs, view.more_runs = page[:RUNS_PAGE_SIZE], len(page) > RUNS_PAGE_SIZE
+        return view
 
     def list_jobs(
-        self, prefix: str = "", page_size: int = 100, page_token: str = "", scopes: Sequence[str] = ()
+        self,
+        prefix: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        scopes: Sequence[str] = (),
+        window_start_unix_s: float = 0.0,
     ) -> tuple[list[JobView], str]:
-        """A page of jobs (without runs) and the token of the next page ("" on the last).
+        """A page of jobs (without runs, with run groups) and the token of the next page ("" on the last).
 
         With ``scopes`` (a caller's job-id prefixes), only jobs inside them, filtered by the store.
         """
         records = self.store.list_jobs(prefix, page_size + 1, page_token, scopes)
         more = len(records) > page_size
         records = records[:page_size]
-        views = [self._view(r, max_runs=0, with_runs=False) for r in records]
+        views = [self._view(r, window_start_unix_s) for r in records]
         return views, (records[-1].spec.job_id if more and records else "")
 
-    def _view(self, record: JobRecord, *, max_runs: int, with_runs: bool) -> JobView:
+    def _view(self, record: JobRecord, window_start_unix_s: float = 0.0) -> JobView:
         spec = record.spec
         policy = SafePolicy.named(spec.policy)
         arms = policy.summarize(spec, record.policy_state)
@@ -239,8 +267,8 @@ class OptimizerService:
             counts=self.store.run_counts(spec.job_id),
             max_cost=policy.cost_bound(spec, record.policy_state),
             outlook=outlook,
-            runs=self.store.list_runs(spec.job_id, limit=max_runs) if with_runs else [],
             profiles=profiles,
+            groups=self.store.run_groups(spec.job_id, window_start_unix_s),
         )
 
     # ----------------------------------------------------------------------------------- runs

@@ -198,3 +198,24 @@ def profile_measurements(msgs: Sequence[pb.ProfileMeasurement]) -> list[tuple[fl
         )
         out.append((limit, power, step))
     return out
+
+
+_SEQ_TOKEN_PREFIX = "after-run-"
+
+
+def seq_page_token(seq: int) -> str:
+    """The page token of a page of runs that ended with run number ``seq``."""
+    return f"{_SEQ_TOKEN_PREFIX}{seq}"
+
+
+def page_token_seq(token: str, field: str) -> int:
+    """The run number a runs page token points after (-1 for the empty token: the first page)."""
+    if not token:
+        return -1
+    number = token.removeprefix(_SEQ_TOKEN_PREFIX)
+    if number == token or not number.isdigit() or len(number) > 18:
+        raise InvalidArgumentError(
+            f"{field} {token[:40]!r} is not a page token this server gave out; pass next_page_token "
+            "from the previous answer, or leave it empty for the first page"
+        )
+    return int(number)

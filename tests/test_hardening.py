@@ -464,3 +464,52 @@ def test_a_postgres_outage_answers_unavailable_quickly_without_driver_details(tm
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------- 6. big jobs: runs in pages, groups in ListJobs
+def test_a_job_with_tens_of_thousands_of_runs_reads_in_pages(tmp_path: Path) -> None:
+    from client_sdk.client import OptimizerClient
+    from optimizer_server.store.base import RunRecord
+
+    runs_total = 32_000
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'big.db'}") as server, grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.OptimizerServiceStub(ch)
+        stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb()), timeout=TIMEOUT_S)
+        with server.service.store.job_transaction("team-a/job") as tx:  # fast: one transaction
+            for i in range(runs_total):
+                tx.insert_run(RunRecord(
+                    run_id=f"run-{i:06d}", job_id="team-a/job", state="failed" if i % 2 else "completed",
+                    batch_size=(32, 64, 128)[i % 3], power_limit_w=300.0, profile_power_limits_w=(),
+                    phase="exploit", explanation="e" * 120, gpu_model="A40" if i < 20_000 else "V100",
+                    gpu_count=1, max_power_w=300.0, created_unix_s=1000.0 + i, lease_expires_unix_s=0.0,
+                    finished_unix_s=2000.0 + i, energy_j=10.0, time_s=1.0, epochs=2.0,
+                    reached_target=not i % 2, reason="r" * 300 if i % 2 else "",
+                ))  # fmt: skip
+        # raw pages: each under the 4 MiB message limit, together every run once, in order
+        seen: list[str] = []
+        token, pages = "", 0
+        for _ in range(100):
+            response = stub.GetJob(pb.GetJobRequest(job_id="team-a/job", page_token=token), timeout=TIMEOUT_S)
+            assert response.ByteSize() < 4 * 1024 * 1024
+            seen += [r.run_id for r in response.job.runs]
+            pages += 1
+            token = response.next_page_token
+            if not token:
+                break
+        assert pages > 1 and seen == [f"run-{i:06d}" for i in range(runs_total)]
+        with OptimizerClient(server.address, timeout_s=30) as client:
+            assert len(client.get_job("team-a/job").runs) == runs_total  # the SDK gathers the pages
+            assert [r.run_id for r in client.get_job("team-a/job", max_runs=3).runs] == [
+                f"run-{i:06d}" for i in range(runs_total - 3, runs_total)
+            ]
+            (listed,) = client.list_jobs("team-a/", window_start_unix_s=2000.0 + 30_000)
+        assert not listed.runs
+        groups = listed.run_groups
+        assert sum(g.runs for g in groups) == runs_total
+        assert sum(g.energy_j for g in groups) == pytest.approx(10.0 * runs_total)
+        assert sum(g.runs for g in groups if g.in_window) == 2_000
+        assert {g.gpu_model for g in groups} == {"A40", "V100"}
+        assert sum(g.runs for g in groups if g.reached_target and g.state == pb.RUN_STATE_COMPLETED) == runs_total // 2
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetJob(pb.GetJobRequest(job_id="team-a/job", page_token="team-b/secret"), timeout=TIMEOUT_S)
+        assert err.value.code() == Code.INVALID_ARGUMENT

@@ -78,6 +78,28 @@ class ProfileRecord:
     run_id: str = ""
 
 
+@dataclass(frozen=True)
+class RunGroup:
+    """A job's runs with the same GPU model, batch size, power limit, state and outcome, summed.
+
+    ``in_window``: finished at or after the window start asked for. ``max_power_limit_w`` is per
+    GPU (the largest ``max_power_w / gpu_count`` among them).
+    """
+
+    gpu_model: str
+    batch_size: int
+    power_limit_w: float
+    state: str
+    reached_target: bool
+    in_window: bool
+    runs: int
+    energy_j: float
+    time_s: float
+    epochs: float
+    max_power_limit_w: float
+    last_created_unix_s: float
+
+
 class JobTransaction(ABC):
     """Exclusive, atomic access to one job. Obtained from :meth:`Store.job_transaction`.
 
@@ -186,6 +208,14 @@ class Store(ABC):
     @abstractmethod
     def list_runs(self, job_id: str, limit: int = 0) -> list[RunRecord]:
         """The job's runs in creation order; with ``limit`` > 0 only the most recent ``limit``."""
+
+    @abstractmethod
+    def list_runs_after(self, job_id: str, after_seq: int, limit: int) -> list[RunRecord]:
+        """Up to ``limit`` of the job's runs with ``seq > after_seq``, in creation order (a page)."""
+
+    @abstractmethod
+    def run_groups(self, job_id: str, window_start_unix_s: float = 0.0) -> list[RunGroup]:
+        """The job's whole run log summed per :class:`RunGroup` (one query, however many runs)."""
 
     @abstractmethod
     def run_counts(self, job_id: str) -> dict[str, int]:

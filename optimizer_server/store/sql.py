@@ -36,6 +36,7 @@ from optimizer_server.store.base import (
     JobRecord,
     JobTransaction,
     ProfileRecord,
+    RunGroup,
     RunRecord,
     Store,
     scoped_prefixes,
@@ -464,6 +465,34 @@ class SqlStore(Store):
                 return [row_to_run(r) for r in reversed(cur.fetchall())]
             self._query(cur, _RUN_SELECT + " WHERE job_id = ? ORDER BY seq", (job_id,))
             return [row_to_run(r) for r in cur.fetchall()]
+
+    def list_runs_after(self, job_id: str, after_seq: int, limit: int) -> list[RunRecord]:
+        with self._session(readonly=True) as cur:
+            self._query(
+                cur, _RUN_SELECT + " WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?", (job_id, after_seq, limit)
+            )
+            return [row_to_run(r) for r in cur.fetchall()]
+
+    def run_groups(self, job_id: str, window_start_unix_s: float = 0.0) -> list[RunGroup]:
+        with self._session(readonly=True) as cur:
+            self._query(
+                cur,
+                "SELECT gpu_model, batch_size, power_limit_w, state, reached_target, in_window, COUNT(*),"
+                " SUM(energy_j), SUM(time_s), SUM(epochs), MAX(max_power_w / gpu_count), MAX(created_unix_s)"
+                " FROM (SELECT *, CASE WHEN state <> ? AND finished_unix_s >= ? THEN 1 ELSE 0 END AS in_window"
+                " FROM runs WHERE job_id = ?) AS r"
+                " GROUP BY gpu_model, batch_size, power_limit_w, state, reached_target, in_window"
+                " ORDER BY gpu_model, batch_size, power_limit_w, state, reached_target, in_window",
+                (RUN_IN_FLIGHT, window_start_unix_s, job_id),
+            )
+            rows = cur.fetchall()
+        return [
+            RunGroup(
+                str(gpu), int(b), float(limit), str(state), bool(reached), bool(in_window), int(n),
+                float(energy), float(time_s), float(epochs), float(p_max), float(last),
+            )  # fmt: skip
+            for gpu, b, limit, state, reached, in_window, n, energy, time_s, epochs, p_max, last in rows
+        ]
 
     def run_counts(self, job_id: str) -> dict[str, int]:
         counts = dict.fromkeys(RUN_STATES, 0)

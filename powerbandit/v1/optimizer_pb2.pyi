@@ -264,28 +264,36 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, lease_expires_unix_s: _Optional[float] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
-    __slots__ = ("job_id", "max_runs")
+    __slots__ = ("job_id", "max_runs", "page_token", "window_start_unix_s")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     max_runs: int
-    def __init__(self, job_id: _Optional[str] = ..., max_runs: _Optional[int] = ...) -> None: ...
+    page_token: str
+    window_start_unix_s: float
+    def __init__(self, job_id: _Optional[str] = ..., max_runs: _Optional[int] = ..., page_token: _Optional[str] = ..., window_start_unix_s: _Optional[float] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
-    __slots__ = ("job",)
+    __slots__ = ("job", "next_page_token")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job: Job
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("job_id_prefix", "page_size", "page_token")
+    __slots__ = ("job_id_prefix", "page_size", "page_token", "window_start_unix_s")
     JOB_ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     job_id_prefix: str
     page_size: int
     page_token: str
-    def __init__(self, job_id_prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    window_start_unix_s: float
+    def __init__(self, job_id_prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., window_start_unix_s: _Optional[float] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -386,7 +394,7 @@ class ProfilePoint(_message.Message):
     def __init__(self, power_limit_w: _Optional[float] = ..., average_power_w: _Optional[float] = ..., time_per_epoch_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("spec", "arms", "best_batch_size", "best_power_limit_w", "runs", "profiles", "completed_runs", "in_flight_runs", "failed_runs", "created_unix_s", "max_cost", "outlook")
+    __slots__ = ("spec", "arms", "best_batch_size", "best_power_limit_w", "runs", "profiles", "completed_runs", "in_flight_runs", "failed_runs", "created_unix_s", "max_cost", "outlook", "run_groups")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     BEST_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +407,7 @@ class Job(_message.Message):
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     MAX_COST_FIELD_NUMBER: _ClassVar[int]
     OUTLOOK_FIELD_NUMBER: _ClassVar[int]
+    RUN_GROUPS_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     arms: _containers.RepeatedCompositeFieldContainer[Arm]
     best_batch_size: int
@@ -411,4 +420,33 @@ class Job(_message.Message):
     created_unix_s: float
     max_cost: float
     outlook: str
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., best_batch_size: _Optional[int] = ..., best_power_limit_w: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[PowerProfile, _Mapping]]] = ..., completed_runs: _Optional[int] = ..., in_flight_runs: _Optional[int] = ..., failed_runs: _Optional[int] = ..., created_unix_s: _Optional[float] = ..., max_cost: _Optional[float] = ..., outlook: _Optional[str] = ...) -> None: ...
+    run_groups: _containers.RepeatedCompositeFieldContainer[RunGroup]
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., best_batch_size: _Optional[int] = ..., best_power_limit_w: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[PowerProfile, _Mapping]]] = ..., completed_runs: _Optional[int] = ..., in_flight_runs: _Optional[int] = ..., failed_runs: _Optional[int] = ..., created_unix_s: _Optional[float] = ..., max_cost: _Optional[float] = ..., outlook: _Optional[str] = ..., run_groups: _Optional[_Iterable[_Union[RunGroup, _Mapping]]] = ...) -> None: ...
+
+class RunGroup(_message.Message):
+    __slots__ = ("gpu_model", "batch_size", "power_limit_w", "state", "reached_target", "in_window", "runs", "energy_j", "time_s", "epochs", "max_power_limit_w", "last_created_unix_s")
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REACHED_TARGET_FIELD_NUMBER: _ClassVar[int]
+    IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    TIME_S_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    MAX_POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
+    LAST_CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    gpu_model: str
+    batch_size: int
+    power_limit_w: float
+    state: RunState
+    reached_target: bool
+    in_window: bool
+    runs: int
+    energy_j: float
+    time_s: float
+    epochs: float
+    max_power_limit_w: float
+    last_created_unix_s: float
+    def __init__(self, gpu_model: _Optional[str] = ..., batch_size: _Optional[int] = ..., power_limit_w: _Optional[float] = ..., state: _Optional[_Union[RunState, str]] = ..., reached_target: _Optional[bool] = ..., in_window: _Optional[bool] = ..., runs: _Optional[int] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., max_power_limit_w: _Optional[float] = ..., last_created_unix_s: _Optional[float] = ...) -> None: ...
