@@ -50,6 +50,16 @@ def fail_open_from_environment() -> bool:
     """Whether ``POWERBANDIT_FAIL_OPEN`` turns fail-open on."""
     return os.environ.get(FAIL_OPEN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
+
+# How a run's power limit was applied (client_sdk.gpu.Gpu.power_limit_control) -> its enum value.
+_CONTROL_TO_PB = {
+    "": pb.POWER_LIMIT_CONTROL_UNSPECIFIED,
+    "nvml": pb.POWER_LIMIT_CONTROL_NVML,
+    "agent": pb.POWER_LIMIT_CONTROL_AGENT,
+    "none": pb.POWER_LIMIT_CONTROL_NONE,
+    "simulated": pb.POWER_LIMIT_CONTROL_SIMULATED,
+}
+
 # Retry transient failures (server restarting, replica failover). Suggest and CompleteRun are
 # idempotent (request ids, identical reports), so retrying them is safe.
 _SERVICE_CONFIG = json.dumps(
@@ -244,8 +254,9 @@ class OptimizerClient:
         reached_target: bool,
         power_limit_w: float = 0.0,
         final_metric: float | None = None,
+        power_limit_control: str = "",
     ) -> pb.CompleteRunResponse:
-        """End a run that trained."""
+        """End a run that trained (``power_limit_control``: "nvml", "agent", "none", "simulated" or "")."""
         request = pb.CompleteRunRequest(
             job_id=job_id,
             run_id=run_id,
@@ -254,6 +265,7 @@ class OptimizerClient:
             epochs=epochs,
             reached_target=reached_target,
             power_limit_w=power_limit_w,
+            power_limit_control=_CONTROL_TO_PB[power_limit_control],
         )
         if final_metric is not None and math.isfinite(final_metric):
             request.final_metric = final_metric
@@ -267,6 +279,7 @@ class OptimizerClient:
         energy_j: float = 0.0,
         time_s: float = 0.0,
         epochs: float = 0.0,
+        power_limit_control: str = "",
     ) -> pb.FailRunResponse:
         """End a run that crashed (not counted against its configuration)."""
         request = pb.FailRunRequest(
@@ -276,6 +289,7 @@ class OptimizerClient:
             energy_j=energy_j,
             time_s=time_s,
             epochs=epochs,
+            power_limit_control=_CONTROL_TO_PB[power_limit_control],
         )
         return self._call("FailRun", request)  # type: ignore[return-value]
 

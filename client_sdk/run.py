@@ -6,6 +6,11 @@ first epoch when the server asks for it (call :meth:`TrainingRun.step` after eve
 reports progress at each :meth:`TrainingRun.epoch_end` (whose answer says whether to stop), and at
 the end completes the run, or fails it when the block raised. The original power limit is always
 restored.
+
+With fail-open on (:class:`~client_sdk.client.OptimizerClient` ``fail_open``) and the server out of
+reach, the run is *offline*: it trains at the job's default batch size with the power limit left as
+it is, measures energy and time into :attr:`TrainingRun.offline_result`, logs one warning and
+reports nothing.
 """
 
 from __future__ import annotations
@@ -15,18 +20,35 @@ import math
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from client_sdk.gpu import Gpu
 
 if TYPE_CHECKING:
-    from client_sdk.client import Job, OptimizerClient
+    from collections.abc import Callable
+
+    from client_sdk.client import Job, OptimizerClient, OptimizerClientError
     from powerbandit.v1 import optimizer_pb2 as pb
 
 log = logging.getLogger("powerbandit.sdk.run")
 
+T = TypeVar("T")
+
 DEFAULT_WARMUP_STEPS = 5
 DEFAULT_MEASURE_STEPS = 20
+
+
+@dataclass(frozen=True)
+class OfflineRun:
+    """What an offline (fail-open) run measured: its configuration, energy and time, never reported."""
+
+    batch_size: int
+    power_limit_w: float
+    epochs: int
+    energy_j: float
+    time_s: float
+    reached_target: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class TrainingRun:
         heartbeat: bool = True,
         warmup_steps: int = DEFAULT_WARMUP_STEPS,
         measure_steps: int = DEFAULT_MEASURE_STEPS,
+        unreachable: OptimizerClientError | None = None,
     ) -> None:
         if steps_per_epoch is not None and steps_per_epoch <= 0:
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
@@ -116,6 +139,8 @@ class TrainingRun:
         self.last_metric: float | None = None
         self.stop_reason = ""
         self.completed_run: pb.Run | None = None
+        self.offline_result: OfflineRun | None = None
+        self._unreachable = unreachable  # set: offline (fail-open), nothing more is sent
         self._steps_in_epoch = 0
         self._profiler: _Profiler | None = None
         self._profile_reported = False
@@ -140,6 +165,11 @@ class TrainingRun:
         return self.gpu.power_limit_w()
 
     @property
+    def offline(self) -> bool:
+        """True when the server was out of reach and fail-open let the run go on without it."""
+        return self._unreachable is not None
+
+    @property
     def profiling(self) -> bool:
         """True while candidate power limits are being measured."""
         return self._profiler is not None and not self._profiler.done
@@ -156,8 +186,13 @@ class TrainingRun:
     # ---------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> TrainingRun:
         info = self.gpu.info()
-        self.suggestion = self.client.suggest(self.job.job_id, info, request_id=uuid.uuid4().hex)
-        s = self.suggestion
+        if self._unreachable is None:
+            self.suggestion = self._send(
+                lambda: self.client.suggest(self.job.job_id, info, request_id=uuid.uuid4().hex)
+            )
+        if self._unreachable is not None:
+            return self._enter_offline()
+        s = self._require()
         self.gpu.begin_run(s.batch_size)
         self._origin = (self.gpu.energy_j(), self.gpu.now_s())
         if s.profile_power_limits_w and info.can_set_power_limit:
@@ -178,6 +213,66 @@ class TrainingRun:
             )
             self._heartbeat_thread.start()
         return self
+
+    def _send(self, call: Callable[[], T]) -> T | None:
+        """Make a server call; with fail-open, an unreachable server makes the run offline (None)."""
+        if self._unreachable is not None:
+            return None
+        from client_sdk.client import OptimizerClientError
+
+        try:
+            return call()
+        except OptimizerClientError as exc:
+            if not (self.client.fail_open and exc.unreachable):
+                raise
+            self._unreachable = exc
+            if self.suggestion is not None:  # lost mid-run: say it once, train on
+                log.warning(
+                    "run %s: %s; fail-open: training goes on at batch size %d, %g W, and is not reported",
+                    self.suggestion.run_id, exc, self.suggestion.batch_size, self.gpu.power_limit_w(),
+                )  # fmt: skip
+            return None
+
+    def _enter_offline(self) -> TrainingRun:
+        """Start an offline run at the job's default configuration (fail-open; see the module docstring)."""
+        from powerbandit.v1 import optimizer_pb2 as pb
+
+        info = self.gpu.info()
+        batch_size = self.job.default_batch_size
+        self.suggestion = pb.SuggestResponse(
+            run_id="",
+            batch_size=batch_size,
+            power_limit_w=self.gpu.power_limit_w(),
+            explanation="fail-open: the server is out of reach; the job's default configuration",
+            max_epochs=self.job.max_epochs,
+            max_power_w=info.max_power_limit_w * info.count,
+            eta=self.job.eta,
+        )
+        self.gpu.begin_run(batch_size)
+        self._origin = (self.gpu.energy_j(), self.gpu.now_s())
+        log.warning(
+            "%s; fail-open: training %s at its default configuration (batch size %d, power limit left at %g W); "
+            "energy and time are measured but this run is not reported",
+            self._unreachable, self.job.job_id, batch_size, self.gpu.power_limit_w(),
+        )  # fmt: skip
+        return self
+
+    def _finish_offline(self, energy_j: float, time_s: float) -> None:
+        """Keep what an offline run measured (:attr:`offline_result`); nothing is sent."""
+        s = self._require()
+        self.offline_result = OfflineRun(
+            batch_size=s.batch_size,
+            power_limit_w=self.gpu.power_limit_w(),
+            epochs=self.epochs,
+            energy_j=energy_j,
+            time_s=time_s,
+            reached_target=self.reached_target,
+            reason=str(self._unreachable),
+        )
+        log.info(
+            "offline run of %s: batch size %d, %g W, %d epochs, %.0f J, %.0f s (not reported)",
+            self.job.job_id, s.batch_size, self.offline_result.power_limit_w, self.epochs, energy_j, time_s,
+        )  # fmt: skip
 
     def _plan_profile(self, limits: tuple[float, ...]) -> None:
         warmup, measure = self._warmup_steps, self._measure_steps
@@ -204,6 +299,8 @@ class TrainingRun:
 
     def _heartbeat_loop(self, interval_s: float) -> None:
         while not self._stop_heartbeat.wait(interval_s):
+            if self._unreachable is not None:  # fail-open took the run offline
+                return
             try:
                 self.client.heartbeat(self.job.job_id, self.run_id)
             except Exception as exc:  # the run goes on; the next beat may succeed
@@ -240,8 +337,12 @@ class TrainingRun:
         measurements = [
             (m.power_limit_w, m.average_power_w, m.time_per_step_s) for m in self._profiler.measurements
         ]
-        answer = self.client.report_profile(self.job.job_id, s.run_id, steps_per_epoch, measurements)
+        answer = self._send(
+            lambda: self.client.report_profile(self.job.job_id, s.run_id, steps_per_epoch, measurements)
+        )
         self._profile_reported = True
+        if answer is None:  # offline: keep the limit this run measured as cheapest
+            return
         if answer.power_limit_w != self.gpu.power_limit_w():
             self.gpu.set_power_limit(answer.power_limit_w)
         log.info("run %s: profiled; using %g W", s.run_id, self.gpu.power_limit_w())
@@ -274,7 +375,11 @@ class TrainingRun:
             if self.job.reached(metric):
                 self.reached_target = True
         energy, elapsed = self.read_counters()
-        verdict = self.client.report_progress(self.job.job_id, s.run_id, self.epochs, energy, elapsed, metric)
+        verdict = self._send(
+            lambda: self.client.report_progress(self.job.job_id, s.run_id, self.epochs, energy, elapsed, metric)
+        )
+        if verdict is None:  # offline: no early stop but the target and the training loop's own end
+            return self.reached_target
         if verdict.stop:
             self.stop_reason = verdict.message
             if not self.reached_target:
@@ -287,21 +392,31 @@ class TrainingRun:
             if self.suggestion is None:
                 return
             energy, elapsed = self.read_counters()
+            if self._unreachable is not None:
+                self._finish_offline(energy, elapsed)
+                return
             if exc is not None:
                 reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc}"
-                self.client.fail_run(self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs)
+                self._send(
+                    lambda: self.client.fail_run(self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs)
+                )
                 log.warning("run %s failed: %s", self.run_id, reason)
                 return
-            response = self.client.complete_run(
-                self.job.job_id,
-                self.run_id,
-                energy_j=energy,
-                time_s=elapsed,
-                epochs=self.epochs,
-                reached_target=self.reached_target,
-                power_limit_w=self.gpu.power_limit_w(),
-                final_metric=self.last_metric,
+            response = self._send(
+                lambda: self.client.complete_run(
+                    self.job.job_id,
+                    self.run_id,
+                    energy_j=energy,
+                    time_s=elapsed,
+                    epochs=self.epochs,
+                    reached_target=self.reached_target,
+                    power_limit_w=self.gpu.power_limit_w(),
+                    final_metric=self.last_metric,
+                )
             )
+            if response is None:  # the server went away at the very end
+                self._finish_offline(energy, elapsed)
+                return
             self.completed_run = response.run
         finally:
             self.gpu.restore_power_limit()
