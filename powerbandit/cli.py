@@ -140,7 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``powerbandit`` console script."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except ModuleNotFoundError as exc:  # an argument type that needs the server extra (e.g. serve --listen)
+        if not is_missing_server_extra(exc):
+            raise
+        words = sys.argv[1:] if argv is None else argv
+        commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        print(missing_server_extra_message(next((w for w in words if w in commands), "..."), exc), file=sys.stderr)
+        sys.exit(1)
     if unknown and not getattr(args, "server_extra_missing", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(args.log_level, args.log_format, quiet_default=args.command in ("demo", "simulate"))

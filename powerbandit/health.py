@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="service name to check (default: the whole server; e.g. powerbandit.v1.OptimizerService)",
     )
-    parser.add_argument("--timeout-s", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
+    )
 
 
 def check(address: str, service: str = "", timeout_s: float = 5.0) -> str:
