@@ -73,6 +73,16 @@ class Gpu(ABC):
     def restore_power_limit(self) -> None:
         """Put back the power limit that was in force before this object changed it."""
 
+    def power_limit_control(self) -> str:
+        """How limits are applied: ``"nvml"``, ``"agent"``, ``"none"`` or ``"simulated"`` (reported per run).
+
+        The default derives it from :meth:`info`: ``"nvml"`` when limits can be set, else ``"none"``.
+        """
+        return "nvml" if self.info().can_set_power_limit else "none"
+
+    def renew_power_limit_lease(self) -> None:  # noqa: B027 - optional hook
+        """Called with every heartbeat of a run: renew a lease that keeps the limit (the node agent's)."""
+
     def begin_run(self, batch_size: int) -> None:  # noqa: B027 - optional hook
         """Called once when a run starts with its batch size (the replay GPU needs it)."""
 

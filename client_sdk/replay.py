@@ -77,6 +77,9 @@ class ReplayGpu(Gpu):
     def restore_power_limit(self) -> None:
         self._limit = self._info.max_power_limit_w
 
+    def power_limit_control(self) -> str:
+        return "simulated" if self._info.can_set_power_limit else "none"
+
     def begin_run(self, batch_size: int) -> None:
         if batch_size not in self._table:
             raise ValueError(f"the replay table has no batch size {batch_size}; it has {sorted(self._table)}")

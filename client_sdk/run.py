@@ -297,8 +297,20 @@ class TrainingRun:
         if self._profiler is not None and not self._profiler.done:
             self._plan_profile(self._profiler.limits)
 
+    def _power_limit_control(self) -> str:
+        """How this run's limit was applied (reported with its end); "" when the GPU cannot say."""
+        try:
+            return self.gpu.power_limit_control()
+        except Exception as exc:
+            log.warning("run %s: cannot tell how its power limit was applied: %s", self.run_id, exc)
+            return ""
+
     def _heartbeat_loop(self, interval_s: float) -> None:
         while not self._stop_heartbeat.wait(interval_s):
+            try:  # the node agent's lease on the power limit lives with the run
+                self.gpu.renew_power_limit_lease()
+            except Exception as exc:
+                log.warning("renewing the power-limit lease of run %s failed: %s", self.run_id, exc)
             if self._unreachable is not None:  # fail-open took the run offline
                 return
             try:
@@ -398,7 +410,10 @@ class TrainingRun:
             if exc is not None:
                 reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc}"
                 self._send(
-                    lambda: self.client.fail_run(self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs)
+                    lambda: self.client.fail_run(
+                        self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs,
+                        power_limit_control=self._power_limit_control(),
+                    )  # fmt: skip
                 )
                 log.warning("run %s failed: %s", self.run_id, reason)
                 return
@@ -412,6 +427,7 @@ class TrainingRun:
                     reached_target=self.reached_target,
                     power_limit_w=self.gpu.power_limit_w(),
                     final_metric=self.last_metric,
+                    power_limit_control=self._power_limit_control(),
                 )
             )
             if response is None:  # the server went away at the very end

@@ -198,6 +198,12 @@ class DistributedGpu(Gpu):
     def restore_power_limit(self) -> None:
         self.local.restore_power_limit()
 
+    def power_limit_control(self) -> str:
+        return self.local.power_limit_control()
+
+    def renew_power_limit_lease(self) -> None:
+        self.local.renew_power_limit_lease()
+
     def begin_run(self, batch_size: int) -> None:
         self.local.begin_run(batch_size)
 

@@ -58,6 +58,27 @@ RUN_STATE_TO_PB = {
     "failed": pb.RUN_STATE_FAILED,
     "expired": pb.RUN_STATE_EXPIRED,
 }
+POWER_LIMIT_CONTROL_TO_PB = {
+    "": pb.POWER_LIMIT_CONTROL_UNSPECIFIED,
+    "nvml": pb.POWER_LIMIT_CONTROL_NVML,
+    "agent": pb.POWER_LIMIT_CONTROL_AGENT,
+    "none": pb.POWER_LIMIT_CONTROL_NONE,
+    "simulated": pb.POWER_LIMIT_CONTROL_SIMULATED,
+}
+_POWER_LIMIT_CONTROL_FROM_PB = {v: k for k, v in POWER_LIMIT_CONTROL_TO_PB.items()}
+
+
+def power_limit_control_of(value: int) -> str:
+    """The stored name of a ``PowerLimitControl`` value; an unknown number is INVALID_ARGUMENT."""
+    try:
+        return _POWER_LIMIT_CONTROL_FROM_PB[value]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"power_limit_control {value} is not a PowerLimitControl value (0-4); "
+            "build requests from protos/powerbandit/v1/optimizer.proto"
+        ) from None
+
+
 STOP_REASON_TO_PB = {
     "": pb.STOP_REASON_UNSPECIFIED,
     "target_reached": pb.STOP_REASON_TARGET_REACHED,
@@ -195,6 +216,7 @@ def run_to_pb(run: RunRecord) -> pb.Run:
         reason=run.reason,
         max_power_w=run.max_power_w,
         profiled=run.profiled,
+        power_limit_control=POWER_LIMIT_CONTROL_TO_PB.get(run.power_limit_control, pb.POWER_LIMIT_CONTROL_UNSPECIFIED),
     )
 
 
@@ -377,6 +399,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             if request.HasField("final_metric")
             else None,
             power_limit_w=power,
+            power_limit_control=power_limit_control_of(request.power_limit_control),
         )
         return pb.CompleteRunResponse(run=run_to_pb(run))
 
@@ -393,6 +416,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             v.measurement(request.energy_j, "energy_j"),
             v.measurement(request.time_s, "time_s"),
             v.measurement(request.epochs, "epochs"),
+            power_limit_control_of(request.power_limit_control),
         )
         return pb.FailRunResponse(run=run_to_pb(run))
 

@@ -129,6 +129,7 @@ class JobView:
     runs: list[RunRecord] = field(default_factory=list)
     profiles: list[ProfileRecord] = field(default_factory=list)
     groups: list[RunGroup] = field(default_factory=list)
+    window_start_unix_s: float = 0.0  # what the groups' in_window was computed with
     more_runs: bool = False  # a page of runs: more follow the last one
 
 
@@ -269,6 +270,7 @@ class OptimizerService:
             outlook=outlook,
             profiles=profiles,
             groups=self.store.run_groups(spec.job_id, window_start_unix_s),
+            window_start_unix_s=window_start_unix_s,
         )
 
     # ----------------------------------------------------------------------------------- runs
@@ -398,8 +400,12 @@ class OptimizerService:
         reached_target: bool,
         final_metric: float | None = None,
         power_limit_w: float = 0.0,
+        power_limit_control: str = "",
     ) -> RunRecord:
         """Record a run that trained and feed it to the policy. Idempotent for identical reports.
+
+        ``power_limit_control`` says how the SDK applied the limit ("nvml", "agent", "none",
+        "simulated"; "" = not reported).
 
         A run whose lease lapsed is still accepted (a late result is evidence too).
         """
@@ -423,6 +429,7 @@ class OptimizerService:
             spec = tx.job.spec
             if power_limit_w > 0:
                 run.power_limit_w = power_limit_w
+            run.power_limit_control = power_limit_control
             run.state = RUN_COMPLETED
             run.energy_j, run.time_s, run.epochs = energy_j, time_s, epochs
             run.reached_target = reached_target
@@ -450,6 +457,7 @@ class OptimizerService:
         energy_j: float = 0.0,
         time_s: float = 0.0,
         epochs: float = 0.0,
+        power_limit_control: str = "",
     ) -> RunRecord:
         """Record a crashed run. It is not evidence against its configuration. Idempotent."""
         with self.store.job_transaction(job_id) as tx:
@@ -460,6 +468,7 @@ class OptimizerService:
                 raise FailedPreconditionError(f"run {run_id!r} was already completed; it cannot also fail")
             run.state = RUN_FAILED
             run.reason = reason
+            run.power_limit_control = power_limit_control
             run.energy_j, run.time_s, run.epochs = energy_j, time_s, epochs
             run.cost = energy_time_cost(tx.job.spec.eta, energy_j, time_s, run.max_power_w)
             run.finished_unix_s = self.clock()

@@ -249,11 +249,12 @@ def _show(client: Any, args: argparse.Namespace) -> int:
     total = detail["completed_runs"] + detail["in_flight_runs"] + detail["failed_runs"]
     print(f"recent runs ({len(runs)} of {total}, oldest first):")
     if runs:
-        print(f"  {'finished':<19} {'phase':<8} {'gpu':<16} {'batch':>5} {'limit W':>7} {'epochs':>6} "
+        print(f"  {'finished':<19} {'phase':<8} {'gpu':<16} {'batch':>5} {'limit W':>7} {'set by':<9} {'epochs':>6} "
               f"{'energy':>10} {'time':>9} {'cost':>10}  outcome")  # fmt: skip
     for r in runs:
         print(f"  {view.fmt_unix(r['finished_unix_s']):<19} {r['phase']:<8} {r['gpu_model'][:16]:<16} "
-              f"{r['batch_size']:>5} {r['power_limit_w']:>7g} {r['epochs']:>6.3g} {view.fmt_energy(r['energy_j']):>10} "
+              f"{r['batch_size']:>5} {r['power_limit_w']:>7g} {r['power_limit_control'] or '-':<9} "
+              f"{r['epochs']:>6.3g} {view.fmt_energy(r['energy_j']):>10} "
               f"{view.fmt_time(r['time_s']):>9} {r['cost']:>10.4g}  {r['outcome']}")  # fmt: skip
     return 0
 

@@ -520,6 +520,16 @@ def job_detail(job: pb.Job, recent: int = 20) -> dict[str, Any]:
     }
 
 
+#: How a run's limit was applied: "nvml" (directly), "agent" (node agent), "none" (not in force),
+#: "simulated" (replay or simulated GPU); "" = not reported (older SDK, run in flight).
+POWER_LIMIT_CONTROL_NAMES = {
+    pb.POWER_LIMIT_CONTROL_NVML: "nvml",
+    pb.POWER_LIMIT_CONTROL_AGENT: "agent",
+    pb.POWER_LIMIT_CONTROL_NONE: "none",
+    pb.POWER_LIMIT_CONTROL_SIMULATED: "simulated",
+}
+
+
 def run_outcome(run: pb.Run) -> str:
     """A run's outcome in words."""
     if run.state == pb.RUN_STATE_IN_FLIGHT:
@@ -548,6 +558,7 @@ def run_dict(run: pb.Run) -> dict[str, Any]:
         "cost": run.cost,
         "reached_target": run.reached_target,
         "profiled": run.profiled,
+        "power_limit_control": POWER_LIMIT_CONTROL_NAMES.get(run.power_limit_control, ""),
         "created_unix_s": run.created_unix_s,
         "finished_unix_s": run.finished_unix_s,
         "outcome": run_outcome(run),

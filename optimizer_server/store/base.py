@@ -66,6 +66,7 @@ class RunRecord:
     profiled: bool = False
     epoch_cost: float | None = None
     seq: int = 0  # order of creation within the job, assigned by the store
+    power_limit_control: str = ""  # "", "nvml", "agent", "none", "simulated" (as the SDK reported it)
 
 
 @dataclass

@@ -81,6 +81,8 @@ MIGRATIONS: list[str] = [
     """,
     # 2: a revision token per job, changed by every write to the job (see store/sql.py)
     "ALTER TABLE jobs ADD COLUMN revision TEXT NOT NULL DEFAULT ''",
+    # 3: how each run's power limit was applied ("" = not reported, "nvml", "agent", "none", "simulated")
+    "ALTER TABLE runs ADD COLUMN power_limit_control TEXT NOT NULL DEFAULT ''",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,14 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_COST_BOUND: _ClassVar[StopReason]
     STOP_REASON_MAX_EPOCHS: _ClassVar[StopReason]
 
+class PowerLimitControl(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POWER_LIMIT_CONTROL_UNSPECIFIED: _ClassVar[PowerLimitControl]
+    POWER_LIMIT_CONTROL_NVML: _ClassVar[PowerLimitControl]
+    POWER_LIMIT_CONTROL_AGENT: _ClassVar[PowerLimitControl]
+    POWER_LIMIT_CONTROL_NONE: _ClassVar[PowerLimitControl]
+    POWER_LIMIT_CONTROL_SIMULATED: _ClassVar[PowerLimitControl]
+
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
@@ -45,6 +53,11 @@ STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_TARGET_REACHED: StopReason
 STOP_REASON_COST_BOUND: StopReason
 STOP_REASON_MAX_EPOCHS: StopReason
+POWER_LIMIT_CONTROL_UNSPECIFIED: PowerLimitControl
+POWER_LIMIT_CONTROL_NVML: PowerLimitControl
+POWER_LIMIT_CONTROL_AGENT: PowerLimitControl
+POWER_LIMIT_CONTROL_NONE: PowerLimitControl
+POWER_LIMIT_CONTROL_SIMULATED: PowerLimitControl
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_IN_FLIGHT: RunState
 RUN_STATE_COMPLETED: RunState
@@ -202,7 +215,7 @@ class ReportProgressResponse(_message.Message):
     def __init__(self, stop: _Optional[bool] = ..., reason: _Optional[_Union[StopReason, str]] = ..., message: _Optional[str] = ..., cost: _Optional[float] = ..., max_cost: _Optional[float] = ...) -> None: ...
 
 class CompleteRunRequest(_message.Message):
-    __slots__ = ("job_id", "run_id", "energy_j", "time_s", "epochs", "reached_target", "final_metric", "power_limit_w")
+    __slots__ = ("job_id", "run_id", "energy_j", "time_s", "epochs", "reached_target", "final_metric", "power_limit_w", "power_limit_control")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +224,7 @@ class CompleteRunRequest(_message.Message):
     REACHED_TARGET_FIELD_NUMBER: _ClassVar[int]
     FINAL_METRIC_FIELD_NUMBER: _ClassVar[int]
     POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_CONTROL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     run_id: str
     energy_j: float
@@ -219,7 +233,8 @@ class CompleteRunRequest(_message.Message):
     reached_target: bool
     final_metric: float
     power_limit_w: float
-    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., reached_target: _Optional[bool] = ..., final_metric: _Optional[float] = ..., power_limit_w: _Optional[float] = ...) -> None: ...
+    power_limit_control: PowerLimitControl
+    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., reached_target: _Optional[bool] = ..., final_metric: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., power_limit_control: _Optional[_Union[PowerLimitControl, str]] = ...) -> None: ...
 
 class CompleteRunResponse(_message.Message):
     __slots__ = ("run",)
@@ -228,20 +243,22 @@ class CompleteRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class FailRunRequest(_message.Message):
-    __slots__ = ("job_id", "run_id", "reason", "energy_j", "time_s", "epochs")
+    __slots__ = ("job_id", "run_id", "reason", "energy_j", "time_s", "epochs", "power_limit_control")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     TIME_S_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_CONTROL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     run_id: str
     reason: str
     energy_j: float
     time_s: float
     epochs: float
-    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ...) -> None: ...
+    power_limit_control: PowerLimitControl
+    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., power_limit_control: _Optional[_Union[PowerLimitControl, str]] = ...) -> None: ...
 
 class FailRunResponse(_message.Message):
     __slots__ = ("run",)
@@ -314,7 +331,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "job_id", "state", "batch_size", "power_limit_w", "gpu_model", "gpu_count", "energy_j", "time_s", "epochs", "reached_target", "cost", "phase", "created_unix_s", "finished_unix_s", "reason", "max_power_w", "profiled")
+    __slots__ = ("run_id", "job_id", "state", "batch_size", "power_limit_w", "gpu_model", "gpu_count", "energy_j", "time_s", "epochs", "reached_target", "cost", "phase", "created_unix_s", "finished_unix_s", "reason", "max_power_w", "profiled", "power_limit_control")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +350,7 @@ class Run(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_POWER_W_FIELD_NUMBER: _ClassVar[int]
     PROFILED_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_CONTROL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     state: RunState
@@ -351,7 +369,8 @@ class Run(_message.Message):
     reason: str
     max_power_w: float
     profiled: bool
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., batch_size: _Optional[int] = ..., power_limit_w: _Optional[float] = ..., gpu_model: _Optional[str] = ..., gpu_count: _Optional[int] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., reached_target: _Optional[bool] = ..., cost: _Optional[float] = ..., phase: _Optional[_Union[Phase, str]] = ..., created_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., reason: _Optional[str] = ..., max_power_w: _Optional[float] = ..., profiled: _Optional[bool] = ...) -> None: ...
+    power_limit_control: PowerLimitControl
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., batch_size: _Optional[int] = ..., power_limit_w: _Optional[float] = ..., gpu_model: _Optional[str] = ..., gpu_count: _Optional[int] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., reached_target: _Optional[bool] = ..., cost: _Optional[float] = ..., phase: _Optional[_Union[Phase, str]] = ..., created_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., reason: _Optional[str] = ..., max_power_w: _Optional[float] = ..., profiled: _Optional[bool] = ..., power_limit_control: _Optional[_Union[PowerLimitControl, str]] = ...) -> None: ...
 
 class Arm(_message.Message):
     __slots__ = ("batch_size", "status", "observations", "successes", "cost_mean", "cost_low", "cost_high", "epochs_mean")
