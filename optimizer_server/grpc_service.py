@@ -300,6 +300,7 @@ def job_to_pb(view: JobView) -> pb.Job:
         max_cost=view.max_cost,
         outlook=view.outlook,
         run_groups=[group_to_pb(g) for g in view.groups],
+        run_groups_window_start_unix_s=view.window_start_unix_s,
     )
 
 

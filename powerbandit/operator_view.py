@@ -156,11 +156,11 @@ class Baseline:
         }
 
 
-def _finished(run: pb.Run) -> bool:
+def _finished(run: pb.Run | pb.RunGroup) -> bool:
     return run.state in (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_EXPIRED)
 
 
-def _succeeded(run: pb.Run) -> bool:
+def _succeeded(run: pb.Run | pb.RunGroup) -> bool:
     return run.state == pb.RUN_STATE_COMPLETED and run.reached_target
 
 
@@ -168,9 +168,50 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def run_groups(job: pb.Job, since_unix_s: float | None = None) -> Sequence[pb.RunGroup]:
+    """The job's run log summed per group (GPU model, batch size, limit, state, outcome, window).
+
+    A job read from the server carries them, summed over its whole run log: they are used when the
+    server marked ``in_window`` from ``since_unix_s`` (``window_start_unix_s`` of ``ListJobs`` and
+    ``GetJob``), or when the window does not matter (``since_unix_s`` None: callers that ignore
+    ``in_window``). Otherwise they are summed here from ``job.runs`` (which must then be complete).
+    """
+    if job.run_groups and since_unix_s in (None, job.run_groups_window_start_unix_s):
+        return job.run_groups
+    if job.run_groups and not job.runs:
+        raise ValueError(
+            f"job {job.spec.job_id!r} was read with window_start_unix_s={job.run_groups_window_start_unix_s:g}, "
+            f"not {since_unix_s:g}: read it again with that window, or with its runs"
+        )
+    groups: dict[tuple[Any, ...], pb.RunGroup] = {}
+    for r in job.runs:
+        in_window = _finished(r) and r.finished_unix_s >= (since_unix_s or 0.0)
+        key = (r.gpu_model, r.batch_size, r.power_limit_w, r.state, r.reached_target, in_window)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = pb.RunGroup(
+                gpu_model=r.gpu_model, batch_size=r.batch_size, power_limit_w=r.power_limit_w, state=r.state,
+                reached_target=r.reached_target, in_window=in_window,
+            )  # fmt: skip
+        g.runs += 1
+        g.energy_j += r.energy_j
+        g.time_s += r.time_s
+        g.epochs += r.epochs
+        if r.gpu_count > 0:
+            g.max_power_limit_w = max(g.max_power_limit_w, r.max_power_w / r.gpu_count)
+        g.last_created_unix_s = max(g.last_created_unix_s, r.created_unix_s)
+    return [groups[k] for k in sorted(groups)]
+
+
+def latest_gpu_model(job: pb.Job) -> str | None:
+    """The GPU model of the job's most recent run (``None`` without runs)."""
+    groups = run_groups(job)
+    return max(groups, key=lambda g: g.last_created_unix_s).gpu_model if groups else None
+
+
 def max_limit_w(job: pb.Job, gpu_model: str) -> float | None:
     """The per-GPU maximum power limit of ``gpu_model`` as the job's runs reported it."""
-    limits = [r.max_power_w / r.gpu_count for r in job.runs if r.gpu_model == gpu_model and r.gpu_count > 0]
+    limits = [g.max_power_limit_w for g in run_groups(job) if g.gpu_model == gpu_model and g.max_power_limit_w > 0]
     return max(limits) if limits else None
 
 
@@ -184,42 +225,52 @@ def profile_point(job: pb.Job, gpu_model: str, batch_size: int, limit_w: float) 
     return None
 
 
+def _mean_of(groups: Iterable[pb.RunGroup], field: str) -> tuple[float | None, int]:
+    """Mean of ``field`` per run over ``groups``, and how many runs (``None`` when none)."""
+    runs = total = 0.0
+    for g in groups:
+        runs += g.runs
+        total += getattr(g, field)
+    return (total / runs if runs else None), int(runs)
+
+
 def mean_epochs_to_target(job: pb.Job, batch_size: int) -> float | None:
     """Mean epochs of the runs at ``batch_size`` that reached the target (any GPU model)."""
-    epochs = [r.epochs for r in job.runs if r.batch_size == batch_size and _succeeded(r)]
-    return _mean(epochs) if epochs else None
+    return _mean_of((g for g in run_groups(job) if g.batch_size == batch_size and _succeeded(g)), "epochs")[0]
 
 
 def default_baseline(job: pb.Job, gpu_model: str) -> tuple[Baseline | None, str]:
     """The default configuration's expected successful run on ``gpu_model``, or ``None`` and why.
 
-    ``job`` must carry its runs (``GetJob`` with ``max_runs=0``). See the module docstring.
+    From the job's run groups (see :func:`run_groups`) and profiles. See the module docstring.
     """
     b0 = job.spec.default_batch_size
     p_max = max_limit_w(job, gpu_model)
     if p_max is None:
         return None, f"no runs on {gpu_model}"
+    groups = run_groups(job)
     at_default = [
-        r
-        for r in job.runs
-        if r.gpu_model == gpu_model
-        and r.batch_size == b0
-        and _succeeded(r)
-        and abs(r.power_limit_w - p_max) <= LIMIT_TOLERANCE_W
+        g
+        for g in groups
+        if g.gpu_model == gpu_model
+        and g.batch_size == b0
+        and _succeeded(g)
+        and abs(g.power_limit_w - p_max) <= LIMIT_TOLERANCE_W
     ]
-    if at_default:
+    energy, count = _mean_of(at_default, "energy_j")
+    if energy is not None:
         return (
             Baseline(
-                _mean([r.energy_j for r in at_default]),
-                _mean([r.time_s for r in at_default]),
+                energy,
+                _mean_of(at_default, "time_s")[0] or 0.0,
                 "measured",
-                f"mean of {len(at_default)} successful run(s) at batch size {b0}, {p_max:g} W on {gpu_model}",
+                f"mean of {count} successful run(s) at batch size {b0}, {p_max:g} W on {gpu_model}",
             ),
             "",
         )
     epochs = mean_epochs_to_target(job, b0)
     if epochs is None:
-        tried = sum(1 for r in job.runs if r.batch_size == b0 and _finished(r))
+        tried = sum(g.runs for g in groups if g.batch_size == b0 and _finished(g))
         return None, f"default batch size {b0} has not reached the target yet ({tried} finished run(s) at it)"
     point = profile_point(job, gpu_model, b0, p_max)
     if point is None:
@@ -259,10 +310,10 @@ def best_expectation(job: pb.Job) -> dict[str, Any]:
     arm = next((a for a in job.arms if a.batch_size == b), None)
     if arm is not None:
         out["cost"] = finite(arm.cost_mean)
-    if not job.runs:
+    model = latest_gpu_model(job)
+    if model is None:
         out["detail"] = "no runs"
         return out
-    model = job.runs[-1].gpu_model
     out["gpu_model"] = model
     epochs = mean_epochs_to_target(job, b)
     point = profile_point(job, model, b, limit) if limit else None
@@ -275,19 +326,20 @@ def best_expectation(job: pb.Job) -> dict[str, Any]:
         )
         return out
     measured = [
-        r
-        for r in job.runs
-        if r.gpu_model == model
-        and r.batch_size == b
-        and _succeeded(r)
-        and (not limit or abs(r.power_limit_w - limit) <= LIMIT_TOLERANCE_W)
+        g
+        for g in run_groups(job)
+        if g.gpu_model == model
+        and g.batch_size == b
+        and _succeeded(g)
+        and (not limit or abs(g.power_limit_w - limit) <= LIMIT_TOLERANCE_W)
     ]
-    if measured:
+    energy, count = _mean_of(measured, "energy_j")
+    if energy is not None:
         out.update(
-            energy_j=_mean([r.energy_j for r in measured]),
-            time_s=_mean([r.time_s for r in measured]),
+            energy_j=energy,
+            time_s=_mean_of(measured, "time_s")[0],
             source="measured",
-            detail=f"mean of {len(measured)} successful run(s) at this configuration on {model}",
+            detail=f"mean of {count} successful run(s) at this configuration on {model}",
         )
     else:
         out["detail"] = f"batch size {b} at {limit:g} W has no profile or successful run on {model}"
@@ -305,28 +357,28 @@ class GroupUsage:
     time_s: float = 0.0
 
 
-def usage_by_gpu(runs: Iterable[pb.Run], since_unix_s: float = 0.0) -> dict[str, GroupUsage]:
-    """Finished runs (``finished_unix_s >= since_unix_s``) summed per GPU model."""
-    groups: dict[str, GroupUsage] = {}
-    for r in runs:
-        if not _finished(r) or r.finished_unix_s < since_unix_s:
+def usage_by_gpu(groups: Iterable[pb.RunGroup]) -> dict[str, GroupUsage]:
+    """Finished runs in the window (``in_window`` groups) summed per GPU model."""
+    usage: dict[str, GroupUsage] = {}
+    for g in groups:
+        if not g.in_window:
             continue
-        g = groups.setdefault(r.gpu_model, GroupUsage(r.gpu_model))
-        g.runs += 1
-        g.successes += int(_succeeded(r))
-        g.energy_j += r.energy_j
-        g.time_s += r.time_s
-    return groups
+        u = usage.setdefault(g.gpu_model, GroupUsage(g.gpu_model))
+        u.runs += g.runs
+        u.successes += g.runs if _succeeded(g) else 0
+        u.energy_j += g.energy_j
+        u.time_s += g.time_s
+    return usage
 
 
 def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
-    """One job's usage and estimated savings (JSON-ready; ``job`` must carry all its runs).
+    """One job's usage and estimated savings (JSON-ready), from its run groups (:func:`run_groups`).
 
     ``used`` and ``saved`` cover the runs finished at or after ``since_unix_s``; the baselines
     use the job's whole history. ``saved.energy_j`` is ``None`` with ``saved.reason`` when no GPU
     model has a baseline; when only some have, it covers those (listed in ``saved.uncovered``).
     """
-    groups = usage_by_gpu(job.runs, since_unix_s)
+    groups = usage_by_gpu(run_groups(job, since_unix_s))
     per_gpu = []
     saved_e = saved_t = base_e = covered_used = 0.0
     covered, uncovered, reasons, methods, baselines = 0, [], [], set(), []

@@ -513,3 +513,46 @@ def test_a_job_with_tens_of_thousands_of_runs_reads_in_pages(tmp_path: Path) -> 
         with pytest.raises(grpc.RpcError) as err:
             stub.GetJob(pb.GetJobRequest(job_id="team-a/job", page_token="team-b/secret"), timeout=TIMEOUT_S)
         assert err.value.code() == Code.INVALID_ARGUMENT
+
+
+def test_the_operator_view_from_run_groups_matches_the_one_from_every_run(tmp_path: Path) -> None:
+    """``jobs list``/``report`` read only ListJobs (groups); the figures equal those from every run."""
+    import random
+
+    from client_sdk.client import OptimizerClient
+    from optimizer_server.store.base import RunRecord
+    from powerbandit import operator_view as view
+
+    rng = random.Random(5)
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'groups.db'}") as server:
+        for job_id in ("team-a/one", "team-a/two"):
+            with grpc.insecure_channel(server.address) as ch:
+                pb_grpc.OptimizerServiceStub(ch).RegisterJob(pb.RegisterJobRequest(spec=spec_pb(job_id)), timeout=TIMEOUT_S)
+            with server.service.store.job_transaction(job_id) as tx:
+                for i in range(300):
+                    state = rng.choice(["completed", "completed", "failed", "expired", "in_flight"])
+                    tx.insert_run(RunRecord(
+                        run_id=f"{job_id}-{i}", job_id=job_id, state=state, batch_size=rng.choice([32, 64, 128]),
+                        power_limit_w=rng.choice([200.0, 300.0]), profile_power_limits_w=(), phase="exploit",
+                        explanation="", gpu_model=rng.choice(["A40", "V100"]), gpu_count=1,
+                        max_power_w=300.0, created_unix_s=1000.0 + i, lease_expires_unix_s=0.0,
+                        finished_unix_s=0.0 if state == "in_flight" else 2000.0 + i,
+                        energy_j=rng.uniform(1e3, 1e6), time_s=rng.uniform(10, 1e4), epochs=rng.uniform(1, 20),
+                        reached_target=state == "completed" and rng.random() < 0.7,
+                    ))  # fmt: skip
+        with OptimizerClient(server.address) as client:
+            for since in (0.0, 2150.0):
+                listed = client.list_jobs("team-a/", window_start_unix_s=since)
+                full = [client.get_job(j.spec.job_id) for j in listed]
+                for job in full:
+                    del job.run_groups[:]  # computed from every run instead
+                from_groups = view.cluster_report(listed, since)
+                from_runs = view.cluster_report(full, since)
+                assert from_groups["total"]["saved_energy_j"] is not None
+                for key in ("runs", "successes", "energy_j", "time_s", "saved_energy_j"):
+                    assert from_groups["total"][key] == pytest.approx(from_runs["total"][key], rel=1e-9), key
+                for a, b in zip(from_groups["per_job"], from_runs["per_job"], strict=True):
+                    assert a["saved_fraction"] == pytest.approx(b["saved_fraction"], rel=1e-9)
+                    assert a["reason"] == b["reason"]
+                with pytest.raises(ValueError, match="read it again with that window"):
+                    view.job_summary(listed[0], since + 1.0)

@@ -413,7 +413,7 @@ class ProfilePoint(_message.Message):
     def __init__(self, power_limit_w: _Optional[float] = ..., average_power_w: _Optional[float] = ..., time_per_epoch_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("spec", "arms", "best_batch_size", "best_power_limit_w", "runs", "profiles", "completed_runs", "in_flight_runs", "failed_runs", "created_unix_s", "max_cost", "outlook", "run_groups")
+    __slots__ = ("spec", "arms", "best_batch_size", "best_power_limit_w", "runs", "profiles", "completed_runs", "in_flight_runs", "failed_runs", "created_unix_s", "max_cost", "outlook", "run_groups", "run_groups_window_start_unix_s")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     BEST_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +427,7 @@ class Job(_message.Message):
     MAX_COST_FIELD_NUMBER: _ClassVar[int]
     OUTLOOK_FIELD_NUMBER: _ClassVar[int]
     RUN_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    RUN_GROUPS_WINDOW_START_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     arms: _containers.RepeatedCompositeFieldContainer[Arm]
     best_batch_size: int
@@ -440,7 +441,8 @@ class Job(_message.Message):
     max_cost: float
     outlook: str
     run_groups: _containers.RepeatedCompositeFieldContainer[RunGroup]
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., best_batch_size: _Optional[int] = ..., best_power_limit_w: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[PowerProfile, _Mapping]]] = ..., completed_runs: _Optional[int] = ..., in_flight_runs: _Optional[int] = ..., failed_runs: _Optional[int] = ..., created_unix_s: _Optional[float] = ..., max_cost: _Optional[float] = ..., outlook: _Optional[str] = ..., run_groups: _Optional[_Iterable[_Union[RunGroup, _Mapping]]] = ...) -> None: ...
+    run_groups_window_start_unix_s: float
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., best_batch_size: _Optional[int] = ..., best_power_limit_w: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., profiles: _Optional[_Iterable[_Union[PowerProfile, _Mapping]]] = ..., completed_runs: _Optional[int] = ..., in_flight_runs: _Optional[int] = ..., failed_runs: _Optional[int] = ..., created_unix_s: _Optional[float] = ..., max_cost: _Optional[float] = ..., outlook: _Optional[str] = ..., run_groups: _Optional[_Iterable[_Union[RunGroup, _Mapping]]] = ..., run_groups_window_start_unix_s: _Optional[float] = ...) -> None: ...
 
 class RunGroup(_message.Message):
     __slots__ = ("gpu_model", "batch_size", "power_limit_w", "state", "reached_target", "in_window", "runs", "energy_j", "time_s", "epochs", "max_power_limit_w", "last_created_unix_s")
