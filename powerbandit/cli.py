@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 
 from powerbandit import __version__, health, operator_cli
@@ -97,6 +98,24 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+_RST_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc):`~?([^`]+)`")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def _plain_text(parser: argparse.ArgumentParser) -> None:
+    """Drop reStructuredText markup from the description of ``parser`` and of every parser under it.
+
+    Module docstrings make good descriptions, but ``--help`` is plain text: double backticks and
+    roles such as :class: are dropped, their text kept.
+    """
+    if parser.description:
+        parser.description = _RST_LITERAL.sub(r"\1", _RST_ROLE.sub(r"\1", parser.description))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _plain_text(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser (``demo`` and ``simulate`` take their flags from the server extra)."""
     parser = argparse.ArgumentParser(
@@ -134,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     from powerbandit.agent import cli as agent_cli
 
     agent_cli.add_arguments(sub)
+    _plain_text(parser)
     return parser
 
 

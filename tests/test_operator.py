@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import struct
 import subprocess
@@ -28,8 +29,8 @@ from optimizer_server.server import EmbeddedServer
 from powerbandit import operator_cli
 from powerbandit import operator_view as view
 from powerbandit.cli import build_parser
-from powerbandit.errors import run_command
 from powerbandit.demo import synthetic_job
+from powerbandit.errors import run_command
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 from simulations.traces import TraceJob
 from tests.conftest import TRACE_DIR
@@ -409,3 +410,32 @@ def test_on_published_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             == 0
         )
         assert png_size(out_png) == (1200, 450)
+
+
+# ------------------------------------------------------------------------------------ one saving
+def test_demo_and_the_operator_view_report_the_same_saving(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo, ``jobs list``, ``jobs show`` and ``report`` give one job one saving, baseline named."""
+    from powerbandit import demo
+
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'demo.db'}") as server:
+        argv = ["demo", "--synthetic", "--recurrences", "15", "--quiet", "--server", server.address]
+        assert demo.run(build_parser().parse_args(argv)) == 0
+        out = capsys.readouterr().out
+        match = re.search(
+            r"^job (\S+): energy used .+; saved vs default configuration: (.+?) \(baseline: (.+)\)$", out, re.M
+        )
+        assert match, out
+        job_id, demo_saved, baseline = match.groups()
+        assert re.fullmatch(r"[\d.]+ k(W?h|J) \([+-][\d.]+%\)", demo_saved), demo_saved
+        assert "batch size 512" in baseline and "250 W" in baseline  # the default configuration, named
+
+        code, listed, _ = cli(["jobs", "--server", server.address, "list", "--prefix", job_id], capsys)
+        (row,) = [line for line in listed.splitlines() if line.startswith(job_id)]
+        assert code == 0 and row.endswith(demo_saved), (row, demo_saved)
+
+        code, shown, _ = cli(["jobs", "--server", server.address, "show", job_id], capsys)
+        assert code == 0 and f"saved vs default configuration: {demo_saved} (baseline: {baseline})" in shown
+
+        code, reported, _ = cli(["report", "--server", server.address, "--prefix", job_id], capsys)
+        (per_job,) = [line for line in reported.splitlines() if line.startswith(job_id)]
+        assert code == 0 and per_job.endswith(demo_saved), (per_job, demo_saved)
