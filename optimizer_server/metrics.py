@@ -1,50 +1,185 @@
 """Prometheus metrics of one server (``--metrics-port``).
 
-RPCs by method and status code, RPC latency, store transaction latency, and, computed from the
-store at scrape time, the number of jobs and of runs in flight. Each server has its own registry,
-so several servers in one process (tests, the demo) do not collide.
+Two kinds of series, told apart by the ``scope`` label of the store-wide ones:
+
+* **Per replica** (no ``scope`` label): what *this* server process did, as counters and
+  histograms. Over several replicas, ``sum()`` them: ``powerbandit_rpc_total{method,code}``,
+  ``powerbandit_rpc_latency_seconds{method}``, ``powerbandit_store_transaction_seconds``,
+  ``powerbandit_runs_finished_total{gpu_model,state}`` (runs this replica completed, failed or
+  expired), ``powerbandit_run_energy_joules_total{gpu_model}`` and
+  ``powerbandit_run_gpu_seconds_total{gpu_model}`` (energy and GPU time, time x GPU count, that
+  those finished runs reported), ``powerbandit_build_info{version}``, and the standard
+  ``process_*`` and ``python_*`` collectors.
+* **Store-wide** (``scope="store"``): the current state of the shared database, read when
+  Prometheus scrapes; every replica exports the same value, so aggregate them with ``max``, never
+  ``sum``: ``powerbandit_jobs``, ``powerbandit_runs{state="in_flight"}`` and
+  ``powerbandit_energy_saved_joules{gpu_model}`` (the estimated saving against each job's
+  measured default configuration, summed over jobs: the definition of
+  :func:`powerbandit.operator_view.job_summary`, the same figure ``powerbandit report`` prints).
+
+Counters only go up (a restart resets them, which ``rate``/``increase`` handle); nothing
+cumulative is a gauge, so deleting a job never makes a total drop. No ``_created`` series. Each
+server has its own registry, so several servers in one process (tests, the demo) do not collide.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from optimizer_server.store.base import Store
+from optimizer_server.rate_limited_log import RateLimitedLog
+from optimizer_server.store.base import RUN_IN_FLIGHT, RunRecord, Store
+
+disable_created_metrics()  # no *_created series (process-wide switch of prometheus_client)
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+#: Label value of the store-wide series (aggregate with ``max`` over replicas).
+STORE_SCOPE = "store"
+
+#: Jobs read per store page when the saving is computed.
+_PAGE_JOBS = 200
+
+
+def energy_saved_by_gpu(store: Store) -> dict[str, float]:
+    """Estimated energy saved (J) per GPU model over every job in ``store``.
+
+    Builds each job's ``powerbandit.v1.Job`` from its spec, run groups and profiles (what
+    ``ListJobs`` returns) and sums :func:`powerbandit.operator_view.cluster_report`'s per-GPU
+    saving, so the figure is the operator view's. GPU models without any baseline are left out.
+    """
+    from optimizer_server.grpc_service import group_to_pb, spec_to_pb  # not at import: it imports us
+    from powerbandit import operator_view
+    from powerbandit.v1 import optimizer_pb2 as pb
+
+    jobs: list[pb.Job] = []
+    after = ""
+    while True:
+        records = store.list_jobs("", _PAGE_JOBS, after)
+        for record in records:
+            job_id = record.spec.job_id
+            jobs.append(
+                pb.Job(
+                    spec=spec_to_pb(record.spec),
+                    run_groups=[group_to_pb(g) for g in store.run_groups(job_id)],
+                    profiles=[
+                        pb.PowerProfile(
+                            gpu_model=p.gpu_model,
+                            batch_size=p.batch_size,
+                            points=[
+                                pb.ProfilePoint(
+                                    power_limit_w=pt.power_limit_w,
+                                    average_power_w=pt.average_power_w,
+                                    time_per_epoch_s=pt.time_per_epoch_s,
+                                )
+                                for pt in p.points.values()
+                            ],
+                        )
+                        for p in store.list_profiles(job_id)
+                    ],
+                )
+            )
+        if len(records) < _PAGE_JOBS:
+            break
+        after = records[-1].spec.job_id
+    report = operator_view.cluster_report(jobs, 0.0)
+    return {
+        row["gpu_model"]: float(row["saved_energy_j"])
+        for row in report["per_gpu"]
+        if row["saved_energy_j"] is not None
+    }
+
 
 class _StoreCollector(Collector):
-    """Jobs and runs in flight, read from the store when Prometheus scrapes."""
+    """Store-wide gauges (``scope="store"``), read from the store when Prometheus scrapes.
 
-    def __init__(self, store: Store) -> None:
+    The saving reads every job's run groups: it is recomputed at most every ``refresh_s``
+    seconds, whatever the scrape rate. A store that cannot be read leaves the store-wide series
+    out of that scrape (and logs one rate-limited line) instead of failing the whole scrape.
+    """
+
+    def __init__(self, store: Store, refresh_s: float) -> None:
         self.store = store
+        self.refresh_s = refresh_s
+        self._saved: dict[str, float] = {}
+        self._saved_at = -float("inf")
+        self._lock = threading.Lock()
+        self._errors = RateLimitedLog(log)
+
+    def _saved_by_gpu(self) -> dict[str, float]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._saved_at >= self.refresh_s:
+                self._saved = energy_saved_by_gpu(self.store)
+                self._saved_at = now
+            return self._saved
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        totals = self.store.totals()
-        jobs = GaugeMetricFamily("powerbandit_jobs", "Registered jobs")
-        jobs.add_metric([], totals["jobs"])
+        try:
+            totals = self.store.totals()
+            saved = self._saved_by_gpu()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail on a database outage
+            self._errors.warning("metrics: store-wide series left out of this scrape: %s", exc)
+            return
+        labels = ["scope"]
+        jobs = GaugeMetricFamily(
+            "powerbandit_jobs", "Registered jobs (store-wide: the same on every replica; max, not sum)", labels=labels
+        )
+        jobs.add_metric([STORE_SCOPE], totals["jobs"])
         yield jobs
-        runs = GaugeMetricFamily("powerbandit_runs", "Runs by state", labels=["state"])
-        for state, count in totals["runs"].items():
-            runs.add_metric([state], count)
+        runs = GaugeMetricFamily(
+            "powerbandit_runs",
+            "Runs now in each current state (store-wide; max, not sum). Finished runs: powerbandit_runs_finished_total",
+            labels=["scope", "state"],
+        )
+        runs.add_metric([STORE_SCOPE, "in_flight"], totals["runs"].get(RUN_IN_FLIGHT, 0))
         yield runs
-        in_flight = GaugeMetricFamily("powerbandit_runs_in_flight", "Runs suggested and not finished")
-        in_flight.add_metric([], totals["runs"].get("in_flight", 0))
-        yield in_flight
+        energy = GaugeMetricFamily(
+            "powerbandit_energy_saved_joules",
+            "Estimated energy saved against each job's measured default configuration, summed over the jobs "
+            "in the store, per GPU model (store-wide; max, not sum; drops when exploration costs or a job is deleted)",
+            labels=["scope", "gpu_model"],
+        )
+        for model in sorted(saved):
+            energy.add_metric([STORE_SCOPE, model], saved[model])
+        yield energy
 
 
 class Metrics:
-    """The server's metrics; :meth:`serve` exposes them over HTTP."""
+    """The server's metrics; :meth:`serve` exposes them over HTTP.
 
-    def __init__(self, store: Store) -> None:
+    ``saved_refresh_s``: how often the store-wide saving is recomputed at most (it reads every
+    job's run groups).
+    """
+
+    def __init__(self, store: Store, *, saved_refresh_s: float = 15.0) -> None:
+        from powerbandit import __version__
+
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        build = Gauge("powerbandit_build_info", "The running powerbandit version (always 1)", ["version"],
+                      registry=self.registry)  # fmt: skip
+        build.labels(__version__).set(1)
         self.rpcs = Counter(
             "powerbandit_rpc", "RPCs handled, by method and status code", ["method", "code"], registry=self.registry
         )
@@ -57,7 +192,25 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_StoreCollector(store))
+        self.runs_finished = Counter(
+            "powerbandit_runs_finished",
+            "Runs this replica finished, by GPU model and final state (completed, failed, expired)",
+            ["gpu_model", "state"],
+            registry=self.registry,
+        )
+        self.run_energy = Counter(
+            "powerbandit_run_energy_joules",
+            "Energy the runs finished on this replica reported, by GPU model (J, all GPUs of a run)",
+            ["gpu_model"],
+            registry=self.registry,
+        )
+        self.run_gpu_time = Counter(
+            "powerbandit_run_gpu_seconds",
+            "GPU time the runs finished on this replica reported: time x GPU count, by GPU model (s)",
+            ["gpu_model"],
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(store, saved_refresh_s))
         self._http: object | None = None
         self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
@@ -71,6 +224,12 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_finished_run(self, run: RunRecord) -> None:
+        """Count a run this replica finished, with the energy and GPU time it reported."""
+        self.runs_finished.labels(run.gpu_model, run.state).inc()
+        self.run_energy.labels(run.gpu_model).inc(max(0.0, run.energy_j))
+        self.run_gpu_time.labels(run.gpu_model).inc(max(0.0, run.time_s) * max(1, run.gpu_count))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``host:port`` (0: any free port); returns the port."""

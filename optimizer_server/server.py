@@ -207,6 +207,7 @@ class RunningServer:
         )
         self.metrics = Metrics(self.store)
         self.store.transaction_observer = self.metrics.store_latency.observe
+        self.service.run_observer = self.metrics.observe_finished_run
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(

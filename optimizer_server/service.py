@@ -156,6 +156,9 @@ class OptimizerService:
         self.lease_s = lease_s
         self.max_runs_in_flight = max_runs_in_flight
         self.clock = clock
+        #: Called with each run this service finished (completed, failed, expired), after its
+        #: transaction committed, once per run: retries of a report are not passed again (metrics).
+        self.run_observer: Callable[[RunRecord], None] | None = None
 
     # ----------------------------------------------------------------------------------- jobs
     def register_job(self, spec: JobSpec) -> tuple[JobSpec, bool]:
@@ -443,6 +446,8 @@ class OptimizerService:
             if state is None:  # logged; the state may be half-changed: rebuild it from the run log
                 state = self._replayed_state(policy, spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
+        if self.run_observer is not None:
+            self.run_observer(run)
         log.info(
             "run completed",
             extra={"job_id": job_id, "run_id": run_id, "cost": run.cost, "reached_target": reached_target},
@@ -473,6 +478,8 @@ class OptimizerService:
             run.cost = energy_time_cost(tx.job.spec.eta, energy_j, time_s, run.max_power_w)
             run.finished_unix_s = self.clock()
             tx.update_run(run)
+        if self.run_observer is not None:
+            self.run_observer(run)
         log.info("run failed", extra={"job_id": job_id, "run_id": run_id, "reason": reason})
         return run
 
@@ -498,8 +505,10 @@ class OptimizerService:
                     run.reason = "lease expired: no heartbeat or report"
                     run.finished_unix_s = now
                     tx.update_run(run)
-                    expired += 1
-                    log.info("run expired", extra={"job_id": job_id, "run_id": run_id})
+                expired += 1
+                if self.run_observer is not None:
+                    self.run_observer(run)
+                log.info("run expired", extra={"job_id": job_id, "run_id": run_id})
             except NotFoundError:
                 continue  # the job was deleted meanwhile
         return expired

@@ -127,4 +127,6 @@ def test_metrics_endpoint(secured: EmbeddedServer) -> None:
     assert 'powerbandit_rpc_total{code="NOT_FOUND",method="GetJob"} 1.0' in text
     assert "powerbandit_rpc_latency_seconds_bucket" in text
     assert "powerbandit_store_transaction_seconds_count" in text
-    assert "powerbandit_jobs 1.0" in text and "powerbandit_runs_in_flight 1.0" in text
+    assert 'powerbandit_jobs{scope="store"} 1.0' in text
+    assert 'powerbandit_runs{scope="store",state="in_flight"} 1.0' in text
+    assert "powerbandit_runs_in_flight" not in text and "_created" not in text
