@@ -44,6 +44,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A number >= 0 (a grace period that may be none)."""
+    value = _number(text, "expected a number >= 0")
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative: use a number >= 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (counts)."""
     try:

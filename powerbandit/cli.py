@@ -10,7 +10,7 @@ import re
 import sys
 
 from powerbandit import __version__, health, operator_cli
-from powerbandit.argtypes import listen_address
+from powerbandit.argtypes import listen_address, non_negative_float, positive_float, positive_int
 from powerbandit.errors import run_command
 from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
 from powerbandit.logs import configure_logging
@@ -34,9 +34,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "[POWERBANDIT_DB, default sqlite:///powerbandit.db]")  # fmt: skip
     p.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:50051"), type=listen_address,
                    help="host:port to listen on [POWERBANDIT_LISTEN, default 127.0.0.1:50051]")  # fmt: skip
-    p.add_argument("--lease-s", type=float, default=float(_env("LEASE_S", "300")),
+    p.add_argument("--lease-s", type=positive_float, default=_env("LEASE_S", "300"),
                    help="seconds a run may go without a heartbeat before it expires [POWERBANDIT_LEASE_S, 300]")  # fmt: skip
-    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")),
+    p.add_argument("--grace-s", type=non_negative_float, default=_env("GRACE_S", "10"),
                    help="seconds in-flight RPCs get to finish on SIGTERM [POWERBANDIT_GRACE_S, 10]")  # fmt: skip
     p.add_argument("--auth-tokens-file", default=_env("AUTH_TOKENS_FILE", "") or None,
                    help="file of bearer tokens and their job-id prefixes [POWERBANDIT_AUTH_TOKENS_FILE; tokens may "
@@ -45,16 +45,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="listen beyond loopback without tokens (not recommended)")  # fmt: skip
     p.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate [POWERBANDIT_TLS_CERT]")
     p.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key [POWERBANDIT_TLS_KEY]")
-    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "-1")),
+    p.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "-1"),
                    help="serve Prometheus metrics on this port, -1 = off [POWERBANDIT_METRICS_PORT, -1]")  # fmt: skip
     p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
                    help="address of the metrics endpoint [POWERBANDIT_METRICS_HOST, 127.0.0.1]")  # fmt: skip
-    p.add_argument("--sweep-interval-s", type=float, default=float(_env("SWEEP_INTERVAL_S", "30")),
+    p.add_argument("--sweep-interval-s", type=positive_float, default=_env("SWEEP_INTERVAL_S", "30"),
                    help="how often lapsed leases are expired [POWERBANDIT_SWEEP_INTERVAL_S, 30]")  # fmt: skip
-    p.add_argument("--max-runs-in-flight", type=int, default=int(_env("MAX_RUNS_IN_FLIGHT", "1000")),
+    p.add_argument("--max-runs-in-flight", type=positive_int, default=_env("MAX_RUNS_IN_FLIGHT", "1000"),
                    help="runs one job may have in flight; Suggest beyond it answers RESOURCE_EXHAUSTED "
                         "[POWERBANDIT_MAX_RUNS_IN_FLIGHT, 1000]")  # fmt: skip
-    p.add_argument("--db-timeout-s", type=float, default=float(_env("DB_TIMEOUT_S", "3")),
+    p.add_argument("--db-timeout-s", type=positive_float, default=_env("DB_TIMEOUT_S", "3"),
                    help="PostgreSQL: seconds a call waits for a database connection before answering "
                         "UNAVAILABLE [POWERBANDIT_DB_TIMEOUT_S, 3]")  # fmt: skip
 

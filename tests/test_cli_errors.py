@@ -87,6 +87,14 @@ def test_serve_on_a_file_that_is_not_a_database(tmp_path: Path, capsys: pytest.C
     assert "serving on" not in err
 
 
+def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("POWERBANDIT_LEASE_S", "five minutes")
+    code, _, err = run_main(["serve", "--db", "sqlite:///unused.db"], capsys)
+    assert_one_error_line(code, err, "--lease-s", "'five minutes' is not a number", exit_code=2)
+    code, out, _ = run_main(["db", "--help"], capsys)  # other commands are not affected
+    assert code == 0 and "upgrade" in out
+
+
 def test_demo_eta_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(["demo", "--synthetic", "--eta", "1.5"], capsys)
     assert_one_error_line(code, err, "--eta", "1.5 is outside [0, 1]", exit_code=2)
