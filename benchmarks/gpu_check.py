@@ -3,6 +3,13 @@
 Run from the repository root::
 
     python benchmarks/gpu_check.py [--seconds 3] [--poll-interval 0.1] [--no-set]
+    sudo python benchmarks/gpu_check.py --agent [--client-user nobody] [--gpu 0]
+    python benchmarks/gpu_check.py --agent --simulate          # the same steps on simulated GPUs
+
+``--agent`` checks the node agent instead: it starts ``powerbandit agent serve`` as root, then a
+client process running as ``--client-user`` (default ``nobody``: no privilege) that sees the GPU
+through ``CUDA_VISIBLE_DEVICES`` sets a limit through the agent; this process reads the limit back
+through NVML, SIGKILLs the client and checks that the original limit is back within 2 s.
 
 It measures a few seconds of matrix multiplications (PyTorch on CUDA when installed; otherwise the GPU
 idles while the CPU waits) with the energy counter and with power polling at the same time, and prints
@@ -52,6 +59,67 @@ def _pct(a: float, b: float) -> str:
     return f"{100.0 * (a - b) / b:+.2f} %" if b else "n/a"
 
 
+def _agent_check(args: argparse.Namespace) -> int:
+    """Agent as root, a non-root client: set, read back, kill the client, see the limit restored."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    from benchmarks.agent_restore import holder_command, open_device, start_agent, wait_limit
+
+    if os.geteuid() != 0:
+        print("error: --agent starts the agent, which must run as root (sudo)", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="pba-check-", dir="/tmp"))
+    workdir.chmod(0o755)
+    ok = True
+    try:
+        agent, sock, gpus_file = start_agent(workdir, not args.simulate, [])
+    except SystemExit as exc:
+        print(f"No agent to check: {exc}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 1
+    try:
+        device = open_device(gpus_file)
+        info = device.describe(args.gpu)
+        if info.min_limit_mw is None or info.max_limit_mw is None:
+            print(f"GPU {args.gpu} does not report its power-limit range: {info.limits_error}", file=sys.stderr)
+            return 1
+        print(f"== agent on {info.name} ({info.uuid}), {'simulated' if args.simulate else 'NVML'}")
+        original_mw = device.power_limit_mw(args.gpu)
+        target_w = float(round((info.min_limit_mw + info.max_limit_mw) / 2000))
+        print(f"{'in force':>20}: {original_mw / 1000:g} W (range {info.min_limit_mw / 1000:g}-{info.max_limit_mw / 1000:g} W)")
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=info.uuid)
+        client = subprocess.Popen(holder_command(sock, info.uuid, target_w, args.client_user), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert client.stdout is not None
+            lease = client.stdout.readline().strip()
+            if not lease:
+                print(f"the client could not take a lease: {client.stderr.read() if client.stderr else ''}")
+                return 2
+            print(f"{'client':>20}: pid {client.pid} as {args.client_user}, lease {lease}, asked {target_w:g} W")
+            took = wait_limit(device, args.gpu, round(target_w * 1000), 5)
+            print(f"{'read back':>20}: {device.power_limit_mw(args.gpu) / 1000:g} W after {took * 1000:.0f} ms")
+            ok &= took != float("inf")
+            client.send_signal(signal.SIGKILL)
+            restored = wait_limit(device, args.gpu, original_mw, 2)
+            print(f"{'client SIGKILLed':>20}: original {original_mw / 1000:g} W back after {restored * 1000:.0f} ms")
+            ok &= restored != float("inf")
+        finally:
+            client.kill()
+            client.wait()
+        device.close()
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("== OK" if ok else "== FAILED: the agent did not apply or did not restore the limit")
+    return 0 if ok else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the checks; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=0.1, help="power polling period, s")
     parser.add_argument("--tail", type=float, default=2.0, help="idle seconds measured after the work, s")
     parser.add_argument("--no-set", action="store_true", help="skip the power-limit round trip")
+    parser.add_argument("--agent", action="store_true", help="check the node agent (see the module docstring)")
+    parser.add_argument("--simulate", action="store_true", help="with --agent: simulated GPUs instead of NVML")
+    parser.add_argument("--client-user", default="nobody", help="with --agent: the unprivileged client's user")
+    parser.add_argument("--gpu", type=int, default=0, help="with --agent: NVML index of the GPU [0]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.agent:
+        return _agent_check(args)
 
     try:
         polled = NvmlGpu(energy_source="polling", poll_interval_s=args.poll_interval)
