@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +26,7 @@ def test_agent_restore_benchmark_reports_numbers() -> None:
     assert result["agent_memory_kib"]["VmRSS"] > 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_gpu_check_agent_mode_on_simulated_gpus() -> None:
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--agent", "--simulate"],

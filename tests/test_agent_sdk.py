@@ -65,7 +65,7 @@ def test_training_run_limits_applied_by_the_agent_end_to_end(root: Path, tmp_pat
         with EmbeddedServer(f"sqlite:///{tmp_path / 'pb.db'}") as server:
             code = TRAIN.format(repo=str(REPO_ROOT), gpus=str(agent.gpus_file), address=server.address)
             cmd = [sys.executable, "-c", code]
-            as_nobody = shutil.which("setpriv") is not None
+            as_nobody = shutil.which("setpriv") is not None and os.geteuid() == 0
             if as_nobody:
                 cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
             env = {k: v for k, v in os.environ.items() if k != "NVIDIA_VISIBLE_DEVICES"}
