@@ -483,6 +483,10 @@ class NvmlGpu(Gpu):
             return False
         _LOG.info("No permission to set power limits directly; using the powerbandit agent at %s.", socket_path)
         self._can_set = None
+        # The operator's bounds may narrow the range: keep only candidates inside it.
+        lo, hi = self._min_limit_w - _RANGE_TOL_W, self._max_limit_w + _RANGE_TOL_W
+        inside = tuple(w for w in self._candidates_w if lo <= w <= hi)
+        self._candidates_w = inside or (self._max_limit_w,)
         return True
 
     def _set_through_agent(self, w: float) -> float:

@@ -432,3 +432,23 @@ def test_cli_set_limit_hold_status_and_release(agent: Agent) -> None:
     bad = subprocess.run([sys.executable, "-m", "powerbandit", "agent", "release", "nope"],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
     assert bad.returncode != 0 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_a_second_agent_is_refused_and_leaves_the_first_alone(agent: Agent, root: Path) -> None:
+    holder, line = start_holder(agent, ["0"], 150, env={"CUDA_VISIBLE_DEVICES": "0"})
+    try:
+        assert line.startswith("held"), line
+        for args in (
+            ["--socket", agent.socket, "--state-dir", str(root / "other-state")],
+            ["--socket", str(root / "other.sock"), "--state-dir", str(agent.state_dir)],
+        ):
+            second = subprocess.run(
+                [sys.executable, "-m", "powerbandit", "agent", "serve", *args, "--simulate-gpus", "2",
+                 "--simulate-state", str(agent.gpus_file)],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert second.returncode == 2 and second.stderr.startswith("error: another agent"), second.stderr
+            assert "Traceback" not in second.stderr
+        assert limits_w(agent.gpus_file) == [150.0, 300.0]  # the first agent's lease was not "recovered"
+    finally:
+        stop(holder, signal.SIGKILL)

@@ -14,6 +14,7 @@ protobuf out, and domain errors to status codes in one place (:func:`status_of`)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -91,7 +92,15 @@ class _Relay:
         path = Path(public_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
-            path.unlink()  # a stale socket of a previous agent
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(public_path)
+            except OSError:
+                path.unlink()  # a stale socket of a previous agent
+            else:
+                raise OSError(f"another agent is already listening on {public_path}")
+            finally:
+                probe.close()
         elif path.exists():
             raise OSError(f"{public_path} exists and is not a socket; refusing to replace it")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -301,6 +310,13 @@ class AgentServer:
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)  # the private gRPC socket lives here: only the agent's user may connect
+        # One agent per state directory: a second one would "recover" the live agent's GPUs.
+        self._lock_fd = os.open(state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise OSError(f"another agent is running with the state directory {state}") from None
         self.journal = Journal(state / "originals.json")
         self.watchdog: HolderWatchdog | None = None
         self.manager = LeaseManager(
@@ -352,6 +368,7 @@ class AgentServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._private_path)
         self.backend.close()
+        os.close(self._lock_fd)  # releases the state directory
 
     @contextlib.contextmanager
     def running(self) -> Iterator[AgentServer]:
