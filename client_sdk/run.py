@@ -48,6 +48,7 @@ class OfflineRun:
     energy_j: float
     time_s: float
     reached_target: bool
+    cost: float  # eta * energy_j + (1 - eta) * MAX_POWER_W * time_s, as the server would have counted it
     reason: str
 
 
@@ -223,7 +224,8 @@ class TrainingRun:
         try:
             return call()
         except OptimizerClientError as exc:
-            if not (self.client.fail_open and exc.unreachable):
+            # getattr: under DDP the client is a per-rank proxy without fail-open (not supported there)
+            if not (getattr(self.client, "fail_open", False) and exc.unreachable):
                 raise
             self._unreachable = exc
             if self.suggestion is not None:  # lost mid-run: say it once, train on
@@ -267,6 +269,7 @@ class TrainingRun:
             energy_j=energy_j,
             time_s=time_s,
             reached_target=self.reached_target,
+            cost=s.eta * energy_j + (1 - s.eta) * s.max_power_w * time_s,
             reason=str(self._unreachable),
         )
         log.info(

@@ -481,9 +481,25 @@ def train_with_powerbandit(
                 on_epoch(epoch, metric)
             if run.epoch_end(metric):
                 break
+    final = inner.last_metric
+    offline = inner.offline_result
+    if offline is not None:  # fail-open: the server was out of reach; nothing was reported
+        return RunResult(
+            run_id="",
+            batch_size=offline.batch_size,
+            power_limit_w=offline.power_limit_w,
+            epochs=offline.epochs,
+            energy_j=offline.energy_j,
+            time_s=offline.time_s,
+            reached_target=offline.reached_target,
+            final_metric=final if final is not None and math.isfinite(final) else None,
+            stop_reason="",
+            profiled=False,
+            gpu_count=inner.gpu.info().count,
+            cost=offline.cost,
+        )
     done = run.completed_run
     assert done is not None
-    final = inner.last_metric
     return RunResult(
         run_id=done.run_id,
         batch_size=done.batch_size,

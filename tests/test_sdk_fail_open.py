@@ -114,3 +114,27 @@ def test_server_lost_mid_run_the_run_goes_on(tmp_path: Path, caplog: pytest.LogC
     assert result.energy_j > 0 and result.time_s > 0 and run.completed_run is None
     warnings = sdk_warnings(caplog)
     assert len(warnings) == 1 and "fail-open" in warnings[0], warnings
+
+
+def test_the_torch_training_loop_fails_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    from client_sdk.torch_helpers import train_with_powerbandit
+
+    monkeypatch.setenv(FAIL_OPEN_ENV, "yes")
+    metrics = iter([0.5, 0.95])
+    with OptimizerClient(f"127.0.0.1:{closed_port()}", timeout_s=5) as client:
+        result = train_with_powerbandit(
+            client,
+            small_job(),
+            make_loader=lambda batch_size: [batch_size] * 4,
+            train_step=lambda batch: None,
+            evaluate=lambda: next(metrics),
+            gpu=ReplayGpu(SMALL_TABLE),
+            heartbeat=False,
+            distributed=False,
+        )
+    # The replay GPU starts at its highest limit, 300 W: batch size 64 draws 250 W for 11 s an epoch.
+    assert (result.run_id, result.batch_size, result.power_limit_w, result.epochs) == ("", 64, 300.0, 2)
+    assert result.reached_target and result.final_metric == 0.95 and not result.profiled
+    assert result.energy_j == pytest.approx(2 * 250.0 * 11.0) and result.time_s == pytest.approx(22.0)
+    assert result.cost == pytest.approx(0.5 * 5500.0 + 0.5 * 300.0 * 22.0)
