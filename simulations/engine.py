@@ -39,6 +39,8 @@ from simulations.baselines import BASELINES, FixedPolicy, GridPolicy
 from simulations.traces import TraceJob
 
 MAX_ATTEMPTS_PER_RECURRENCE = 500
+SHORT_HORIZONS: tuple[int, ...] = (5, 10, 20, 40)
+"""The first-K-recurrences horizons whose regret every summary reports (most jobs recur tens of times)."""
 
 
 class SimulationError(RuntimeError):
@@ -126,12 +128,38 @@ class SimResult:
             "oracle_cost": oracle,
             "regret_pct": 100.0 * (cost / oracle - 1.0) if oracle > 0 else math.nan,
             "energy_saving_pct": 100.0 * (1.0 - energy / default_energy) if default_energy > 0 else math.nan,
+            **{f"regret_first_{k}_pct": self.regret_first_pct(k) for k in SHORT_HORIZONS},
+            "recurrences_to_regret_10pct": self.recurrences_until_under(10.0),
             "stuck": self.stuck,
         }
 
     def cumulative_regret_pct(self) -> np.ndarray:
         """Cumulative cost over cumulative oracle cost, minus one, after each recurrence (in %)."""
         return 100.0 * (np.cumsum(self.recurrence_costs) / np.cumsum(self.oracle_costs) - 1.0)
+
+    def regret_first_pct(self, k: int) -> float:
+        """Cost of the first ``k`` recurrences over the oracle's expected cost for them, minus one (%).
+
+        A simulation with fewer than ``k`` recurrences counts all of them (NaN when it has none).
+        A recurrence is one scheduled execution: its failed attempts plus the run that reached the
+        target.
+        """
+        n = min(int(k), len(self.recurrence_costs))
+        oracle = math.fsum(self.oracle_costs[:n])
+        if n == 0 or oracle <= 0:
+            return math.nan
+        return 100.0 * (math.fsum(self.recurrence_costs[:n]) / oracle - 1.0)
+
+    def recurrences_until_under(self, regret_pct: float) -> int | None:
+        """The first recurrence count after which cumulative regret stays below ``regret_pct`` for good.
+
+        1 when it never rises to ``regret_pct``; ``None`` when it is still at or above it at the end.
+        """
+        curve = self.cumulative_regret_pct()
+        if len(curve) == 0 or not curve[-1] < regret_pct:
+            return None
+        above = np.flatnonzero(~(curve < regret_pct))
+        return 1 if len(above) == 0 else int(above[-1]) + 2
 
 
 def make_spec(job: TraceJob, policy: str, seed: int, batch_sizes: Sequence[int] | None = None) -> JobSpec:

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from simulations.engine import Attempt, SimResult
+from simulations.engine import SHORT_HORIZONS, Attempt, SimResult
 
 RUN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Attempt))
 
@@ -83,9 +83,55 @@ def table(summaries: Sequence[dict[str, Any]], policies: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def short_horizon_rows(summaries: Sequence[dict[str, Any]], policies: Sequence[str]) -> list[dict[str, Any]]:
+    """Per policy: mean (over jobs and seeds) regret of the first K recurrences, of all of them, and
+    the recurrences until cumulative regret stays under 10 % (mean over the simulations that got
+    there, and how many never did)."""
+    out = []
+    for p in policies:
+        rows = [s for s in summaries if s["policy"] == p]
+        if not rows:
+            continue
+        reached = [
+            s["recurrences_to_regret_10pct"] for s in rows if s.get("recurrences_to_regret_10pct") is not None
+        ]
+        out.append(
+            {
+                "policy": p,
+                **{f"regret_first_{k}_pct": _mean_of(rows, f"regret_first_{k}_pct") for k in SHORT_HORIZONS},
+                "regret_pct": _mean_of(rows, "regret_pct"),
+                "recurrences_to_regret_10pct": float(np.mean(reached)) if reached else math.nan,
+                "never_under_10pct": len(rows) - len(reached),
+                "simulations": len(rows),
+            }
+        )
+    return out
+
+
+def short_horizon_table(summaries: Sequence[dict[str, Any]], policies: Sequence[str]) -> str:
+    """The regret of the first K recurrences per policy (mean over jobs and seeds), as text."""
+    rows = short_horizon_rows(summaries, policies)
+    head = f"{'policy':<16}" + "".join(f"{f'first {k}':>10}" for k in SHORT_HORIZONS) + f"{'all':>10}"
+    head += f"{'recurrences to <10%':>22}"
+    lines = ["regret of the first K recurrences (%, mean over jobs and seeds)", head, "-" * len(head)]
+    for r in rows:
+        line = f"{r['policy']:<16}" + "".join(f"{r[f'regret_first_{k}_pct']:10.2f}" for k in SHORT_HORIZONS)
+        line += f"{r['regret_pct']:10.2f}"
+        never = f" ({r['never_under_10pct']} never)" if r["never_under_10pct"] else ""
+        line += f"{r['recurrences_to_regret_10pct']:22.1f}{never}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def print_table(summaries: Sequence[dict[str, Any]], policies: Sequence[str], stream: TextIO) -> None:
-    """Print :func:`table`."""
-    stream.write(table(summaries, policies) + "\n")
+    """Print :func:`table` and :func:`short_horizon_table`."""
+    stream.write(table(summaries, policies) + "\n\n")
+    stream.write(short_horizon_table(summaries, policies) + "\n")
     for s in summaries:
         if s.get("stuck"):
             stream.write(f"WARNING {s['job']} {s['policy']} seed {s['seed']}: stuck: {s['stuck']}\n")
