@@ -63,6 +63,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_or_off(text: str) -> int:
+    """A TCP port 0..65535 (0: any free port), or -1 for off."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535, or -1 for off)") from None
+    if not -1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number: use 0 to 65535, or -1 for off")
+    return value
+
+
 def listen_address(text: str) -> str:
     """A ``HOST:PORT`` the server can listen on (checked by :func:`optimizer_server.server.parse_listen`)."""
     from optimizer_server.errors import InvalidArgumentError

@@ -10,7 +10,7 @@ import re
 import sys
 
 from powerbandit import __version__, health, operator_cli
-from powerbandit.argtypes import listen_address, non_negative_float, positive_float, positive_int
+from powerbandit.argtypes import listen_address, non_negative_float, port_or_off, positive_float, positive_int
 from powerbandit.errors import run_command
 from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
 from powerbandit.logs import configure_logging
@@ -45,7 +45,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="listen beyond loopback without tokens (not recommended)")  # fmt: skip
     p.add_argument("--tls-cert", default=_env("TLS_CERT", "") or None, help="PEM certificate [POWERBANDIT_TLS_CERT]")
     p.add_argument("--tls-key", default=_env("TLS_KEY", "") or None, help="PEM private key [POWERBANDIT_TLS_KEY]")
-    p.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "-1"),
+    p.add_argument("--metrics-port", type=port_or_off, default=_env("METRICS_PORT", "-1"),
                    help="serve Prometheus metrics on this port, -1 = off [POWERBANDIT_METRICS_PORT, -1]")  # fmt: skip
     p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
                    help="address of the metrics endpoint [POWERBANDIT_METRICS_HOST, 127.0.0.1]")  # fmt: skip

@@ -95,6 +95,16 @@ def test_a_bad_environment_setting_is_one_line(monkeypatch: pytest.MonkeyPatch, 
     assert code == 0 and "upgrade" in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--metrics-port", "99999"), ("--lease-s", "0"), ("--grace-s", "-1"), ("--max-runs-in-flight", "0")],
+)
+def test_serve_bad_numbers(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["serve", "--db", "sqlite:///unused.db", flag, value], capsys)
+    assert_one_error_line(code, err, flag, value, exit_code=2)
+    assert not Path("unused.db").exists()
+
+
 def test_demo_eta_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(["demo", "--synthetic", "--eta", "1.5"], capsys)
     assert_one_error_line(code, err, "--eta", "1.5 is outside [0, 1]", exit_code=2)
