@@ -131,8 +131,12 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+class ListenError(OSError):
+    """The server cannot bind its listen address (in use, not a local address, not permitted)."""
+
+
 def _check_port_free(address: ListenAddress, listen: str) -> None:
-    """Raise ``OSError`` saying why ``address`` cannot be bound (in use, not local, not permitted).
+    """Raise :class:`ListenError` saying why ``address`` cannot be bound (in use, not local, not permitted).
 
     gRPC reports only "Failed to bind"; a plain socket bound the way gRPC binds (SO_REUSEADDR, no
     SO_REUSEPORT) tells which. Port 0 always binds.
@@ -155,10 +159,6 @@ def _check_port_free(address: ListenAddress, listen: str) -> None:
                 failures.append(exc)
     if failures and len(failures) == len(infos):  # e.g. not an address of this machine, or a port < 1024
         raise ListenError(f"cannot listen on {listen}: {failures[0].strerror}")
-
-
-class ListenError(OSError):
-    """The server cannot bind its listen address (in use, not a local address, not permitted)."""
 
 
 def open_store_checked(url: str, *, create: bool = True, timeout_s: float | None = None) -> Store:
