@@ -44,7 +44,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -63,7 +62,7 @@ from client_sdk.gpu import Gpu, GpuInfo, GpuUnavailableError
 from client_sdk.power_polling import PowerPoller
 
 if TYPE_CHECKING:
-    from powerbandit.agent.client import AgentClient
+    from client_sdk.devices.agent_lease import AgentLease
 
 __all__ = ["DEFAULT_AGENT_LEASE_S", "EnergySource", "GpuConfigError", "NvmlGpu"]
 
@@ -155,12 +154,9 @@ class NvmlGpu(Gpu):
         self._warned_cannot_set = False
         self._guard = RestoreGuard(self.restore_power_limit)
         self._agent_lease_s = float(agent_lease_s)
-        self._agent: AgentClient | None = None
-        self._lease_id = ""
-        self._lease_watts: float | None = None
+        self._agent: AgentLease | None = None
         self._agent_explicit = bool(agent_socket)
         self._agent_disabled = agent_socket == ""
-        self._control = "none"
         try:
             self._devices = self._open_devices(device_indices)
             self._min_limit_w = max(d.min_limit_mw for d in self._devices) / 1000.0
@@ -261,22 +257,19 @@ class NvmlGpu(Gpu):
 
     def _connect_agent(self, socket_path: str) -> None:
         """Use the agent at ``socket_path``; the allowed range narrows to the operator's bounds."""
-        from powerbandit.agent.client import AgentClient, AgentError
+        from client_sdk.devices.agent_lease import AgentError, AgentLease
 
-        client = AgentClient(socket_path)
         try:
-            status = client.status()
+            lease = AgentLease(socket_path, [d.uuid for d in self._devices], self._agent_lease_s)
         except AgentError as exc:
-            client.close()
             if self._agent_explicit or os.environ.get("POWERBANDIT_AGENT_SOCKET"):
                 _LOG.warning("The powerbandit agent is not usable (%s); setting power limits directly.", exc)
             return
-        if status.operator_min_w > 0:
-            self._min_limit_w = max(self._min_limit_w, status.operator_min_w)
-        if status.operator_max_w > 0:
-            self._max_limit_w = min(self._max_limit_w, status.operator_max_w)
-        self._agent = client
-        self._control = "agent"
+        if lease.operator_min_w is not None:
+            self._min_limit_w = max(self._min_limit_w, lease.operator_min_w)
+        if lease.operator_max_w is not None:
+            self._max_limit_w = min(self._max_limit_w, lease.operator_max_w)
+        self._agent = lease
 
     def _candidate_limits(self, power_limits_w: Sequence[float] | None, step_w: float) -> tuple[float, ...]:
         lo, hi = self._min_limit_w, self._max_limit_w
@@ -341,7 +334,7 @@ class NvmlGpu(Gpu):
     @property
     def agent_lease_id(self) -> str:
         """The agent lease this object holds now (``""`` when none)."""
-        return self._lease_id
+        return self._agent.lease_id if self._agent is not None else ""
 
     def power_limit_control(self) -> str:
         """How limits are applied: ``"agent"``, ``"nvml"``, ``"simulated"`` (direct) or ``"none"``."""
@@ -378,6 +371,9 @@ class NvmlGpu(Gpu):
     def energy_j(self) -> float:
         """Energy in joules summed over the job's GPUs (arbitrary origin; use differences)."""
         self._check_open()
+        if self._agent is not None:
+            with self._lock:
+                self._agent.renew_if_due()  # keeps the lease of a run without heartbeats
         if self._energy_source == "counter":
             return sum(self._backend.total_energy_mj(d.index) for d in self._devices) / 1000.0
         if self._poller is None:
@@ -490,40 +486,22 @@ class NvmlGpu(Gpu):
         return True
 
     def _set_through_agent(self, w: float) -> float:
-        from powerbandit.agent.client import AgentError
+        from client_sdk.devices.agent_lease import AgentError
 
         assert self._agent is not None
-        if not self._lease_id:
-            self._lease_id = f"sdk-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
-            self._agent.set_power_limit(
-                list(self.device_uuids), w, self._agent_lease_s, lease_id=self._lease_id
-            )
+            self._agent.apply(w)
         except AgentError as exc:
-            self._lease_id = ""
             self._cannot_set(exc)
             return self.power_limit_w()
-        self._lease_watts = w
         self._can_set = True
         return self.power_limit_w()
 
     def renew_power_limit_lease(self) -> None:
         """Renew the agent lease (called with the run's heartbeat); re-apply it if the agent lost it."""
-        from powerbandit.agent.client import AgentError
-
         with self._lock:
-            if self._closed or self._agent is None or not self._lease_id:
-                return
-            try:
-                self._agent.renew(self._lease_id, self._agent_lease_s)
-            except AgentError as exc:
-                import grpc
-
-                if exc.code == grpc.StatusCode.NOT_FOUND and self._lease_watts is not None:
-                    _LOG.warning("The agent lost lease %s (%s); applying the limit again.", self._lease_id, exc)
-                    self._set_through_agent(self._lease_watts)
-                else:
-                    _LOG.warning("Renewing agent lease %s failed: %s", self._lease_id, exc)
+            if not self._closed and self._agent is not None:
+                self._agent.renew()
 
     def restore_power_limit(self) -> None:
         """Put back the limits in force before this object first changed them (idempotent)."""
@@ -533,19 +511,8 @@ class NvmlGpu(Gpu):
             self._restore_locked()
 
     def _restore_locked(self) -> None:
-        if self._agent is not None and self._lease_id:
-            from powerbandit.agent.client import AgentError
-
-            lease_id, self._lease_id, self._lease_watts = self._lease_id, "", None
-            try:
-                self._agent.release(lease_id)
-            except AgentError as exc:
-                _LOG.warning(
-                    "Releasing agent lease %s failed (%s); the agent restores the limit when this process "
-                    "exits or the lease lapses.",
-                    lease_id,
-                    exc,
-                )
+        if self._agent is not None:
+            self._agent.release()
         backend = self._backend
         for pos, original_mw in sorted(self._originals_mw.items()):
             d = self._devices[pos]
@@ -585,13 +552,11 @@ class NvmlGpu(Gpu):
                 self._can_set = True
 
     def _probe_agent(self) -> None:
-        from powerbandit.agent.client import AgentError
+        from client_sdk.devices.agent_lease import AgentError
 
         assert self._agent is not None
         try:
-            self._agent.set_power_limit(
-                list(self.device_uuids), self._max_limit_w, self._agent_lease_s, validate_only=True
-            )
+            self._agent.validate(self._max_limit_w)
         except AgentError as exc:
             self._cannot_set(exc)
         else:

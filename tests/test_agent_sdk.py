@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,20 @@ def test_simulated_device_enforces_nvml_constraints(tmp_path: Path) -> None:
     again = SimulatedBackend(state)  # a second process's view: the file is the hardware
     assert again.power_limit_mw(0) == 200_000 and again.power_usage_mw(0) == 160_000
     assert again.total_energy_mj(0) >= e0 and again.describe(1).mig_enabled
+
+
+def test_reading_energy_keeps_the_lease_of_a_run_without_heartbeats(root: Path) -> None:
+    agent = start_agent(root)
+    try:
+        SimulatedBackend(agent.gpus_file).set_compute_pids(1, [os.getpid()])
+        with NvmlGpu(device_indices=[1], backend=SimulatedBackend(agent.gpus_file, privileged=False),
+                     agent_socket=agent.socket, agent_lease_s=0.6) as gpu:  # fmt: skip
+            assert gpu.set_power_limit(160) == 160.0
+            for _ in range(6):  # 1.2 s in all, twice the lease: energy reads renew it
+                time.sleep(0.2)
+                gpu.energy_j()
+            assert limits_w(agent.gpus_file) == [300.0, 160.0]
+            time.sleep(1.0)  # no reads: the lease lapses and the agent restores the limit
+            assert limits_w(agent.gpus_file) == [300.0, 300.0]
+    finally:
+        stop(agent.proc)

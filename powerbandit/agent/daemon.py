@@ -56,6 +56,10 @@ _STATUS = {
 }
 
 
+#: Connections relayed at once (two threads each); more are closed at once (a local flood stays bounded).
+MAX_CONNECTIONS = 256
+
+
 def status_of(exc: AgentDomainError) -> grpc.StatusCode:
     """The gRPC status code of a domain error."""
     return _STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
@@ -140,6 +144,11 @@ class _Relay:
     def _relay(self, conn: socket.socket) -> None:
         creds = peer_credentials(conn)
         with self._lock:
+            if len(self._peers) >= MAX_CONNECTIONS:
+                log.warning("refusing a connection from pid %d uid %d: %d connections open",
+                            creds.pid, creds.uid, MAX_CONNECTIONS)  # fmt: skip
+                conn.close()
+                return
             self._count += 1
             name = f"powerbandit-agent-{self._token}-{self._count}"
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
