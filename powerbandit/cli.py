@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from powerbandit.agent import cli as agent_cli
 
     agent_cli.add_arguments(sub)
+    from powerbandit.dashboard import cli as dashboard_cli
+
+    dashboard_cli.add_arguments(sub)
     _plain_text(parser)
     return parser
 
@@ -203,4 +206,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return agent_cli.run(args)
     if args.command in operator_cli.COMMANDS:
         return operator_cli.run(args)
+    if args.command == "dashboard":
+        from powerbandit.dashboard import cli as dashboard_cli
+
+        return dashboard_cli.run(args)
     return _db(args)
