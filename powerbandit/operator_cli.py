@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from powerbandit import operator_view as view
+from powerbandit.argtypes import non_negative_float
 from powerbandit.errors import UserError
 
 COMMANDS = ("jobs", "report")
@@ -114,6 +115,23 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     )
     rebuild.add_argument("job_id", help="the job id")
     rebuild.add_argument("--db", required=True, help="the server's database URL (an existing database)")
+
+    export = jobs.add_parser(
+        "export",
+        help="one row per run as CSV or JSON (for pandas and spreadsheets)",
+        description="Every run of every job (or of the jobs with --prefix), one row each: job, run, GPU model, "
+        "batch size, power limit, energy (J and kWh), time, cost, state and outcome. With --carbon-intensity, "
+        "also co2e_g_estimate = energy (kWh) x that intensity: an estimate, labelled as one.",
+    )
+    _add_server(export, top=False)
+    export.add_argument("--prefix", default="", help="only job ids starting with this")
+    export.add_argument("--format", choices=("csv", "json"), default="csv",
+                        help="csv (a header line, then one line per run) or json (a list of objects); default csv")  # fmt: skip
+    export.add_argument("--carbon-intensity", type=non_negative_float, metavar="G_PER_KWH",
+                        default=_env("CARBON_INTENSITY", "") or None,
+                        help="grid carbon intensity in gCO2e/kWh: adds estimated emissions per run "
+                             "[POWERBANDIT_CARBON_INTENSITY]")  # fmt: skip
+    export.add_argument("--out", help="file to write (default: standard output)")
 
     r = sub.add_parser(
         "report",
@@ -312,6 +330,23 @@ def _report(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(client: Any, args: argparse.Namespace) -> int:
+    from powerbandit import export
+
+    jobs = (client.get_job(j.spec.job_id) for j in client.list_jobs(args.prefix))  # one job's runs at a time
+    rows = export.run_rows(jobs, args.carbon_intensity)
+    carbon = args.carbon_intensity is not None
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            count = export.write(rows, out, args.format, carbon=carbon)
+        print(f"wrote {count} run(s) to {args.out}", file=sys.stderr)
+    else:
+        export.write(rows, sys.stdout, args.format, carbon=carbon)
+    if carbon:
+        print(f"note: {export.carbon_note(args.carbon_intensity)}", file=sys.stderr)
+    return 0
+
+
 def _delete(client: Any, args: argparse.Namespace) -> int:
     job = client.get_job(args.job_id, max_runs=1)  # NOT_FOUND before asking anything
     if not args.yes:
@@ -365,6 +400,8 @@ def run(args: argparse.Namespace) -> int:
             return _show(client, args)
         if args.jobs_command == "plot":
             return _plot(client, args)
+        if args.jobs_command == "export":
+            return _export(client, args)
         return _delete(client, args)
     finally:
         client.close()
