@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,14 +53,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout-s", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
     )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    parser.add_argument(
+        "--tls-root-cert",
+        default=os.environ.get("POWERBANDIT_TLS_ROOT_CERT") or None,
+        help="connect with TLS, trusting this PEM certificate [POWERBANDIT_TLS_ROOT_CERT]",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="name the server's certificate is checked against (default: the host of --server)",
+    )
 
 
-def check(address: str, service: str = "", timeout_s: float = 5.0) -> str:
+def check(
+    address: str,
+    service: str = "",
+    timeout_s: float = 5.0,
+    *,
+    tls: bool = False,
+    root_cert_pem: bytes | None = None,
+    server_name: str | None = None,
+) -> str:
     """The health status name the server at ``address`` reports for ``service`` (e.g. ``SERVING``).
 
-    Raises :class:`grpc.RpcError` when the server cannot be reached or does not know ``service``.
+    ``tls`` (or a ``root_cert_pem``) connects with TLS; ``server_name`` overrides the name the
+    certificate is checked against. Raises :class:`grpc.RpcError` when the server cannot be reached
+    or does not know ``service``.
     """
-    with grpc.insecure_channel(address) as channel:
+    if tls or root_cert_pem is not None:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_cert_pem)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -72,8 +100,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --timeout-s must be positive, got {args.timeout_s:g}", file=sys.stderr)
         return 2
     what = f"{address} ({args.service})" if args.service else address
+    root_cert_pem = None
+    if args.tls_root_cert:
+        try:
+            root_cert_pem = Path(args.tls_root_cert).read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read --tls-root-cert {args.tls_root_cert}: {exc.strerror}", file=sys.stderr)
+            return 2
     try:
-        status = check(address, args.service, args.timeout_s)
+        status = check(
+            address,
+            args.service,
+            args.timeout_s,
+            tls=args.tls,
+            root_cert_pem=root_cert_pem,
+            server_name=args.tls_server_name,
+        )
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.NOT_FOUND:
