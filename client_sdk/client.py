@@ -117,6 +117,7 @@ class Job:
     policy: str = ""
     window: int = 0
     seed: int = 0
+    max_slowdown: float | None = None  # a slowdown budget instead of eta, e.g. 1.1 (see JobSpec in the .proto)
 
     def to_pb(self) -> pb.JobSpec:
         """This job as its protobuf message."""
@@ -131,11 +132,13 @@ class Job:
                 else pb.METRIC_DIRECTION_LOWER_IS_BETTER
             ),
             max_epochs=self.max_epochs,
-            eta=self.eta,
+            # with a slowdown budget the default eta is not sent (the budget implies eta 1)
+            eta=None if self.max_slowdown is not None and self.eta == 0.5 else self.eta,
             beta=self.beta,
             policy=self.policy,
             window=self.window,
             seed=self.seed,
+            max_slowdown=self.max_slowdown,
         )
 
     def reached(self, metric: float) -> bool:

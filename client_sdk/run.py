@@ -61,12 +61,22 @@ class ProfileMeasurement:
     time_per_step_s: float
 
 
-def cheapest_power_limit(measurements: list[ProfileMeasurement], eta: float, max_power_w: float) -> float:
-    """The limit minimising the cost of a step (same rule as the server's; highest limit on ties)."""
+def cheapest_power_limit(
+    measurements: list[ProfileMeasurement], eta: float, max_power_w: float, max_slowdown: float | None = None
+) -> float:
+    """The limit minimising the cost of a step (same rule as the server's; highest limit on ties).
+
+    With a slowdown budget, only limits whose steps take at most ``max_slowdown`` times as long as
+    at the highest measured limit (that limit when none other does).
+    """
 
     def step_cost(m: ProfileMeasurement) -> float:
         return eta * m.average_power_w * m.time_per_step_s + (1 - eta) * max_power_w * m.time_per_step_s
 
+    if max_slowdown:
+        top = max(measurements, key=lambda m: m.power_limit_w)
+        allowed = max_slowdown * top.time_per_step_s * (1 + 1e-12)
+        measurements = [m for m in measurements if m.time_per_step_s <= allowed] or [top]
     return min(measurements, key=lambda m: (step_cost(m), -m.power_limit_w)).power_limit_w
 
 
@@ -341,7 +351,7 @@ class TrainingRun:
                 "run %s: power profile measured nothing; keeping %g W", s.run_id, self.gpu.power_limit_w()
             )
             return
-        best = cheapest_power_limit(measurements, s.eta, s.max_power_w)
+        best = cheapest_power_limit(measurements, s.eta, s.max_power_w, self.job.max_slowdown)
         self.gpu.set_power_limit(best)
         if self.steps_per_epoch:
             self._report_profile(self.steps_per_epoch)

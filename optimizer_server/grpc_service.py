@@ -192,6 +192,7 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         policy=spec.policy,
         window=spec.window,
         seed=spec.seed,
+        max_slowdown=spec.max_slowdown if spec.max_slowdown > 0 else None,
     )
 
 

@@ -30,10 +30,10 @@ from optimizer_server.policy import (
     Observation,
     ProfilePoint,
     SuggestContext,
-    best_power_limit,
     decision_rng,
     energy_time_cost,
     epoch_cost,
+    profiled_power_limit,
 )
 from optimizer_server.safe_policy import SafePolicy
 from optimizer_server.store.base import (
@@ -248,7 +248,7 @@ class OptimizerService:
             last_key = gpu_key(last.gpu_model, last.gpu_count)
             gpu_profiles = {p.batch_size: p.points for p in profiles if p.gpu_model == last_key}
             if best and best in gpu_profiles:
-                best_limit = best_power_limit(spec.eta, gpu_profiles[best], last.max_power_w)
+                best_limit = profiled_power_limit(spec, gpu_profiles[best], last.max_power_w)
             limits = last.profile_power_limits_w or (last.power_limit_w,)
             context = SuggestContext(last_key, last.max_power_w, tuple(limits), gpu_profiles)
             decision = policy.suggest(
@@ -351,7 +351,7 @@ class OptimizerService:
                 limit: ProfilePoint(limit, power, step_s * steps_per_epoch)
                 for limit, power, step_s in measurements
             }
-            best = best_power_limit(spec.eta, points, run.max_power_w)
+            best = profiled_power_limit(spec, points, run.max_power_w)
             tx.put_profile(ProfileRecord(gpu_key(run.gpu_model, run.gpu_count), run.batch_size, points, run_id))
             run.power_limit_w = best
             run.profiled = True

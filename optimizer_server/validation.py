@@ -21,6 +21,7 @@ MAX_BATCH_SIZES = 64
 MAX_POWER_LIMITS = 64
 MAX_EPOCHS_LIMIT = 1_000_000
 MAX_GPU_COUNT = 4096
+MAX_SLOWDOWN = 100.0  # a slowdown budget beyond this is no budget
 MAX_POWER_LIMIT_W = 10_000.0
 MAX_MEASUREMENT = 1e15  # joules or seconds: far beyond any real run, guards against overflow
 # Physical ranges of a power profile's measurements. A GPU under load draws watts, not zero (an
@@ -108,6 +109,19 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
         )
     if msg.window < 0:
         raise InvalidArgumentError(f"spec.window must be >= 0 (0 = all observations), got {msg.window}")
+    max_slowdown = 0.0
+    if msg.HasField("max_slowdown"):
+        max_slowdown = finite(msg.max_slowdown, "spec.max_slowdown", low=1.0, high=MAX_SLOWDOWN)
+        if msg.HasField("eta") and msg.eta != 1.0:
+            raise InvalidArgumentError(
+                f"spec.max_slowdown ({max_slowdown:g}) and spec.eta ({msg.eta:g}) are alternatives: a slowdown "
+                "budget minimises energy (eta 1); give one of them"
+            )
+        if policy != "powerbandit":
+            raise InvalidArgumentError(
+                f"spec.max_slowdown needs the powerbandit policy; policy {policy!r} has no slowdown budget"
+            )
+        eta = 1.0
     return JobSpec(
         job_id=job_id,
         batch_sizes=tuple(sorted(int(b) for b in msg.batch_sizes)),
@@ -120,6 +134,7 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
         policy=policy,
         window=int(msg.window),
         seed=int(msg.seed) & 0x7FFFFFFFFFFFFFFF,
+        max_slowdown=max_slowdown,
     )
 
 

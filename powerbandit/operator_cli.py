@@ -224,7 +224,12 @@ def _show(client: Any, args: argparse.Namespace) -> int:
         return 0
     s = detail["spec"]
     print(f"job {s['job_id']} (registered {view.fmt_unix(detail['created_unix_s'])})")
-    print(f"  policy {s['policy']}, eta {s['eta']:g}, beta {s['beta']:g}, target {s['target_metric']:g} "
+    trade_off = (
+        f"max_slowdown {s['max_slowdown']:g} (energy within {100 * (s['max_slowdown'] - 1):.3g} % of the default's time)"
+        if s.get("max_slowdown")
+        else f"eta {s['eta']:g}"
+    )
+    print(f"  policy {s['policy']}, {trade_off}, beta {s['beta']:g}, target {s['target_metric']:g} "
           f"({s['metric_direction'].replace('_', ' ')}), max_epochs {s['max_epochs']}, window {s['window'] or 'all'}, "
           f"default batch size {s['default_batch_size']}, batch sizes {s['batch_sizes']}")  # fmt: skip
     print(f"runs: {detail['completed_runs']} completed, {detail['in_flight_runs']} in flight, "

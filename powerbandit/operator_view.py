@@ -541,6 +541,7 @@ def job_detail(job: pb.Job, recent: int = 20) -> dict[str, Any]:
             "policy": s.policy,
             "window": s.window,
             "seed": s.seed,
+            "max_slowdown": s.max_slowdown if s.HasField("max_slowdown") else None,
         },
         "created_unix_s": job.created_unix_s,
         "completed_runs": job.completed_runs,

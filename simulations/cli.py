@@ -34,6 +34,9 @@ from simulations.scenarios import (
 from simulations.traces import CANONICAL, GPUS, TraceError, TraceJob, TraceSet
 
 ALL_POLICIES: tuple[str, ...] = (*BASELINES, *POLICY_NAMES)
+BUDGET_POLICIES: tuple[str, ...] = ("default", "oracle", "powerbandit")
+"""Policies that honour a slowdown budget (``--max-slowdown``)."""
+BUDGET_SCENARIOS: tuple[str, ...] = ("trace",)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -90,6 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sel.add_argument("--recurrences", type=positive_int, default=None, help="override the number of recurrences")
     sel.add_argument(
+        "--max-slowdown",
+        type=at_least_1,
+        default=None,
+        metavar="FACTOR",
+        help="a slowdown budget instead of --eta, e.g. 1.1: minimise energy with runs at most 10%% slower than "
+        "the default configuration's expected time; regret against the cheapest configuration within it "
+        "(policies default, oracle, powerbandit; trace scenario)",
+    )
+    sel.add_argument(
         "--via-server",
         nargs="?",
         const="embedded",
@@ -114,6 +126,7 @@ class Task:
     policy: str
     seed: int
     recurrences: int | None = None
+    max_slowdown: float = 0.0
 
 
 def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimResult:
@@ -129,7 +142,14 @@ def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimRe
         return simulate_alternating_separately(
             job, task.jobs[1], task.policy, task.seed, backend_factory=backend_factory
         )
-    return simulate(job, task.policy, task.seed, recurrences=task.recurrences, backend_factory=backend_factory)
+    return simulate(
+        job,
+        task.policy,
+        task.seed,
+        recurrences=task.recurrences,
+        backend_factory=backend_factory,
+        max_slowdown=task.max_slowdown,
+    )
 
 
 def _run_chunk(tasks: list[Task]) -> list[SimResult]:
@@ -138,6 +158,16 @@ def _run_chunk(tasks: list[Task]) -> list[SimResult]:
 
 def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
     """Every (job, policy, seed) the arguments select."""
+    if args.max_slowdown is not None:
+        unsupported = [p for p in args.policy if p not in BUDGET_POLICIES]
+        if unsupported:
+            raise argparse.ArgumentTypeError(
+                f"--max-slowdown: policy {', '.join(unsupported)} has no slowdown budget; use {', '.join(BUDGET_POLICIES)}"
+            )
+        if args.scenario not in BUDGET_SCENARIOS:
+            raise argparse.ArgumentTypeError(
+                f"--max-slowdown works with --scenario {' or '.join(BUDGET_SCENARIOS)}, not {args.scenario}"
+            )
     jobs = traces.jobs(args.gpu, args.workload, parse_targets(args.target), args.eta, args.beta)
     groups: list[tuple[TraceJob, ...]]
     if args.scenario in ("alternating", "alternating-separate"):
@@ -158,7 +188,7 @@ def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
                       "target on every seed, so there is no oracle to measure regret against", file=sys.stderr)  # fmt: skip
         groups = usable
     return [
-        Task(args.scenario, group, policy, seed, args.recurrences)
+        Task(args.scenario, group, policy, seed, args.recurrences, args.max_slowdown or 0.0)
         for group in groups
         for policy in args.policy
         for seed in args.seeds

@@ -32,6 +32,7 @@ from optimizer_server.policy.base import (
     Observation,
     ProfilePoint,
     SuggestContext,
+    budget_power_limit,
     energy_time_cost,
 )
 from simulations.backend import BackendFactory, DecisionBackend, InProcessBackend, in_process_backend
@@ -99,6 +100,9 @@ class SimResult:
     oracle_costs: list[float] = field(default_factory=list)
     default_costs: list[float] = field(default_factory=list)
     default_energies: list[float] = field(default_factory=list)
+    recurrence_times: list[float] = field(default_factory=list)  # wall time of each recurrence, s
+    default_times: list[float] = field(default_factory=list)  # the default's expected time, s
+    max_slowdown: float = 0.0  # the job's slowdown budget (0: none, the cost weighs energy by eta)
     stuck: str = ""  # why the simulation stopped early: the policy kept failing one recurrence
 
     def summary(self) -> dict[str, Any]:
@@ -130,6 +134,9 @@ class SimResult:
             "energy_saving_pct": 100.0 * (1.0 - energy / default_energy) if default_energy > 0 else math.nan,
             **{f"regret_first_{k}_pct": self.regret_first_pct(k) for k in SHORT_HORIZONS},
             "recurrences_to_regret_10pct": self.recurrences_until_under(10.0),
+            "max_slowdown": self.max_slowdown,
+            "slowdown_mean": self.slowdown_mean(),
+            "budget_broken_pct": self.budget_broken_pct(),
             "stuck": self.stuck,
         }
 
@@ -150,6 +157,20 @@ class SimResult:
             return math.nan
         return 100.0 * (math.fsum(self.recurrence_costs[:n]) / oracle - 1.0)
 
+    def slowdown_mean(self) -> float:
+        """Mean over recurrences of their wall time over the default configuration's expected time."""
+        ratios = [t / d for t, d in zip(self.recurrence_times, self.default_times, strict=False) if d > 0]
+        return float(np.mean(ratios)) if ratios else math.nan
+
+    def budget_broken_pct(self) -> float:
+        """Share of recurrences (failed attempts included) that took longer than the slowdown budget
+        allows: ``max_slowdown`` times the default's expected time (NaN without a budget)."""
+        if self.max_slowdown <= 0 or not self.recurrence_times:
+            return math.nan
+        pairs = list(zip(self.recurrence_times, self.default_times, strict=False))
+        broken = sum(1 for t, d in pairs if t > self.max_slowdown * d * (1 + 1e-9))
+        return 100.0 * broken / len(pairs)
+
     def recurrences_until_under(self, regret_pct: float) -> int | None:
         """The first recurrence count after which cumulative regret stays below ``regret_pct`` for good.
 
@@ -162,8 +183,41 @@ class SimResult:
         return 1 if len(above) == 0 else int(above[-1]) + 2
 
 
-def make_spec(job: TraceJob, policy: str, seed: int, batch_sizes: Sequence[int] | None = None) -> JobSpec:
-    """The :class:`JobSpec` a user would register for ``job``."""
+def default_time_s(job: TraceJob) -> float:
+    """Expected wall time of one run of the default configuration (default batch size, highest limit)."""
+    b0 = job.default_batch_size
+    return job.mean_epochs(b0) * job.power[b0][max(job.power[b0])].time_per_epoch_s
+
+
+def budget_oracle(job: TraceJob, max_slowdown: float) -> tuple[int, float]:
+    """The constrained oracle: the ``(b, p)`` with the lowest expected cost among those whose every seed
+    reaches the target and whose expected time is at most ``max_slowdown`` times the default's."""
+    allowed = max_slowdown * default_time_s(job) * (1 + 1e-12)
+    candidates = [
+        (b, p)
+        for b in job.batch_sizes
+        if job.all_reach(b)
+        for p in job.power[b]
+        if job.mean_epochs(b) * job.power[b][p].time_per_epoch_s <= allowed
+    ]
+    if not candidates:
+        raise ValueError(f"{job.name}: no configuration reaches the target on every seed within the budget")
+    return min(candidates, key=lambda bp: (job.expected_cost(*bp), bp[0], -bp[1]))
+
+
+def job_oracle(job: TraceJob, max_slowdown: float = 0.0) -> tuple[int, float]:
+    """The oracle regret is measured against: :meth:`TraceJob.oracle`, or :func:`budget_oracle`."""
+    return budget_oracle(job, max_slowdown) if max_slowdown > 0 else job.oracle()
+
+
+def make_spec(
+    job: TraceJob,
+    policy: str,
+    seed: int,
+    batch_sizes: Sequence[int] | None = None,
+    max_slowdown: float = 0.0,
+) -> JobSpec:
+    """The :class:`JobSpec` a user would register for ``job`` (with a slowdown budget: ``eta`` 1)."""
     return JobSpec(
         job_id=f"{job.name}/{policy}/{seed}",
         batch_sizes=tuple(batch_sizes if batch_sizes is not None else job.batch_sizes),
@@ -175,6 +229,7 @@ def make_spec(job: TraceJob, policy: str, seed: int, batch_sizes: Sequence[int] 
         higher_is_better=job.higher_is_better,
         policy=policy,
         seed=seed,
+        max_slowdown=max_slowdown,
     )
 
 
@@ -183,7 +238,7 @@ def make_backend(job: TraceJob, spec: JobSpec, factory: BackendFactory | None = 
     if spec.policy == "default":
         return InProcessBackend(spec, FixedPolicy("default", job.default_batch_size, job.max_power))
     if spec.policy == "oracle":
-        return InProcessBackend(spec, FixedPolicy("oracle", *job.oracle()))
+        return InProcessBackend(spec, FixedPolicy("oracle", *job_oracle(job, spec.max_slowdown)))
     if spec.policy == "grid":
         return InProcessBackend(spec, GridPolicy())
     return (factory or in_process_backend)(spec)
@@ -201,17 +256,26 @@ def execute_run(
     trace_rng: np.random.Generator,
     min_cost: float,
     policy_bound: float = math.inf,
+    max_slowdown: float = 0.0,
 ) -> RunOutcome:
     """Simulate one run with the README's accounting (see the module docstring).
 
-    ``power_limit=None`` means the run profiles power limits during its first epoch.
+    ``power_limit=None`` means the run profiles power limits during its first epoch, then settles
+    on what :func:`~optimizer_server.policy.base.profiled_power_limit` picks (with a slowdown budget,
+    the cheapest limit within ``max_slowdown`` of the highest limit's epoch time).
     """
     if batch_size not in job.power:
         raise SimulationError(f"{job.name}: the policy chose batch size {batch_size}, not in the trace")
     seeds = job.target_epochs[batch_size]
     k = seeds[int(trace_rng.integers(len(seeds)))]
     profiled = power_limit is None
-    p = job.best_power_limit(batch_size) if profiled else _snap_power_limit(job, batch_size, power_limit)
+    if profiled:
+        p = job.best_power_limit(batch_size)
+        if max_slowdown > 0:
+            fit = budget_power_limit(job.eta, job.power[batch_size], job.max_power, max_slowdown)
+            p = max(job.power[batch_size]) if fit is None else fit
+    else:
+        p = _snap_power_limit(job, batch_size, power_limit)
     ec = job.epoch_cost(batch_size, p)
     cap = job.max_epochs
     if math.isfinite(min_cost):
@@ -279,18 +343,26 @@ def simulate(
     recurrences: int | None = None,
     schedule: Callable[[int], TraceJob] | None = None,
     backend_factory: BackendFactory | None = None,
+    max_slowdown: float = 0.0,
 ) -> SimResult:
     """Replay ``recurrences`` recurrences of ``job`` (``schedule(r)`` may swap the job per recurrence).
 
     ``schedule`` is how the synthetic scenarios change the data (drift) or the GPU (alternation);
     every job it returns must have the same batch sizes as ``job`` or a subset of them.
+    With ``max_slowdown`` the job minimises energy (``eta`` 1) within that slowdown budget, and
+    regret is measured against :func:`budget_oracle` (no ``schedule`` then).
     """
     n = job.recurrences if recurrences is None else recurrences
-    spec = make_spec(job, policy, seed)
+    if max_slowdown > 0:
+        if schedule is not None:
+            raise SimulationError("a slowdown budget is simulated on the trace scenario only")
+        job = job.with_knobs(eta=1.0)
+    spec = make_spec(job, policy, seed, max_slowdown=max_slowdown)
     backend = make_backend(job, spec, backend_factory)
     trace_rng = np.random.default_rng(seed)
     profiles = GpuProfiles()
     result = SimResult(job.name, job.gpu, job.workload, job.target_metric, job.eta, job.beta, policy, seed)
+    result.max_slowdown = max_slowdown
     # The user's cap compares costs of one GPU model: MAX_POWER (so the cost's scale) differs
     # between models, so a job that changes GPU keeps one ``min_cost`` per model.
     min_cost: dict[str, float] = {}
@@ -298,16 +370,18 @@ def simulate(
         for r in range(n):
             current = schedule(r) if schedule is not None else job
             total = 0.0
+            elapsed_s = 0.0
             for attempt in range(MAX_ATTEMPTS_PER_RECURRENCE):
                 decision: Decision = backend.suggest(profiles.context(current))
                 b = int(decision.batch_size)
                 bound = backend.cost_bound(b)
                 cap_cost = min_cost.get(current.gpu, math.inf)
-                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound)
+                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound, max_slowdown)
                 if out.profiled:
                     profiles.record(current, b)
                 backend.observe(observation(current, b, out))
                 total += out.cost
+                elapsed_s += out.time_s
                 result.attempts.append(
                     Attempt(
                         current.name, current.gpu, policy, seed, r, attempt, b, out.power_limit, out.epochs,
@@ -325,7 +399,9 @@ def simulate(
                 )
             min_cost[current.gpu] = min(min_cost.get(current.gpu, math.inf), total)
             result.recurrence_costs.append(total)
-            ob, op = current.oracle()
+            result.recurrence_times.append(elapsed_s)
+            result.default_times.append(default_time_s(current))
+            ob, op = job_oracle(current, max_slowdown)
             result.oracle_costs.append(current.expected_cost(ob, op))
             result.default_costs.append(current.expected_cost(current.default_batch_size, current.max_power))
             result.default_energies.append(current.expected_energy(current.default_batch_size, current.max_power))

@@ -108,6 +108,8 @@ def short_horizon_rows(summaries: Sequence[dict[str, Any]], policies: Sequence[s
                 "recurrences_to_regret_10pct": float(np.mean(reached)) if reached else math.nan,
                 "never_under_10pct": len(rows) - len(reached),
                 "simulations": len(rows),
+                "slowdown_mean": _mean_of(rows, "slowdown_mean"),
+                "budget_broken_pct": _mean_of(rows, "budget_broken_pct"),
             }
         )
     return out
@@ -125,6 +127,16 @@ def short_horizon_table(summaries: Sequence[dict[str, Any]], policies: Sequence[
         never = f" ({r['never_under_10pct']} never)" if r["never_under_10pct"] else ""
         line += f"{r['recurrences_to_regret_10pct']:22.1f}{never}"
         lines.append(line)
+    budgets = sorted({s["max_slowdown"] for s in summaries if s.get("max_slowdown")})
+    if budgets:
+        lines.append("")
+        lines.append(
+            f"slowdown budget {', '.join(f'{b:g}x' for b in budgets)} (cost = energy; regret against the "
+            "cheapest configuration expected to fit the budget)"
+        )
+        lines.append(f"{'policy':<16}{'mean time / default':>22}{'recurrences over budget %':>28}")
+        for r in rows:
+            lines.append(f"{r['policy']:<16}{r['slowdown_mean']:22.3f}{r['budget_broken_pct']:28.1f}")
     return "\n".join(lines)
 
 

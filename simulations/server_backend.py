@@ -57,6 +57,7 @@ class ServerBackend:
                 policy=spec.policy,
                 window=spec.window,
                 seed=spec.seed,
+                max_slowdown=spec.max_slowdown or None,
             )
         )
         self._run_id = ""

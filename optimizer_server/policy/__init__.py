@@ -9,10 +9,12 @@ from optimizer_server.policy.base import (
     ProfilePoint,
     SuggestContext,
     best_power_limit,
+    budget_power_limit,
     choose_power_limit,
     decision_rng,
     energy_time_cost,
     epoch_cost,
+    profiled_power_limit,
 )
 from optimizer_server.policy.registry import POLICY_NAMES, get_policy
 
@@ -26,9 +28,11 @@ __all__ = [
     "ProfilePoint",
     "SuggestContext",
     "best_power_limit",
+    "budget_power_limit",
     "choose_power_limit",
     "decision_rng",
     "energy_time_cost",
     "epoch_cost",
     "get_policy",
+    "profiled_power_limit",
 ]

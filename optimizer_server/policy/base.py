@@ -26,6 +26,11 @@ class JobSpec:
     ``eta`` weighs energy against time in the cost, ``beta`` is the early-stop multiple of the best
     recurrence cost seen so far, ``target_metric`` with ``higher_is_better`` says when a run has
     reached its goal. The GPU model is *not* part of a job: it belongs to each run.
+
+    ``max_slowdown`` (0: none) is the alternative to ``eta``: a slowdown budget, e.g. 1.1 for "a
+    run may take at most 10 % longer than the default configuration (the default batch size at the
+    maximum power limit) is expected to". Such a job minimises energy within the budget: its ``eta``
+    is 1 (validation sees to it), and the policy leaves out configurations expected to break it.
     """
 
     job_id: str
@@ -39,6 +44,7 @@ class JobSpec:
     policy: str = "powerbandit"
     window: int = 0
     seed: int = 0
+    max_slowdown: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -54,6 +60,7 @@ class JobSpec:
             "policy": self.policy,
             "window": self.window,
             "seed": self.seed,
+            "max_slowdown": self.max_slowdown,
         }
 
     @classmethod
@@ -209,6 +216,34 @@ def best_power_limit(eta: float, profile: PowerProfile, max_power_w: float) -> f
     return min(profile, key=lambda p: (epoch_cost(eta, profile[p], max_power_w), -p))
 
 
+def budget_power_limit(
+    eta: float, profile: PowerProfile, max_power_w: float, max_slowdown: float, epochs_ratio: float = 1.0
+) -> float | None:
+    """The cheapest power limit of ``profile`` whose epochs fit a slowdown budget, or ``None``.
+
+    A limit fits when ``epochs_ratio * time_per_epoch(p) <= max_slowdown * time_per_epoch(p_max)``,
+    ``p_max`` being the profile's highest limit and ``epochs_ratio`` the epochs this batch size is
+    expected to need over those of the reference (1: the reference itself).
+    """
+    if not profile:
+        raise ValueError("an empty power profile has no best power limit")
+    reference = profile[max(profile)].time_per_epoch_s * max_slowdown
+    fitting = {p: pt for p, pt in profile.items() if epochs_ratio * pt.time_per_epoch_s <= reference * (1 + 1e-12)}
+    return best_power_limit(eta, fitting, max_power_w) if fitting else None
+
+
+def profiled_power_limit(spec: JobSpec, profile: PowerProfile, max_power_w: float) -> float:
+    """The power limit a run settles on after profiling ``profile``.
+
+    The lowest epoch cost; with a slowdown budget, the lowest among the limits whose epochs take at
+    most ``max_slowdown`` times as long as at the highest limit (the highest limit when none does).
+    """
+    if spec.max_slowdown > 0:
+        chosen = budget_power_limit(spec.eta, profile, max_power_w, spec.max_slowdown)
+        return max(profile) if chosen is None else chosen
+    return best_power_limit(spec.eta, profile, max_power_w)
+
+
 def choose_power_limit(
     spec: JobSpec, context: SuggestContext, batch_size: int
 ) -> tuple[float | None, tuple[float, ...]]:
@@ -219,7 +254,7 @@ def choose_power_limit(
     """
     profile = context.profiles.get(batch_size)
     if profile:
-        return best_power_limit(spec.eta, profile, context.max_power_w), ()
+        return profiled_power_limit(spec, profile, context.max_power_w), ()
     return None, tuple(context.power_limits_w)
 
 

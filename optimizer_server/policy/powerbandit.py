@@ -55,7 +55,9 @@ from optimizer_server.policy.base import (
     Observation,
     SuggestContext,
     best_recurrence,
+    budget_power_limit,
     choose_power_limit,
+    epoch_cost,
     fold_recurrence,
     new_recurrence_state,
 )
@@ -524,12 +526,18 @@ class PowerBanditPolicy:
         shape, rate = self._noise(data)
         noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else NOISE_SD**2
         known = self._epoch_costs(spec, state, context)
-        ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         trend_var = self._trend_var(data, noise_var)
+        observed = _observed(data)
+        limits: dict[int, float] = {}
+        if spec.max_slowdown > 0:
+            limits, fitting = self._budget(spec, data, context, observed, noise_var, trend_var)
+            for b, p in limits.items():
+                known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
+            candidates = [b for b in candidates if b in fitting] or [int(spec.default_batch_size)]
+        ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         costs: dict[int, float] = {}
         draws = rng.standard_normal(2 * len(candidates)).tolist()
         moments: dict[int, tuple[float, float]] = {}
-        observed = _observed(data)
         for i, b in enumerate(candidates):
             own = data[b]
             mean, var = _posterior(observed, own, b, noise_var, trend_var)
@@ -575,7 +583,66 @@ class PowerBanditPolicy:
             if tried
             else f"exploring batch size {best}, a neighbour of one that reached the target"
         )
-        return self._decision(spec, context, best, phase, explanation)
+        if spec.max_slowdown > 0:
+            explanation += f" within the slowdown budget {spec.max_slowdown:g}x"
+        return self._decision(spec, context, best, phase, explanation, limits.get(best))
+
+    def _budget(
+        self,
+        spec: JobSpec,
+        data: Mapping[int, Mapping[str, Any]],
+        context: SuggestContext,
+        observed: list[tuple[int, float, int, float]],
+        noise_var: float,
+        trend_var: float,
+    ) -> tuple[dict[int, float], set[int]]:
+        """The slowdown budget on this GPU: the power limit of each profiled batch size expected to fit
+        it, and the batch sizes expected to fit it at all.
+
+        A run of ``(b, p)`` is expected to take ``epochs(b) / epochs(b0) * time_per_epoch(b, p)`` over
+        ``time_per_epoch(b0, p_max)`` times the default's time, with the posterior mean epochs ratio.
+        An unprofiled batch size fits when its extrapolated epoch time at the highest limit does. The
+        default batch size always fits (at the highest limit); before its profile nothing else is
+        judged, so only it fits.
+        """
+        b0 = int(spec.default_batch_size)
+        profiles = {int(b): pr for b, pr in context.profiles.items() if pr and int(b) in data}
+        if b0 not in profiles:
+            return {}, {b0}
+        budget = spec.max_slowdown
+        ref = profiles[b0][max(profiles[b0])].time_per_epoch_s
+        def log_epochs(b: int) -> float:
+            # a batch size's own runs, when it has some: the posterior leans on the neighbours, which
+            # is optimistic for a budget (a batch size that needed 3x the epochs must not look fine)
+            if data[b]["n"]:
+                return float(data[b]["mean"])
+            return _posterior(observed, data[b], b, noise_var, trend_var)[0]
+
+        mean0 = log_epochs(b0)
+        t_points = {
+            math.log2(b): math.log(pr[max(pr)].time_per_epoch_s)
+            for b, pr in profiles.items()
+            if pr[max(pr)].time_per_epoch_s > 0
+        }
+        limits: dict[int, float] = {}
+        fitting: set[int] = set()
+        for b in data:
+            mean_b = log_epochs(b)
+            ratio = _exp(mean_b - mean0) if b != b0 and math.isfinite(mean_b) and math.isfinite(mean0) else 1.0
+            if b in profiles:
+                pr = profiles[b]
+                scaled = ratio * pr[max(pr)].time_per_epoch_s / ref
+                p = budget_power_limit(spec.eta, pr, context.max_power_w, budget, scaled)
+                if b == b0 and p is None:
+                    p = max(pr)
+                if p is not None:
+                    limits[b] = p
+                    fitting.add(b)
+            elif t_points:
+                log_t, _ = _extrapolate(t_points, math.log2(b), (-EC_SLOPE_MAX, EC_SLOPE_MAX), 0.0)
+                if ratio * _exp(log_t) <= budget * ref:
+                    fitting.add(b)
+        return limits, fitting
 
     def _fallback(
         self, spec: JobSpec, data: Mapping[int, Mapping[str, Any]], context: SuggestContext
@@ -597,7 +664,16 @@ class PowerBanditPolicy:
         )
 
     @staticmethod
-    def _decision(spec: JobSpec, context: SuggestContext, b: int, phase: str, explanation: str) -> Decision:
+    def _decision(
+        spec: JobSpec,
+        context: SuggestContext,
+        b: int,
+        phase: str,
+        explanation: str,
+        power_limit_w: float | None = None,
+    ) -> Decision:
+        if power_limit_w is not None:
+            return Decision(b, power_limit_w, (), phase, explanation)
         power_limit, profile = choose_power_limit(spec, context, b)
         if power_limit is None:
             explanation += "; profiling power limits during the first epoch"

@@ -65,7 +65,7 @@ RUN_STATE_FAILED: RunState
 RUN_STATE_EXPIRED: RunState
 
 class JobSpec(_message.Message):
-    __slots__ = ("job_id", "batch_sizes", "default_batch_size", "target_metric", "metric_direction", "max_epochs", "eta", "beta", "policy", "window", "seed")
+    __slots__ = ("job_id", "batch_sizes", "default_batch_size", "target_metric", "metric_direction", "max_epochs", "eta", "beta", "policy", "window", "seed", "max_slowdown")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class JobSpec(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLOWDOWN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     default_batch_size: int
@@ -88,7 +89,8 @@ class JobSpec(_message.Message):
     policy: str
     window: int
     seed: int
-    def __init__(self, job_id: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., default_batch_size: _Optional[int] = ..., target_metric: _Optional[float] = ..., metric_direction: _Optional[_Union[MetricDirection, str]] = ..., max_epochs: _Optional[int] = ..., eta: _Optional[float] = ..., beta: _Optional[float] = ..., policy: _Optional[str] = ..., window: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    max_slowdown: float
+    def __init__(self, job_id: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., default_batch_size: _Optional[int] = ..., target_metric: _Optional[float] = ..., metric_direction: _Optional[_Union[MetricDirection, str]] = ..., max_epochs: _Optional[int] = ..., eta: _Optional[float] = ..., beta: _Optional[float] = ..., policy: _Optional[str] = ..., window: _Optional[int] = ..., seed: _Optional[int] = ..., max_slowdown: _Optional[float] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("model", "count", "min_power_limit_w", "max_power_limit_w", "power_limits_w")
