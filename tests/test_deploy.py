@@ -16,10 +16,14 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
-import re
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,35 +203,203 @@ def test_compose_wiring() -> None:
 
 
 # ----------------------------------------------------------------------------------- systemd
+UNIT = DEPLOY / "systemd" / "powerbandit-server.service"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unit_service_settings() -> tuple[list[list[str]], dict[str, str], dict[str, str]]:
+    """The unit's ExecStart* command lines, its ``Environment=`` variables, and its other [Service] keys."""
+    commands, env, keys = [], {}, {}
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            if key.startswith("ExecStart"):
+                commands.append(shlex.split(value))
+            elif key == "Environment":
+                name, _, val = value.partition("=")
+                env[name] = val
+            else:
+                keys[key] = value
+    return commands, env, keys
+
+
 def test_systemd_unit_verifies_and_runs_real_commands(tmp_path: Path) -> None:
-    unit = (DEPLOY / "systemd" / "powerbandit-server.service").read_text()
-    commands = [
-        shlex_split(line.split("=", 1)[1]) for line in unit.splitlines() if line.startswith("ExecStart")
-    ]
-    env = dict(re.findall(r"^Environment=(POWERBANDIT_\w+)=(\S+)$", unit, re.M))
+    commands, env, keys = unit_service_settings()
     for name in env:
         assert_known_variable(name)
-    assert [c[1:] for c in commands] == [["db", "upgrade"], ["serve"]]
-    for command in commands:
-        parse_cli(command[1:], env)
-    assert "DynamicUser=yes" in unit or re.search(r"^User=(?!root)\w+", unit, re.M)
+    assert [c[1:] for c in commands] == [["serve"]]
+    parse_cli(commands[0][1:], env)
+    assert keys.get("DynamicUser") == "yes" or keys.get("User", "root") != "root"
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     # verify wants the binaries to exist: point them at this environment's powerbandit.
     cli = shutil.which("powerbandit") or pytest.skip("no powerbandit console script on PATH")
     copy = tmp_path / "powerbandit-server.service"
-    copy.write_text(unit.replace("/opt/powerbandit/bin/powerbandit", str(cli)))
+    copy.write_text(UNIT.read_text().replace("/opt/powerbandit/bin/powerbandit", str(cli)))
     done = subprocess.run(
         [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "" and done.stderr.strip() == "", done.stderr
 
 
-def shlex_split(text: str) -> list[str]:
-    import shlex
+def test_systemd_unit_starts_a_healthy_server_and_stops_on_its_signal(tmp_path: Path) -> None:
+    """What systemd would run: ExecStart with the unit's environment, a fresh state directory, the tokens credential.
 
-    return shlex.split(text)
+    Paths of the unit are mapped under tmp_path (StateDirectory, %d), the listen address to a free
+    loopback port; the user, the sandboxing and the credential mechanism are systemd's and not run.
+    """
+    commands, env, keys = unit_service_settings()
+    state = tmp_path / "var-lib-powerbandit"
+    state.mkdir()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "tokens").write_text("unit-check-token *\n")
+    port, metrics_port = free_port(), free_port()
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("POWERBANDIT_")}
+    for name, value in env.items():
+        run_env[name] = value.replace("/var/lib/powerbandit", str(state)).replace("%d", str(credentials))
+    run_env["POWERBANDIT_LISTEN"] = f"127.0.0.1:{port}"
+    assert run_env["POWERBANDIT_METRICS_PORT"].isdigit()
+    run_env["POWERBANDIT_METRICS_PORT"] = str(metrics_port)  # the unit's 9464 may be taken on this machine
+    run_env["PYTHONPATH"] = str(REPO_ROOT)
+    cwd = Path(keys["WorkingDirectory"].replace("/var/lib/powerbandit", str(state)))
+    (serve,) = commands
+    log = run_until_healthy(
+        serve[1:], run_env, cwd, ["health", "--timeout-s", "2"], metrics_port,
+        stop_signal=keys.get("KillSignal", "SIGTERM"), stop_timeout_s=float(keys.get("TimeoutStopSec", "90")),
+    )  # fmt: skip
+    assert f"serving on 127.0.0.1:{port}" in log
+    assert (state / "powerbandit.db").exists()  # the unit's POWERBANDIT_DB, in its StateDirectory
+    assert "authentication: bearer tokens required" in log, log[-2000:]  # the tokens credential was read
+
+
+def run_until_healthy(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    health_argv: list[str],
+    metrics_port: int | None,
+    stop_signal: str = "SIGTERM",
+    stop_timeout_s: float = 30.0,
+) -> str:
+    """Run ``powerbandit ARGV`` until ``powerbandit HEALTH_ARGV`` passes, scrape metrics, stop it; returns its log.
+
+    The source tree's ``powerbandit`` stands in for the installed command; the process is always stopped.
+    """
+    python_cli = [sys.executable, "-m", "powerbandit"]
+    run_env = {**env, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([*python_cli, *argv], cwd=cwd, env=run_env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            health = subprocess.run(
+                [*python_cli, *health_argv],
+                env=run_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if health.returncode == 0:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, health.stderr
+            time.sleep(0.3)
+        assert health.stdout.strip().endswith(": SERVING")
+        if metrics_port is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+                assert "powerbandit_jobs" in reply.read().decode()
+    finally:
+        proc.send_signal(getattr(signal, stop_signal))
+        try:
+            code = proc.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            raise
+        log = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.postgres
+def test_compose_server_runs_on_postgresql_with_its_secrets(tmp_path: Path, postgres_server: Any) -> None:
+    """The compose service's command, environment, tokens secret and health check, on a real PostgreSQL.
+
+    The database URL of compose.env points at the test cluster instead of the `postgres` service;
+    the listen and metrics addresses are free loopback ports instead of 0.0.0.0.
+    """
+    server = compose()["services"]["powerbandit"]
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    (secrets / server["secrets"][0]).write_text("compose-check-token *\n")
+    port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERBANDIT_")}
+    env.update({k: str(v).replace("/run/secrets", str(secrets)) for k, v in server["environment"].items()})
+    env.update(
+        POWERBANDIT_DB=postgres_server.new_database(), POWERBANDIT_LISTEN=f"127.0.0.1:{port}",
+        POWERBANDIT_METRICS_HOST="127.0.0.1", POWERBANDIT_METRICS_PORT=str(metrics_port),
+    )  # fmt: skip
+    health_argv = server["healthcheck"]["test"][2:]  # ["CMD", "powerbandit", ...]
+    log = run_until_healthy(server["command"], env, tmp_path, health_argv, metrics_port)
+    assert "authentication: bearer tokens required" in log and "postgresql://" in log
+
+
+@pytest.mark.postgres
+def test_kubernetes_container_runs_on_postgresql_with_its_secret(
+    tmp_path: Path, postgres_server: Any
+) -> None:
+    """The Deployment's container: args, env (the Secret's keys resolved), the tokens volume, the gRPC probe's port.
+
+    The Secret's db-url points at the test cluster; the listen and metrics addresses are free
+    loopback ports instead of 0.0.0.0.
+    """
+    deployment, secret = by_kind("Deployment"), by_kind("Secret")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    data = dict(secret["stringData"], **{"db-url": postgres_server.new_database()})
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted: dict[str, str] = {}
+    for mount in container["volumeMounts"]:
+        directory = tmp_path / "mounts" / mount["mountPath"].strip("/")
+        directory.mkdir(parents=True)
+        source = volumes[mount["name"]].get("secret")
+        if source is not None:
+            for item in source["items"]:
+                (directory / item["path"]).write_text(data[item["key"]])
+        mounted[mount["mountPath"]] = str(directory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POWERBANDIT_")}
+    for var in container["env"]:
+        if "value" in var:
+            value = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            value = data[ref["key"]]
+        for path, directory in mounted.items():
+            if value.startswith(path + "/"):  # a file in a mounted volume
+                value = directory + value[len(path) :]
+                break
+        env[var["name"]] = value
+    port, metrics_port = free_port(), free_port()
+    assert env["POWERBANDIT_LISTEN"].endswith(f":{container['readinessProbe']['grpc']['port']}")
+    env.update(POWERBANDIT_LISTEN=f"127.0.0.1:{port}", POWERBANDIT_METRICS_HOST="127.0.0.1",
+               POWERBANDIT_METRICS_PORT=str(metrics_port))  # fmt: skip
+    log = run_until_healthy(
+        container["args"], env, tmp_path, ["health", "--server", f"127.0.0.1:{port}"], metrics_port,
+        stop_timeout_s=float(pod["terminationGracePeriodSeconds"]),
+    )  # fmt: skip
+    assert "authentication: bearer tokens required" in log and "postgresql://" in log
 
 
 # ----------------------------------------------------------------------------------- Dockerfile
