@@ -1,14 +1,17 @@
-"""Deployment artifacts, checked without a container daemon.
+"""Deployment artifacts, checked without a container daemon, and run as far as this machine allows.
 
 * Kubernetes manifests: schema-checked against the official Kubernetes 1.30 schemas (strict: unknown
-  fields fail) with ``kubernetes-validate``, then cross-checked (selectors, probes, Secret keys).
+  fields fail) with ``kubernetes-validate``, cross-checked (selectors, probes, Secret keys), and the
+  server container's args and env run on a throwaway PostgreSQL until its health check passes.
 * compose file: schema-checked against the Compose Specification schema (vendored by
-  ``check-jsonschema``), then cross-checked against the Prometheus config and the Dockerfile.
-* systemd unit: ``systemd-analyze verify`` (no warnings allowed).
+  ``check-jsonschema``), cross-checked against the Prometheus config and the Dockerfile, and its
+  server service run on a throwaway PostgreSQL until its health-check command passes.
+* systemd unit: ``systemd-analyze verify`` (no warnings allowed), and its ExecStart run with its
+  environment until healthy, then stopped with its KillSignal.
 * Dockerfile: parsed; its stages, user, health check and command checked; and its build and start
   steps run for real in a fresh virtualenv by ``deploy/docker/check_image_steps.py``.
 * Every ``powerbandit`` command line and ``POWERBANDIT_*`` variable in these files is checked against
-  the real command-line parser.
+  the real command-line parser. Servers listen on free loopback ports only.
 """
 
 from __future__ import annotations
