@@ -640,30 +640,55 @@ def plot_job(job: pb.Job, out: str, *, figsize: tuple[float, float] = (12.0, 4.5
     """Write a PNG: cost per run with the best-so-far line, and each batch size's posterior cost.
 
     The image is ``figsize * dpi`` pixels. Cost is ``eta*energy + (1-eta)*MAX_POWER*time`` in
-    joules (energy-equivalent).
+    joules (energy-equivalent). Each run's colour is its batch size (the same colour in both
+    panels), its marker its outcome; legends sit below the axes, never over a point.
     """
     plt = _pyplot()
+    fig = job_figure(job, figsize=figsize, dpi=dpi)
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def job_figure(job: pb.Job, *, figsize: tuple[float, float] = (12.0, 4.5), dpi: int = 100) -> Any:
+    """The matplotlib figure :func:`plot_job` writes (the caller closes it)."""
+    plt = _pyplot()
+    with plt.rc_context({"font.size": max(5.0, min(10.0, figsize[0] * 0.85))}):  # small figures, small text
+        return _job_figure(plt, job, figsize, dpi)
+
+
+def _job_figure(plt: Any, job: pb.Job, figsize: tuple[float, float], dpi: int) -> Any:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    scale = (plt.rcParams["font.size"] / 10.0) ** 2  # marker area follows the text size
     finished = [r for r in job.runs if _finished(r)]
-    arms = [a for a in job.arms]
+    arms = list(job.arms)
+    sizes = sorted({a.batch_size for a in arms} | {r.batch_size for r in finished})
+    colour = {b: f"C{i % 10}" for i, b in enumerate(sizes)}
     factor, unit = _cost_scale(
         [r.cost for r in finished] + [v for a in arms for v in (a.cost_mean, a.cost_high)]
     )
-    fig, (left, right) = plt.subplots(1, 2, figsize=figsize, dpi=dpi, gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=figsize, dpi=dpi, layout="constrained", gridspec_kw={"width_ratios": [3, 2]}
+    )
     fig.suptitle(
         f"{job.spec.job_id}  (eta {job.spec.eta:g}, default batch size {job.spec.default_batch_size})"
     )
 
     kinds = (
-        ("reached target", lambda r: _succeeded(r), "o", "tab:green"),
-        ("stopped / missed target", lambda r: r.state == pb.RUN_STATE_COMPLETED and not r.reached_target,
-         "x", "tab:orange"),
-        ("failed / expired", lambda r: r.state != pb.RUN_STATE_COMPLETED, "v", "tab:gray"),
+        ("reached target", lambda r: _succeeded(r), "o"),
+        ("stopped / missed target", lambda r: r.state == pb.RUN_STATE_COMPLETED and not r.reached_target, "X"),
+        ("failed / expired", lambda r: r.state != pb.RUN_STATE_COMPLETED, "v"),
     )  # fmt: skip
-    for label, keep, marker, color in kinds:
-        points = [(i, r.cost / factor) for i, r in enumerate(finished, start=1) if keep(r)]
+    handles: list[Any] = []
+    for label, keep, marker in kinds:
+        points = [(i, r.cost / factor, colour[r.batch_size]) for i, r in enumerate(finished, start=1) if keep(r)]
         if points:
-            xs, ys = zip(*points, strict=True)
-            left.scatter(xs, ys, marker=marker, color=color, label=label, zorder=3)
+            xs, ys, cs = zip(*points, strict=True)
+            left.scatter(xs, ys, marker=marker, c=list(cs), s=36 * scale, zorder=3, edgecolors="black",
+                         linewidths=0.4)
+            handles.append(Line2D([], [], marker=marker, linestyle="", color="gray", markeredgecolor="black",
+                                  markeredgewidth=0.4, label=label))  # fmt: skip
     best_x, best_y, best = [], [], math.inf
     for i, r in enumerate(finished, start=1):
         if _succeeded(r):
@@ -672,7 +697,8 @@ def plot_job(job: pb.Job, out: str, *, figsize: tuple[float, float] = (12.0, 4.5
             best_x.append(i)
             best_y.append(best / factor)
     if best_x:
-        left.step(best_x, best_y, where="post", color="tab:blue", label="best so far (reached target)")
+        (line,) = left.step(best_x, best_y, where="post", color="black", lw=1.2, label="best so far (reached target)")
+        handles.append(line)
     if finished:
         model = finished[-1].gpu_model
         baseline, _ = default_baseline(job, model)
@@ -681,18 +707,20 @@ def plot_job(job: pb.Job, out: str, *, figsize: tuple[float, float] = (12.0, 4.5
             count = finished[-1].gpu_count or 1
             eta = job.spec.eta
             cost = eta * baseline.energy_j + (1 - eta) * p_max * count * baseline.time_s
-            left.axhline(cost / factor, color="tab:red", linestyle="--",
-                         label=f"default config, estimated ({baseline.source})")  # fmt: skip
+            handles.append(left.axhline(cost / factor, color="tab:red", linestyle="--",
+                                        label=f"default config, estimated ({baseline.source})"))  # fmt: skip
+    ran = [b for b in sizes if any(r.batch_size == b for r in finished)]
+    handles += [Line2D([], [], marker="s", linestyle="", color=colour[b], label=f"batch size {b}") for b in ran]
     left.set_xlabel("run (in order of suggestion, finished runs only)")
     left.set_ylabel(f"cost per run ({unit}, energy-equivalent)")
-    left.set_title("Cost per run")
+    left.set_title("Cost per run (colour: batch size)")
     left.grid(alpha=0.3)
+    left.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=1))
     if finished:
-        left.legend(loc="best", fontsize="small")
+        left.set_xlim(0.5, len(finished) + 0.5)
     else:
         left.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=left.transAxes)
 
-    labels = [str(a.batch_size) for a in arms]
     xs = list(range(len(arms)))
     known = [i for i, a in enumerate(arms) if math.isfinite(a.cost_mean)]
     if known:
@@ -709,33 +737,60 @@ def plot_job(job: pb.Job, out: str, *, figsize: tuple[float, float] = (12.0, 4.5
             else 0.0
             for i in known
         ]
-        colors = ["tab:blue" if arms[i].batch_size == job.best_batch_size else "tab:gray" for i in known]
-        right.errorbar([xs[i] for i in known], means, yerr=[low, high], fmt="none", ecolor="black", capsize=4,
-                       label="90% credible interval")  # fmt: skip
-        right.scatter([xs[i] for i in known], means, c=colors, zorder=3, label="posterior mean (blue: best)")
-    for i, a in enumerate(arms):
-        if not math.isfinite(a.cost_mean):
-            right.annotate(a.status, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 6),
-                           textcoords="offset points", ha="center", fontsize="small", color="tab:gray")  # fmt: skip
-    right.set_xticks(xs, [f"{lab}*" if a.batch_size == job.spec.default_batch_size else lab
-                          for lab, a in zip(labels, arms, strict=True)])  # fmt: skip
+        handles.append(right.errorbar([xs[i] for i in known], means, yerr=[low, high], fmt="none", ecolor="black",
+                                      capsize=4, label="posterior: 90% credible interval"))  # fmt: skip
+        right.scatter(
+            [xs[i] for i in known], means, c=[colour[arms[i].batch_size] for i in known], s=60 * scale, zorder=3,
+            edgecolors=["black" if arms[i].batch_size == job.best_batch_size else "none" for i in known],
+            linewidths=2,
+        )  # fmt: skip
+        handles.append(Line2D([], [], marker="o", linestyle="", color="gray", markeredgecolor="black",
+                              markeredgewidth=2, label="posterior mean (black ring: best)"))  # fmt: skip
+    # batch sizes without an estimate say why in their tick label (one per tick: nothing overlaps)
+    labels = []
+    for a in arms:
+        text = f"{a.batch_size}*" if a.batch_size == job.spec.default_batch_size else str(a.batch_size)
+        labels.append(text if math.isfinite(a.cost_mean) else f"{text}\n({a.status})")
+    crowded = len(arms) > 0 and figsize[0] * 0.4 / len(arms) < 0.9  # inches per tick label
+    right.set_xticks(xs, labels, fontsize="x-small" if crowded else "small", rotation=90 if crowded else 0)
+    right.set_xlim(-0.5, len(arms) - 0.5)
     right.set_xlabel("batch size (* = default)")
     right.set_ylabel(f"cost of one run ({unit}, energy-equivalent)")
     right.set_title("Posterior cost per batch size")
     right.grid(alpha=0.3)
-    if known:
-        right.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out, dpi=dpi, format="png")
-    plt.close(fig)
+    if not known:
+        right.text(0.5, 0.5, "no batch size has an estimate yet", ha="center", va="center", transform=right.transAxes)
+    if handles:  # one legend below both panels: it never covers a point
+        fig.legend(handles=handles, loc="outside lower center", fontsize="small", frameon=False,
+                   ncol=max(1, min(len(handles), int(figsize[0] / 2.4))))  # fmt: skip
+    return fig
+
+
+def _symlog_linthresh(values: Sequence[float]) -> float:
+    """The linear range of a symlog energy axis (kWh): the decade of the smallest non-zero value."""
+    small = min((abs(v) for v in values if v and math.isfinite(v)), default=1.0)
+    return 10.0 ** math.floor(math.log10(small))
 
 
 def plot_report(
     report: dict[str, Any], out: str, *, figsize: tuple[float, float] = (12.0, 5.0), dpi: int = 100
 ) -> None:
-    """Write a PNG of a :func:`cluster_report`: energy used and estimated saved, per job and per GPU model."""
+    """Write a PNG of a :func:`cluster_report`: energy used and estimated saved, per job and per GPU model.
+
+    The energy axis is symmetric-logarithmic (a 0.4 kWh job stays visible next to a 74 kWh one; a
+    negative saving, exploration that cost more than it saved so far, reads to the left of zero),
+    and each bar carries its value.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=figsize, dpi=dpi)
+    fig = report_figure(report, figsize=figsize, dpi=dpi)
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def report_figure(report: dict[str, Any], *, figsize: tuple[float, float] = (12.0, 5.0), dpi: int = 100) -> Any:
+    """The matplotlib figure :func:`plot_report` writes (the caller closes it)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=figsize, dpi=dpi, layout="constrained")
     for ax, rows, key, title in (
         (axes[0], report["per_job"], "job_id", "Per job"),
         (axes[1], report["per_gpu"], "gpu_model", "Per GPU model"),
@@ -747,23 +802,27 @@ def plot_report(
         ax.barh([y - 0.2 for y in ys], used, height=0.4, color="tab:blue", label="energy used")
         ax.barh([y + 0.2 for y in ys], saved, height=0.4, color="tab:green",
                 label="estimated saved vs default config")  # fmt: skip
-        for y, r in zip(ys, rows, strict=True):
-            if r["saved_energy_j"] is None:
-                ax.annotate("no estimate", (0, y + 0.2), xytext=(3, 0), textcoords="offset points",
-                            va="center", fontsize="small", color="tab:gray")  # fmt: skip
+        for y, r, u, s in zip(ys, rows, used, saved, strict=True):
+            ax.annotate(fmt_energy(r["energy_j"]), (u, y - 0.2), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize="x-small")  # fmt: skip
+            text = "no estimate" if r["saved_energy_j"] is None else fmt_energy(r["saved_energy_j"])
+            ax.annotate(text, (max(s, 0.0), y + 0.2), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="x-small", color="tab:gray" if r["saved_energy_j"] is None else "black")  # fmt: skip
         ax.set_yticks(ys, names)
         ax.invert_yaxis()
-        ax.set_xlabel("energy (kWh)")
+        if rows:
+            ax.set_xscale("symlog", linthresh=_symlog_linthresh(used + saved))
+            top = max([abs(v) for v in used + saved] + [1e-9])
+            ax.set_xlim(min([0.0] + [v * 3 for v in saved]), top * 8)  # room for the value labels
+        ax.set_xlabel("energy (kWh, symmetric log scale)")
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="x")
         if rows:
-            ax.legend(loc="best", fontsize="small")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", ncol=2, frameon=False)
         else:
             ax.text(
                 0.5, 0.5, "no finished runs in the window", ha="center", va="center", transform=ax.transAxes
             )
     since = fmt_unix(report["since_unix_s"]) if report["since_unix_s"] > 0 else "the beginning"
     fig.suptitle(f"powerbandit: energy since {since}")
-    fig.tight_layout()
-    fig.savefig(out, dpi=dpi, format="png")
-    plt.close(fig)
+    return fig

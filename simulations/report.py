@@ -149,8 +149,68 @@ def print_table(summaries: Sequence[dict[str, Any]], policies: Sequence[str], st
             stream.write(f"WARNING {s['job']} {s['policy']} seed {s['seed']}: stuck: {s['stuck']}\n")
 
 
+def configs_figure(results: Sequence[SimResult], policies: Sequence[str]) -> Any:
+    """The figure of ``configs.png``: per job, every attempt of every seed, batch size and power limit.
+
+    One panel per job; x is the attempt, y the batch size (policies side by side, slightly offset,
+    one marker each), the colour the power limit (colour bar), ``x`` an attempt that did not reach
+    the target. Points are translucent, so a configuration most seeds chose reads darker. The
+    legend sits above the panels. The caller closes the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    jobs = list(dict.fromkeys(r.job for r in results))
+    cols = min(4, len(jobs))
+    rows = math.ceil(len(jobs) / cols)
+    markers = dict(zip(policies, "os^Dv<>p", strict=False))
+    limits = [a.power_limit for r in results for a in r.attempts if a.power_limit > 0]
+    norm = Normalize(min(limits, default=0.0), max(limits, default=1.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.9 * rows + 0.8), squeeze=False, layout="constrained")
+    mappable = None
+    for ax, job in zip(axes.flat, jobs, strict=False):
+        seeds = sorted({r.seed for r in results if r.job == job})
+        sizes = sorted({a.batch_size for r in results if r.job == job for a in r.attempts})
+        for k, p in enumerate(policies):
+            runs = [r for r in results if r.job == job and r.policy == p]
+            offset = (k - (len(policies) - 1) / 2) * 0.18
+            attempts = [(i, a) for r in runs for i, a in enumerate(r.attempts, start=1)]
+            for reached, marker in ((True, markers.get(p, "o")), (False, "x")):
+                chosen = [(i, a) for i, a in attempts if a.reached == reached]
+                if not chosen:
+                    continue
+                mappable = ax.scatter(
+                    [i for i, _ in chosen], [math.log2(a.batch_size) + offset for _, a in chosen],
+                    c=[a.power_limit for _, a in chosen], cmap="viridis", norm=norm, marker=marker,
+                    s=14 if reached else 18, alpha=0.55, linewidths=0.8 if not reached else 0.2,
+                    edgecolors=None if not reached else "black",
+                )  # fmt: skip
+        ax.set_yticks([math.log2(b) for b in sizes], [str(b) for b in sizes])
+        ax.set_title(f"{job} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, axis="y", lw=0.3, alpha=0.5)
+    for ax in list(axes.flat)[len(jobs) :]:
+        ax.axis("off")
+    if mappable is not None:
+        fig.colorbar(mappable, ax=axes, label="power limit (W)", shrink=0.9)
+    handles = [Line2D([], [], marker=markers[p], linestyle="", color="gray", markeredgecolor="black",
+                      label=f"{p}" + (" (offset " + ("down" if k < (len(policies) - 1) / 2 else "up") + ")"
+                                      if len(policies) > 1 else ""))
+               for k, p in enumerate(policies)]  # fmt: skip
+    handles.append(Line2D([], [], marker="x", linestyle="", color="gray", label="did not reach the target"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.supxlabel("attempt (all seeds, translucent: darker = chosen by more seeds)", fontsize=9)
+    fig.supylabel("batch size", fontsize=9)
+    return fig
+
+
 def write_plots(results: Sequence[SimResult], policies: Sequence[str], out: Path) -> list[Path]:
-    """``regret.png`` (cumulative regret vs recurrence) and ``configs.png`` (choices over time)."""
+    """``regret.png`` (cumulative regret vs recurrence) and ``configs.png`` (choices over time, see
+    :func:`configs_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,26 +247,7 @@ def write_plots(results: Sequence[SimResult], policies: Sequence[str], out: Path
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
 
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
-    for ax, job in zip(axes.flat, jobs, strict=False):
-        for p in policies:
-            first = next((r for r in results if r.job == job and r.policy == p), None)
-            if first is None:
-                continue
-            x = np.arange(len(first.attempts))
-            bs = np.array([a.batch_size for a in first.attempts])
-            failed = np.array([not a.reached for a in first.attempts])
-            ax.scatter(x[~failed], bs[~failed], s=4, color=colors[p], label=f"{p} (seed {first.seed})")
-            ax.scatter(x[failed], bs[failed], s=10, marker="x", color=colors[p])
-        ax.set_yscale("log", base=2)
-        ax.set_title(job, fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(jobs) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("attempt (x: did not reach the target)")
-    fig.supylabel("batch size")
-    fig.tight_layout()
+    fig = configs_figure(results, policies)
     paths.append(out / "configs.png")
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
