@@ -95,6 +95,18 @@ def test_an_embedded_server_on_a_taken_port_refuses_to_start(served: str, tmp_pa
     assert serving(served)
 
 
+def test_grpc_itself_refuses_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the bind probe (a port taken between the probe and gRPC's bind), gRPC must refuse
+    # too: with its default SO_REUSEPORT it would bind the taken port and share its traffic.
+    import optimizer_server.server as server_module
+
+    monkeypatch.setattr(server_module, "_check_port_free", lambda address, listen: None)
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'a.db'}") as first:
+        with pytest.raises(ListenError, match="Failed to bind"):
+            EmbeddedServer(f"sqlite:///{tmp_path / 'b.db'}", listen=first.address).start()
+        assert serving(first.address)
+
+
 # ------------------------------------------------------------------------------------ item 9
 BAD_ADDRESSES = {
     "127.0.0.1:99999": "port must be a number from 0 to 65535",
