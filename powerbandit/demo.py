@@ -189,3 +189,7 @@ def main() -> None:  # pragma: no cover - convenience entry point
     add_arguments(parser)
     args = parser.parse_args()
     sys.exit(run_command(lambda: run(args)))
+
+
+if __name__ == "__main__":
+    main()
