@@ -34,7 +34,6 @@ def job_row(job: pb.Job) -> dict[str, Any]:
         "saved_fraction": s["saved"]["fraction"],
         "saved_text": view.saved_text(s["saved"]),
         "saved_reason": s["saved"]["reason"],
-        "per_gpu": s["per_gpu"],
     }
 
 

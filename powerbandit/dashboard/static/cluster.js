@@ -101,6 +101,9 @@
     renderTable();
     renderTimeline(body.timeline);
     document.body.dataset.loaded = String(body.jobs.length);
+    if (!document.body.dataset.firstLoadMs) {  // from navigation start to the first full render
+      document.body.dataset.firstLoadMs = String(Math.round(performance.now()));
+    }
   }
 
   document.querySelectorAll("#jobs th button").forEach((button) => {

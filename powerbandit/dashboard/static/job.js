@@ -207,6 +207,9 @@
       String(r.batch_size), PB.fmtNum(r.power_limit_w, " W"), PB.fmtEnergy(r.energy_j), PB.fmtTime(r.time_s),
       PB.fmtNum(r.cost), r.outcome]));
     document.body.dataset.loaded = String(job.finished_runs.length);
+    if (!document.body.dataset.firstLoadMs) {  // from navigation start to the first full render
+      document.body.dataset.firstLoadMs = String(Math.round(performance.now()));
+    }
   }
 
   PB.refreshing(load);
