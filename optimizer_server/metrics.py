@@ -45,7 +45,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from optimizer_server.rate_limited_log import RateLimitedLog
-from optimizer_server.store.base import RUN_IN_FLIGHT, RunRecord, Store
+from optimizer_server.store.base import (
+    RUN_COMPLETED,
+    RUN_EXPIRED,
+    RUN_FAILED,
+    RUN_IN_FLIGHT,
+    RunRecord,
+    Store,
+)
 
 disable_created_metrics()  # no *_created series (process-wide switch of prometheus_client)
 
@@ -67,8 +74,24 @@ def energy_saved_by_gpu(store: Store) -> dict[str, float]:
     ``ListJobs`` returns) and sums :func:`powerbandit.operator_view.cluster_report`'s per-GPU
     saving, so the figure is the operator view's. GPU models without any baseline are left out.
     """
-    from optimizer_server.grpc_service import group_to_pb, spec_to_pb  # not at import: it imports us
     from powerbandit import operator_view
+
+    report = operator_view.cluster_report(_jobs(store), 0.0)
+    return {
+        row["gpu_model"]: float(row["saved_energy_j"])
+        for row in report["per_gpu"]
+        if row["saved_energy_j"] is not None
+    }
+
+
+def gpu_models(store: Store) -> set[str]:
+    """The GPU models of every run in ``store``."""
+    return {g.gpu_model for job in _jobs(store) for g in job.run_groups}
+
+
+def _jobs(store: Store) -> list[Any]:
+    """Every job of ``store`` as the ``powerbandit.v1.Job`` ``ListJobs`` returns, without arms and outlook."""
+    from optimizer_server.grpc_service import group_to_pb, spec_to_pb  # not at import: it imports us
     from powerbandit.v1 import optimizer_pb2 as pb
 
     jobs: list[pb.Job] = []
@@ -101,12 +124,7 @@ def energy_saved_by_gpu(store: Store) -> dict[str, float]:
         if len(records) < _PAGE_JOBS:
             break
         after = records[-1].spec.job_id
-    report = operator_view.cluster_report(jobs, 0.0)
-    return {
-        row["gpu_model"]: float(row["saved_energy_j"])
-        for row in report["per_gpu"]
-        if row["saved_energy_j"] is not None
-    }
+    return jobs
 
 
 class _StoreCollector(Collector):
@@ -213,6 +231,30 @@ class Metrics:
         self.registry.register(_StoreCollector(store, saved_refresh_s))
         self._http: object | None = None
         self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+        self._initialise(store)
+
+    def _initialise(self, store: Store) -> None:
+        """Export every series this replica may count at 0 from the start: counters that appear with
+        their first event already in them lose that event to ``rate`` and ``increase``.
+
+        RPCs: every method of the service with code OK; runs: every GPU model the store has runs on
+        (a model seen for the first time still starts its series with its first run).
+        """
+        from powerbandit.v1 import optimizer_pb2 as pb
+
+        for method in pb.DESCRIPTOR.services_by_name["OptimizerService"].methods:
+            self.rpcs.labels(method.name, grpc.StatusCode.OK.name)
+            self.rpc_latency.labels(method.name)
+        try:
+            models = gpu_models(store)
+        except Exception as exc:  # noqa: BLE001 - metrics must not keep a server from starting
+            log.warning("metrics: GPU models not read at start (%s); their series start with their first run", exc)
+            return
+        for model in models:
+            self.run_energy.labels(model)
+            self.run_gpu_time.labels(model)
+            for state in (RUN_COMPLETED, RUN_FAILED, RUN_EXPIRED):
+                self.runs_finished.labels(model, state)
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one RPC and its latency."""

@@ -148,6 +148,20 @@ def test_delete_does_not_lower_counters(tmp_path: Path) -> None:
     assert value(after, "powerbandit_jobs", scope="store") == 0
 
 
+def test_a_new_replica_starts_known_series_at_zero(replicas: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    # a counter that appears with its first event in it loses that event to rate() and increase()
+    url = replicas[0].config.db_url
+    with EmbeddedServer(url, metrics_port=0) as third:
+        data = samples(scrape(third.running.metrics_port or 0))
+    for model in ("Replay A", "Replay B"):
+        assert ("powerbandit_run_energy_joules_total", (("gpu_model", model),)) in data
+        assert value(data, "powerbandit_run_energy_joules_total", gpu_model=model) == 0
+        for state in ("completed", "failed", "expired"):
+            assert ("powerbandit_runs_finished_total", (("gpu_model", model), ("state", state))) in data
+    for method in ("Suggest", "CompleteRun", "ListJobs"):
+        assert ("powerbandit_rpc_total", (("code", "OK"), ("method", method))) in data
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
