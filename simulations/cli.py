@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from optimizer_server.policy.base import ClusterPrior
 from optimizer_server.policy.registry import POLICY_NAMES
 from powerbandit.argtypes import at_least_1, fraction_0_1, positive_int
 from powerbandit.errors import UserError, run_command
@@ -26,6 +27,7 @@ from simulations.report import print_table, write_plots, write_runs_csv, write_s
 from simulations.scenarios import (
     SCENARIOS,
     drifted,
+    leave_one_out_prior,
     simulate_alternating,
     simulate_alternating_separately,
     simulate_concurrent,
@@ -36,7 +38,7 @@ from simulations.traces import CANONICAL, GPUS, TraceError, TraceJob, TraceSet
 ALL_POLICIES: tuple[str, ...] = (*BASELINES, *POLICY_NAMES)
 BUDGET_POLICIES: tuple[str, ...] = ("default", "oracle", "powerbandit")
 """Policies that honour a slowdown budget (``--max-slowdown``)."""
-BUDGET_SCENARIOS: tuple[str, ...] = ("trace",)
+BUDGET_SCENARIOS: tuple[str, ...] = ("trace", "leave-one-out")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -89,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario",
         choices=SCENARIOS,
         default="trace",
-        help="trace replay, or a synthetic scenario: drift, concurrent, alternating (GPU pairs)",
+        help="trace replay; leave-one-out: trace replay with a cluster prior learned from the other workloads "
+        "only; or a synthetic scenario: drift, concurrent, alternating (GPU pairs)",
     )
     sel.add_argument("--recurrences", type=positive_int, default=None, help="override the number of recurrences")
     sel.add_argument(
@@ -127,6 +130,7 @@ class Task:
     seed: int
     recurrences: int | None = None
     max_slowdown: float = 0.0
+    prior: ClusterPrior | None = None  # the leave-one-out scenario's cluster prior
 
 
 def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimResult:
@@ -149,6 +153,7 @@ def run_task(task: Task, backend_factory: BackendFactory | None = None) -> SimRe
         recurrences=task.recurrences,
         backend_factory=backend_factory,
         max_slowdown=task.max_slowdown,
+        prior=task.prior,
     )
 
 
@@ -187,8 +192,15 @@ def build_tasks(args: argparse.Namespace, traces: TraceSet) -> list[Task]:
                 print(f"simulate: skipping {j.name} for drift: after the drift no batch size reaches the "
                       "target on every seed, so there is no oracle to measure regret against", file=sys.stderr)  # fmt: skip
         groups = usable
+    priors: dict[str, ClusterPrior | None] = {}
+    if args.scenario == "leave-one-out":
+        # every workload of the trace teaches the others, whatever the selection
+        cluster = traces.jobs(None, None, parse_targets(args.target), args.eta, args.beta)
+        priors = {group[0].name: leave_one_out_prior(group[0], cluster) for group in groups}
     return [
-        Task(args.scenario, group, policy, seed, args.recurrences, args.max_slowdown or 0.0)
+        Task(
+            args.scenario, group, policy, seed, args.recurrences, args.max_slowdown or 0.0, priors.get(group[0].name)
+        )
         for group in groups
         for policy in args.policy
         for seed in args.seeds

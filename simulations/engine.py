@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from optimizer_server.policy.base import (
+    ClusterPrior,
     Decision,
     JobSpec,
     Observation,
@@ -302,8 +303,9 @@ def execute_run(
 class GpuProfiles:
     """Power profiles reported so far, per GPU model and batch size (what the server stores)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prior: ClusterPrior | None = None) -> None:
         self._by_gpu: dict[str, dict[int, dict[float, ProfilePoint]]] = {}
+        self.prior = prior  # what other jobs tell this one (the server's cluster prior)
 
     def context(self, job: TraceJob, in_flight: Sequence[int] = ()) -> SuggestContext:
         """The :class:`SuggestContext` of a run of ``job`` on its GPU."""
@@ -313,6 +315,7 @@ class GpuProfiles:
             power_limits_w=job.power_limits,
             profiles=dict(self._by_gpu.setdefault(job.gpu, {})),
             in_flight=tuple(in_flight),
+            prior=self.prior,
         )
 
     def record(self, job: TraceJob, batch_size: int) -> None:
@@ -344,13 +347,15 @@ def simulate(
     schedule: Callable[[int], TraceJob] | None = None,
     backend_factory: BackendFactory | None = None,
     max_slowdown: float = 0.0,
+    prior: ClusterPrior | None = None,
 ) -> SimResult:
     """Replay ``recurrences`` recurrences of ``job`` (``schedule(r)`` may swap the job per recurrence).
 
     ``schedule`` is how the synthetic scenarios change the data (drift) or the GPU (alternation);
     every job it returns must have the same batch sizes as ``job`` or a subset of them.
     With ``max_slowdown`` the job minimises energy (``eta`` 1) within that slowdown budget, and
-    regret is measured against :func:`budget_oracle` (no ``schedule`` then).
+    regret is measured against :func:`budget_oracle` (no ``schedule`` then). ``prior`` is handed to
+    the policy in every :class:`SuggestContext` (the ``leave-one-out`` scenario's cluster prior).
     """
     n = job.recurrences if recurrences is None else recurrences
     if max_slowdown > 0:
@@ -360,7 +365,7 @@ def simulate(
     spec = make_spec(job, policy, seed, max_slowdown=max_slowdown)
     backend = make_backend(job, spec, backend_factory)
     trace_rng = np.random.default_rng(seed)
-    profiles = GpuProfiles()
+    profiles = GpuProfiles(prior)
     result = SimResult(job.name, job.gpu, job.workload, job.target_metric, job.eta, job.beta, policy, seed)
     result.max_slowdown = max_slowdown
     # The user's cap compares costs of one GPU model: MAX_POWER (so the cost's scale) differs

@@ -15,6 +15,11 @@ All are deterministic given the simulation seed and follow the run accounting of
     The same alternation, but learned as two independent jobs, one per GPU model (what a service
     that keys everything by GPU would do). Comparing it with ``alternating`` shows what sharing
     epochs-to-target across GPU models is worth.
+``leave-one-out``
+    Trace replay with a cluster prior (:func:`~optimizer_server.policy.base.cluster_prior`): each
+    job's prior is learned from the *other workloads* among the selected jobs only (their mean
+    epochs-to-target per batch size, one entry per workload and target), never from its own
+    workload on any GPU, so no job learns from its own future. Compare with ``trace`` (no prior).
 ``concurrent``
     Concurrent submissions: a recurrence is submitted every ``interval`` seconds, where
     ``interval`` is the oracle's expected run time divided by ``overlap``, so about ``overlap``
@@ -27,10 +32,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
+from optimizer_server.policy.base import ClusterPrior, cluster_prior
 from simulations.backend import BackendFactory
 from simulations.engine import (
     Attempt,
@@ -45,7 +52,50 @@ from simulations.engine import (
 )
 from simulations.traces import TraceJob
 
-SCENARIOS: tuple[str, ...] = ("trace", "drift", "concurrent", "alternating", "alternating-separate")
+SCENARIOS: tuple[str, ...] = (
+    "trace",
+    "leave-one-out",
+    "drift",
+    "concurrent",
+    "alternating",
+    "alternating-separate",
+)
+
+
+def leave_one_out_prior(job: TraceJob, others: Sequence[TraceJob]) -> ClusterPrior | None:
+    """The cluster prior of ``job`` from ``others``, leaving out every job of ``job``'s workload."""
+    seen: dict[tuple[str, float], tuple[int, dict[int, float]]] = {}
+    for other in others:
+        if other.workload == job.workload:
+            continue
+        key = (other.workload, other.target_metric)
+        if key in seen:  # epochs-to-target do not depend on the GPU: one entry per workload and target
+            continue
+        epochs = {b: other.mean_epochs(b) for b in other.batch_sizes if other.all_reach(b)}
+        seen[key] = (other.default_batch_size, epochs)
+    return cluster_prior(seen.values())
+
+
+def simulate_leave_one_out(
+    job: TraceJob,
+    others: Sequence[TraceJob],
+    policy: str,
+    seed: int,
+    recurrences: int | None = None,
+    backend_factory: BackendFactory | None = None,
+    max_slowdown: float = 0.0,
+) -> SimResult:
+    """The ``leave-one-out`` scenario (see the module docstring)."""
+    prior = leave_one_out_prior(job, others)
+    return simulate(
+        job,
+        policy,
+        seed,
+        recurrences=recurrences,
+        backend_factory=backend_factory,
+        max_slowdown=max_slowdown,
+        prior=prior,
+    )
 
 
 def drifted(job: TraceJob, shift: int = 2) -> TraceJob:

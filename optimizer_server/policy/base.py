@@ -9,7 +9,7 @@ very same code, so a simulated result is what the service would have done.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,13 +94,77 @@ PowerProfile = Mapping[float, ProfilePoint]
 
 
 @dataclass(frozen=True)
+class ClusterPrior:
+    """What other jobs of the cluster say about a new job (see :func:`cluster_prior`).
+
+    ``epochs_slope_down`` and ``epochs_slope_up``: the change of log epochs-to-target per doubling
+    of the batch size, below and above a job's default batch size (mean over the other jobs);
+    ``jobs``: how many jobs it was learned from.
+    """
+
+    epochs_slope_down: float = 0.0
+    epochs_slope_up: float = 0.0
+    jobs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"epochs_slope_down": self.epochs_slope_down, "epochs_slope_up": self.epochs_slope_up, "jobs": self.jobs}
+
+
+PRIOR_REACH = 2.0
+"""Batch sizes up to this many doublings from a job's default teach the prior (where a new job explores first)."""
+
+
+def cluster_prior(jobs: Iterable[tuple[int, Mapping[int, float]]]) -> ClusterPrior | None:
+    """The prior other jobs give: ``jobs`` holds, per job, its default batch size and its mean
+    epochs-to-target per batch size (batch sizes that reached the target). ``None`` without a job
+    that measured its default and a neighbour.
+
+    Per job and direction, the least-squares slope through the default of ``log(epochs(b) /
+    epochs(b0))`` against ``log2(b / b0)``, over batch sizes within :data:`PRIOR_REACH` doublings;
+    the prior is the mean over jobs (each job counts once, whatever its number of batch sizes).
+    """
+    down: list[float] = []
+    up: list[float] = []
+    count = 0
+    for b0, epochs in jobs:
+        e0 = epochs.get(int(b0))
+        if not e0 or not (math.isfinite(e0) and e0 > 0):
+            continue
+        sums = {-1: [0.0, 0.0], 1: [0.0, 0.0]}
+        for b, e in epochs.items():
+            if int(b) == int(b0) or int(b) <= 0 or not (math.isfinite(e) and e > 0):
+                continue
+            d = math.log2(int(b) / int(b0))
+            if abs(d) > PRIOR_REACH:
+                continue
+            side = sums[1 if d > 0 else -1]
+            side[0] += d * math.log(e / e0)
+            side[1] += d * d
+        used = False
+        for sign, (xy, xx) in sums.items():
+            if xx > 0:
+                (up if sign > 0 else down).append(xy / xx)
+                used = True
+        count += used
+    if not count:
+        return None
+    return ClusterPrior(
+        epochs_slope_down=float(np.mean(down)) if down else 0.0,
+        epochs_slope_up=float(np.mean(up)) if up else 0.0,
+        jobs=count,
+    )
+
+
+@dataclass(frozen=True)
 class SuggestContext:
     """What a suggestion depends on besides the job: the run's GPUs and what is in flight.
 
     ``max_power_w`` is the sum over the run's GPUs of their maximum power limit (the cost's
     ``MAX_POWER``); ``power_limits_w`` are the per-GPU limits that may be applied, ascending;
     ``profiles`` maps batch size to the stored power profile for this GPU model;
-    ``in_flight`` lists the batch sizes of this job's runs that started and have not finished.
+    ``in_flight`` lists the batch sizes of this job's runs that started and have not finished;
+    ``prior`` is what other jobs of the cluster say (``None``: the job learns from its own runs only).
     """
 
     gpu_model: str
@@ -108,6 +172,7 @@ class SuggestContext:
     power_limits_w: tuple[float, ...]
     profiles: Mapping[int, PowerProfile] = field(default_factory=dict)
     in_flight: Sequence[int] = ()
+    prior: ClusterPrior | None = None
 
 
 @dataclass(frozen=True)

@@ -75,12 +75,17 @@ EC_DOWN_SLOPE = -math.log(2.0)  # steepest plausible log epoch cost per doubling
 EC_DOWN_WEIGHT = 0.4  # below the profiled range the slope moves this far towards EC_DOWN_SLOPE
 EC_FLAT_SLOPE = 0.05  # a slope of log epoch cost flatter than this (per doubling) is not steepened
 EC_SD = 0.1  # sd of the extrapolated log epoch cost per doubling of distance
+UTIL_SATURATED = 0.5  # a GPU drawing this share of its highest power limit or more counts as busy
+EC_STARVED_SLOPE = -math.log(2.0)  # log epoch cost per doubling of a starved GPU (half the steps)
 CENSOR_FACTOR = 1.2  # a failed run of e epochs counts as one that needed CENSOR_FACTOR * e
 EXPLORE_BOUND = 1.7  # an untried batch size is stopped at this multiple of the best mean cost
 TS_SCALE = 0.5  # scale of the posterior sd of tried batch sizes in a Thompson draw
 EXPLORE_SCALE = 1.0  # same for untried ones
 BRIDGE_FAILED = False  # untried neighbours of a once-failed batch size are candidates too
 FAIL_LIMIT = 2  # this many failures without any success take a batch size out
+USE_PRIOR = True  # use the cluster prior when the context has one
+PRIOR_WEIGHT = 1.0  # how much of the cluster prior's slopes to believe
+UTIL_SLOPES = True  # extrapolate epoch costs from one profile with the slope its power draw suggests
 NEIGHBOUR_REACH = 1  # untried batch sizes up to this many steps beyond a successful one are candidates
 HORIZON_MIN = 20.0  # an exploration is weighed against at least this many future runs
 HORIZON_FRACTION = 1.0  # ... or this fraction of the runs observed so far (the job's age)
@@ -235,7 +240,9 @@ def _extrapolate(
     return points[x0] + slope * (x - x0), abs(x - x0)
 
 
-def _extrapolate_ec(points: Mapping[float, float], x: float) -> tuple[float, float]:
+def _extrapolate_ec(
+    points: Mapping[float, float], x: float, single_slopes: Mapping[float, float] | None = None
+) -> tuple[float, float]:
     """Log epoch cost at ``x = log2(b)`` from the profiled ``points`` (``log2(b) -> log cost``).
 
     Inside the profiled range: linear interpolation. Outside it, linear extrapolation from the two
@@ -263,9 +270,35 @@ def _extrapolate_ec(points: Mapping[float, float], x: float) -> tuple[float, flo
         else:
             slope = local
     else:
-        slope = EC_SLOPE_PRIOR
+        slope = (single_slopes or {}).get(x0, EC_SLOPE_PRIOR)
     slope = min(max(slope, -EC_SLOPE_MAX), EC_SLOPE_MAX)
     return points[x0] + slope * (x - x0), abs(x - x0)
+
+
+def _prior_slopes(context: SuggestContext) -> tuple[float, float]:
+    """Log epochs per doubling below and above the tried batch sizes: the cluster prior's, else 0."""
+    prior = context.prior
+    if prior is None or not USE_PRIOR:
+        return (0.0, 0.0)
+    return (PRIOR_WEIGHT * prior.epochs_slope_down, PRIOR_WEIGHT * prior.epochs_slope_up)
+
+
+def _utilisation_slopes(context: SuggestContext) -> dict[float, float]:
+    """Per profiled batch size (``log2(b)``): the slope of log epoch cost per doubling its profile
+    suggests. A GPU that draws little of its power at the highest limit is starved (each step costs
+    about the same whatever the batch): doubling the batch nearly halves an epoch. One near its limit
+    is saturated: an epoch costs about the same at any batch size."""
+    out: dict[float, float] = {}
+    if context.max_power_w <= 0:
+        return out
+    for b, profile in context.profiles.items():
+        if not profile or int(b) <= 0:
+            continue
+        top = profile[max(profile)]
+        util = top.average_power_w / context.max_power_w
+        starved = min(max(1.0 - util / UTIL_SATURATED, 0.0), 1.0)
+        out[math.log2(int(b))] = EC_STARVED_SLOPE * starved
+    return out
 
 
 def _observed(data: Mapping[int, Mapping[str, Any]]) -> list[tuple[int, float, int, float]]:
@@ -279,9 +312,12 @@ def _posterior(
     b: int,
     noise_var: float,
     trend_var: float,
+    slopes: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[float, float]:
     """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data (``own``, the
-    arm's entry of ``_arm_data``) as likelihood. ``observed`` is :func:`_observed` of the arms."""
+    arm's entry of ``_arm_data``) as likelihood. ``observed`` is :func:`_observed` of the arms.
+    ``slopes`` (below, above the observed range) extrapolate log epochs of an untried batch size
+    from one neighbour: 0 without a cluster prior."""
     x = math.log2(b)
     prec0 = 0.0
     mean0 = 0.0
@@ -295,7 +331,8 @@ def _posterior(
     if n == 0 and prec0 > 0.0:
         points = {log2_c: mean_c for _, log2_c, _, mean_c in observed}
         shrink = 2.0 * noise_var / EPOCH_SLOPE_SD**2
-        y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), 0.0, shrink)
+        default_slope = slopes[0] if x < min(points) else slopes[1] if x > max(points) else 0.0
+        y, dist = _extrapolate(points, x, (-EPOCH_SLOPE_MAX, EPOCH_SLOPE_MAX), default_slope, shrink)
         return y, noise_var + trend_var * dist**2
     if prec0 == 0.0:
         if n == 0:
@@ -527,6 +564,7 @@ class PowerBanditPolicy:
         noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else NOISE_SD**2
         known = self._epoch_costs(spec, state, context)
         trend_var = self._trend_var(data, noise_var)
+        slopes = _prior_slopes(context)
         observed = _observed(data)
         limits: dict[int, float] = {}
         if spec.max_slowdown > 0:
@@ -535,12 +573,13 @@ class PowerBanditPolicy:
                 known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
             candidates = [b for b in candidates if b in fitting] or [int(spec.default_batch_size)]
         ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
+        single_slopes = _utilisation_slopes(context) if UTIL_SLOPES else None
         costs: dict[int, float] = {}
         draws = rng.standard_normal(2 * len(candidates)).tolist()
         moments: dict[int, tuple[float, float]] = {}
         for i, b in enumerate(candidates):
             own = data[b]
-            mean, var = _posterior(observed, own, b, noise_var, trend_var)
+            mean, var = _posterior(observed, own, b, noise_var, trend_var, slopes)
             if not math.isfinite(mean):
                 mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
             scale = TS_SCALE if own["ok"] else EXPLORE_SCALE
@@ -549,7 +588,7 @@ class PowerBanditPolicy:
             if b in known:
                 log_ec = ec_mean = math.log(known[b])
             elif known:
-                ec_mean, dist = _extrapolate_ec(ec_points, math.log2(b))
+                ec_mean, dist = _extrapolate_ec(ec_points, math.log2(b), single_slopes)
                 ec_var = (EC_SD * dist) ** 2
                 log_ec = ec_mean + EXPLORE_SCALE * EC_SD * dist * draws[2 * i + 1]
             else:
@@ -616,7 +655,7 @@ class PowerBanditPolicy:
             # is optimistic for a budget (a batch size that needed 3x the epochs must not look fine)
             if data[b]["n"]:
                 return float(data[b]["mean"])
-            return _posterior(observed, data[b], b, noise_var, trend_var)[0]
+            return _posterior(observed, data[b], b, noise_var, trend_var, _prior_slopes(context))[0]
 
         mean0 = log_epochs(b0)
         t_points = {
