@@ -174,6 +174,29 @@ def test_viewer_token(backend: EmbeddedServer) -> None:
         d.close()
 
 
+def test_reads_with_the_operators_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimizer_server.auth import TokenAuth
+
+    auth = TokenAuth.parse("admin-secret-1 *\nteam-s-secret-2 team/s\n")
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'auth.db'}", auth=auth) as server:
+        with OptimizerClient(server.address, token="admin-secret-1", timeout_s=10) as admin:
+            replay(admin, SYNTH, TRACE, 2, "Replay A")
+            admin.register_job(NO_DEFAULT)
+        monkeypatch.setenv("POWERBANDIT_TOKEN", "team-s-secret-2")  # what the SDK sends by default
+        scoped = Dashboard(server.address)
+        monkeypatch.setenv("POWERBANDIT_TOKEN", "wrong-secret-3")
+        refused = Dashboard(server.address)
+        try:
+            assert [r["job_id"] for r in get_json(scoped.url + "/api/cluster")["jobs"]] == [SYNTH.job_id]
+            status, _, body = get(scoped.url + "/api/job?id=" + NO_DEFAULT.job_id)
+            assert status == 403 and "PERMISSION_DENIED" in json.loads(body)["error"]
+            status, _, body = get(refused.url + "/api/cluster")
+            assert status == 502 and "UNAUTHENTICATED" in json.loads(body)["error"]
+        finally:
+            scoped.close()
+            refused.close()
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "powerbandit", "dashboard", *args], cwd=REPO, text=True,
