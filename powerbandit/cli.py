@@ -116,8 +116,27 @@ def _plain_text(parser: argparse.ArgumentParser) -> None:
                 _plain_text(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full command-line parser (``demo`` and ``simulate`` take their flags from the server extra)."""
+LIGHT_COMMANDS = frozenset({"agent"})
+"""Commands whose process builds only its own parser: the node agent is a daemon on every GPU node,
+and the demo's and simulator's flags would load numpy and the simulator into it (about 20 MiB)."""
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (after the global options), if any."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--log-level", "--log-format"):
+            next(words, None)  # the option's value
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full command-line parser (``demo`` and ``simulate`` take their flags from the server extra).
+
+    ``only``: one of :data:`LIGHT_COMMANDS`, whose parser alone is built.
+    """
     parser = argparse.ArgumentParser(
         prog="powerbandit",
         description="Cut the GPU energy of recurring training jobs: optimizer server, demo, simulator, operator view.",
@@ -129,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
                         help="log line format [POWERBANDIT_LOG_FORMAT, default text]")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
+    if only == "agent":
+        from powerbandit.agent import cli as agent_cli
+
+        agent_cli.add_arguments(sub)
+        _plain_text(parser)
+        return parser
     _add_serve(sub)
     d = sub.add_parser("demo", help="replay a recurring job through a real server and SDK")
     sim = sub.add_parser(
@@ -162,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``powerbandit`` console script."""
-    parser = build_parser()
+    command = requested_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=command if command in LIGHT_COMMANDS else None)
     try:
         args, unknown = parser.parse_known_args(argv)
     except ModuleNotFoundError as exc:  # an argument type that needs the server extra (e.g. serve --listen)

@@ -130,3 +130,18 @@ def test_text_logs_are_one_line_per_event_with_ids(capsys: pytest.CaptureFixture
     ), lines[0]
     assert re.fullmatch(stamp + r" INFO powerbandit.server: plain message", lines[1]), lines[1]
     assert re.fullmatch(stamp + r" ERROR powerbandit.server: failed", lines[2]) and "ValueError: boom" in lines[-1]
+
+
+def test_the_agent_command_loads_neither_numpy_nor_the_simulator() -> None:
+    """The node agent runs on every GPU node: its process builds only its own parser."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom powerbandit import cli\n"
+        "try:\n    cli.main(['--log-level', 'INFO', 'agent', 'status', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('numpy', 'simulations', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "powerbandit agent status" in done.stdout
+    assert done.stdout.strip().endswith("[]"), done.stdout
