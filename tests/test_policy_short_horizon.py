@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from optimizer_server.policy.base import (
 from optimizer_server.policy.powerbandit import PowerBanditPolicy, _utilisation_slopes
 from simulations.engine import simulate
 from simulations.scenarios import leave_one_out_prior, simulate_leave_one_out
+from simulations.traces import TraceSet
+from tests.conftest import TRACE_DIR
 from tests.test_policy_slowdown_budget import budget_job
 
 SPEC = JobSpec("j", (256, 512, 1024, 2048, 4096), 1024, 0.5, 100)
@@ -85,3 +89,25 @@ def test_leave_one_out_never_uses_the_jobs_own_workload() -> None:
     loo = simulate_leave_one_out(job, [job, other], "powerbandit", 2, recurrences=6)
     plain = simulate(job, "powerbandit", 2, recurrences=6)
     assert len(loo.recurrence_costs) == len(plain.recurrence_costs) == 6
+
+
+@pytest.mark.traces
+def test_cli_leave_one_out_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from simulations import cli
+
+    argv = ["--trace-dir", str(TRACE_DIR), "--workload", "squad", "--gpu", "p100", "--seeds", "1", "--recurrences",
+            "6", "--policy", "powerbandit", "--no-plots", "--out", str(tmp_path)]  # fmt: skip
+    tasks = cli.build_tasks(cli_args(argv + ["--scenario", "leave-one-out"]), TraceSet(TRACE_DIR))
+    (task,) = tasks
+    assert task.prior is not None and task.prior.jobs == 5  # the five other workloads, never squad
+    assert cli.build_tasks(cli_args(argv), TraceSet(TRACE_DIR))[0].prior is None
+    assert cli.main([*argv, "--scenario", "leave-one-out", "--max-slowdown", "1.1"]) == 0
+    assert "slowdown budget 1.1x" in capsys.readouterr().out
+
+
+def cli_args(argv: list[str]) -> argparse.Namespace:
+    from simulations import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
