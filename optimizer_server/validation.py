@@ -69,7 +69,7 @@ def finite(value: float, field: str, *, low: float | None = None, high: float | 
         raise InvalidArgumentError(f"{field} must be >= {low:g}, got {value:g}")
     if high is not None and value > high:
         raise InvalidArgumentError(f"{field} must be <= {high:g}, got {value:g}")
-    return value
+    return value + 0.0  # -0.0 becomes 0.0: the store keeps no sign on zero, so answers would differ
 
 
 def measurement(value: float, field: str) -> float:

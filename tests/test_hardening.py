@@ -556,3 +556,18 @@ def test_the_operator_view_from_run_groups_matches_the_one_from_every_run(tmp_pa
                     assert a["reason"] == b["reason"]
                 with pytest.raises(ValueError, match="read it again with that window"):
                     view.job_summary(listed[0], since + 1.0)
+
+
+def test_a_retried_completion_with_negative_zero_gets_the_same_answer(
+    live: tuple[EmbeddedServer, pb_grpc.OptimizerServiceStub],
+) -> None:
+    """-0.0 is a valid measurement; the store keeps no sign on zero, so the edge drops it."""
+    _, stub = live
+    stub.RegisterJob(pb.RegisterJobRequest(spec=spec_pb()), timeout=TIMEOUT_S)
+    run = stub.Suggest(pb.SuggestRequest(job_id="team-a/job", gpu=gpu_pb()), timeout=TIMEOUT_S)
+    request = pb.CompleteRunRequest(
+        job_id="team-a/job", run_id=run.run_id, energy_j=-0.0, time_s=-0.0, epochs=-0.0, reached_target=False
+    )
+    first = stub.CompleteRun(request, timeout=TIMEOUT_S)
+    assert stub.CompleteRun(request, timeout=TIMEOUT_S) == first
+    assert math.copysign(1.0, first.run.time_s) == 1.0
