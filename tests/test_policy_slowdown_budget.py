@@ -242,3 +242,17 @@ def test_budget_via_server_matches_in_process(sqlite_server: EmbeddedServer) -> 
     assert stored.spec.max_slowdown == pytest.approx(1.1) and stored.spec.eta == 1.0
     key = [(a.recurrence, a.attempt, a.batch_size, a.power_limit, a.epochs, a.reached) for a in local.attempts]
     assert [(a.recurrence, a.attempt, a.batch_size, a.power_limit, a.epochs, a.reached) for a in remote.attempts] == key
+
+
+def test_a_default_that_never_reaches_lifts_the_budget() -> None:
+    s = spec(1.1)
+    policy = PowerBanditPolicy()
+    state = policy.new_state(s)
+    w, t = POWER[8][200.0]
+    for _ in range(2):  # the default fails twice: it has no expected time to compare with
+        state = policy.observe(s, state, Observation(8, "v100", 200.0, 40, w * t * 40, t * 40, w * t * 40, False, 200.0, w * t))
+    for b in (16, 32):
+        w, t = POWER[b][200.0]
+        state = policy.observe(s, state, Observation(b, "v100", 200.0, 10, w * t * 10, t * 10, w * t * 10, True, 200.0, w * t))
+    d = policy.suggest(s, state, context(), decision_rng(1, 9))
+    assert d.batch_size in (16, 32) and "slowdown budget" not in d.explanation

@@ -567,7 +567,10 @@ class PowerBanditPolicy:
         slopes = _prior_slopes(context)
         observed = _observed(data)
         limits: dict[int, float] = {}
-        if spec.max_slowdown > 0:
+        default = data.get(int(spec.default_batch_size), {})
+        # a default that never reaches the target has no expected time to compare with: no budget then
+        budget = spec.max_slowdown > 0 and not (default.get("ok") == 0 and default.get("fails", 0) >= FAIL_LIMIT)
+        if budget:
             limits, fitting = self._budget(spec, data, context, observed, noise_var, trend_var)
             for b, p in limits.items():
                 known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
@@ -622,7 +625,7 @@ class PowerBanditPolicy:
             if tried
             else f"exploring batch size {best}, a neighbour of one that reached the target"
         )
-        if spec.max_slowdown > 0:
+        if budget:
             explanation += f" within the slowdown budget {spec.max_slowdown:g}x"
         return self._decision(spec, context, best, phase, explanation, limits.get(best))
 
