@@ -34,7 +34,7 @@ from optimizer_server.metrics import Metrics
 from optimizer_server.policy import JobSpec
 from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.service import JobView, OptimizerService
-from optimizer_server.store.base import RunGroup, RunRecord
+from optimizer_server.store.base import ProfileRecord, RunGroup, RunRecord
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 
@@ -260,6 +260,22 @@ def runs_page_to_pb(job: pb.Job, runs: list[RunRecord], *, newest: bool) -> bool
     return len(messages) == len(runs)
 
 
+def profile_to_pb(profile: ProfileRecord) -> pb.PowerProfile:
+    """A stored power profile as its message."""
+    return pb.PowerProfile(
+        gpu_model=profile.gpu_model,
+        batch_size=profile.batch_size,
+        points=[
+            pb.ProfilePoint(
+                power_limit_w=pt.power_limit_w,
+                average_power_w=pt.average_power_w,
+                time_per_epoch_s=pt.time_per_epoch_s,
+            )
+            for pt in profile.points.values()
+        ],
+    )
+
+
 def job_to_pb(view: JobView) -> pb.Job:
     """A job view as its message (without runs: see :func:`runs_page_to_pb`)."""
     return pb.Job(
@@ -279,21 +295,7 @@ def job_to_pb(view: JobView) -> pb.Job:
         ],
         best_batch_size=view.best_batch_size,
         best_power_limit_w=view.best_power_limit_w,
-        profiles=[
-            pb.PowerProfile(
-                gpu_model=p.gpu_model,
-                batch_size=p.batch_size,
-                points=[
-                    pb.ProfilePoint(
-                        power_limit_w=pt.power_limit_w,
-                        average_power_w=pt.average_power_w,
-                        time_per_epoch_s=pt.time_per_epoch_s,
-                    )
-                    for pt in p.points.values()
-                ],
-            )
-            for p in view.profiles
-        ],
+        profiles=[profile_to_pb(p) for p in view.profiles],
         completed_runs=view.counts["completed"],
         in_flight_runs=view.counts["in_flight"],
         failed_runs=view.counts["failed"] + view.counts["expired"],

@@ -91,7 +91,11 @@ def gpu_models(store: Store) -> set[str]:
 
 def _jobs(store: Store) -> list[Any]:
     """Every job of ``store`` as the ``powerbandit.v1.Job`` ``ListJobs`` returns, without arms and outlook."""
-    from optimizer_server.grpc_service import group_to_pb, spec_to_pb  # not at import: it imports us
+    from optimizer_server.grpc_service import (  # not at import: it imports us
+        group_to_pb,
+        profile_to_pb,
+        spec_to_pb,
+    )
     from powerbandit.v1 import optimizer_pb2 as pb
 
     jobs: list[pb.Job] = []
@@ -104,21 +108,7 @@ def _jobs(store: Store) -> list[Any]:
                 pb.Job(
                     spec=spec_to_pb(record.spec),
                     run_groups=[group_to_pb(g) for g in store.run_groups(job_id)],
-                    profiles=[
-                        pb.PowerProfile(
-                            gpu_model=p.gpu_model,
-                            batch_size=p.batch_size,
-                            points=[
-                                pb.ProfilePoint(
-                                    power_limit_w=pt.power_limit_w,
-                                    average_power_w=pt.average_power_w,
-                                    time_per_epoch_s=pt.time_per_epoch_s,
-                                )
-                                for pt in p.points.values()
-                            ],
-                        )
-                        for p in store.list_profiles(job_id)
-                    ],
+                    profiles=[profile_to_pb(p) for p in store.list_profiles(job_id)],
                 )
             )
         if len(records) < _PAGE_JOBS:
