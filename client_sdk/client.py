@@ -6,6 +6,10 @@
 >>> with client.run(job, gpu=NvmlGpu()) as run:                      # doctest: +SKIP
 ...     train(batch_size=run.batch_size, on_step=run.step, on_epoch=run.epoch_end)
 
+Without a ``with`` block (framework callbacks, wrappers): ``run = client.start_run(job, gpu=gpu)``,
+then ``run.complete(metric)`` or ``run.fail(reason)``. Failed calls raise the typed errors of
+:mod:`client_sdk.errors` (all subclasses of :class:`OptimizerClientError`).
+
 **Fail-open.** By default a run whose server cannot be reached raises :class:`OptimizerClientError`
 before training starts. With ``OptimizerClient(..., fail_open=True)`` or ``POWERBANDIT_FAIL_OPEN=1``
 an unreachable server (``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` at register or suggest, after the
@@ -30,6 +34,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from client_sdk.errors import (  # re-exported: `from client_sdk.client import OptimizerClientError` works
+    UNREACHABLE_CODES,
+    AlreadyExistsError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    OptimizerClientError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    ServerError,
+    ServerUnavailableError,
+    error_for_status,
+)
 from client_sdk.gpu import Gpu, GpuInfo
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
@@ -39,12 +56,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("powerbandit.sdk")
 
+__all__ = [
+    "FAIL_OPEN_ENV",
+    "UNREACHABLE_CODES",
+    "AlreadyExistsError",
+    "ConflictError",
+    "InvalidRequestError",
+    "Job",
+    "NotFoundError",
+    "OptimizerClient",
+    "OptimizerClientError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "ServerError",
+    "ServerUnavailableError",
+]
+
 FAIL_OPEN_ENV = "POWERBANDIT_FAIL_OPEN"
 """Environment variable turning fail-open on (``1``, ``true``, ``yes``, ``on``) when the client does not say."""
-
-#: Status codes that mean "the server cannot be reached", the ones fail-open tolerates.
-UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
 
 def fail_open_from_environment() -> bool:
     """Whether ``POWERBANDIT_FAIL_OPEN`` turns fail-open on."""
@@ -78,28 +107,6 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
-
-
-class OptimizerClientError(RuntimeError):
-    """A call to the optimizer failed; ``code`` is the gRPC status code."""
-
-    def __init__(self, method: str, code: grpc.StatusCode, details: str, address: str) -> None:
-        self.method = method
-        self.code = code
-        self.details = details
-        self.address = address
-        if code == grpc.StatusCode.UNAVAILABLE:
-            hint = f"cannot reach the powerbandit server at {address} (is `powerbandit serve` running there?)"
-        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            hint = f"no answer from the powerbandit server at {address} in time (is it running and reachable?)"
-        else:
-            hint = f"{details} (server {address})"
-        super().__init__(f"{method} failed with {code.name}: {hint}")
-
-    @property
-    def unreachable(self) -> bool:
-        """True when the server could not be reached or did not answer in time."""
-        return self.code in UNREACHABLE_CODES
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,9 @@ class OptimizerClient:
         token = token if token is not None else os.environ.get("POWERBANDIT_TOKEN") or None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         root_cert = root_cert or os.environ.get("POWERBANDIT_TLS_ROOT_CERT") or None
+        # what a pickled copy needs to open its own channel (Lightning's ddp_spawn pickles callbacks)
+        self._settings = {"timeout_s": timeout_s, "token": token or "", "tls": tls, "root_cert": root_cert,
+                          "fail_open": self.fail_open}  # fmt: skip
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
         if tls or root_cert:
             roots = Path(root_cert).read_bytes() if root_cert else None
@@ -192,11 +202,19 @@ class OptimizerClient:
             self._channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.OptimizerServiceStub(self._channel)
 
+    def __getstate__(self) -> dict[str, object]:
+        return {"address": self.address, **self._settings}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        settings = dict(state)
+        address = str(settings.pop("address"))
+        self.__init__(address, **settings)  # type: ignore[misc,arg-type]
+
     def _call(self, method: str, request: object) -> object:
         try:
             return getattr(self.stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise OptimizerClientError(method, exc.code(), exc.details() or "", self.address) from None
+            raise error_for_status(method, exc.code(), exc.details() or "", self.address) from None
 
     # --------------------------------------------------------------------------------- calls
     def register_job(self, job: Job) -> pb.RegisterJobResponse:
@@ -350,6 +368,9 @@ class OptimizerClient:
     ) -> TrainingRun:
         """A context manager for one run of ``job``: suggestion in, measurements out.
 
+        Entering the block calls :meth:`TrainingRun.start`; leaving it completes the run, or
+        fails it when the block raised (see :meth:`start_run` for the explicit form).
+
         ``gpu`` defaults to the NVML GPU of this machine (raising a clear error where there is
         none; pass a :class:`~client_sdk.replay.ReplayGpu` for a dry run). With fail-open on, an
         unreachable server makes it an offline run at the job's default configuration.
@@ -371,6 +392,24 @@ class OptimizerClient:
         return TrainingRun(
             self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat, unreachable=unreachable
         )
+
+    def start_run(
+        self,
+        job: Job,
+        gpu: Gpu | None = None,
+        *,
+        steps_per_epoch: int | None = None,
+        register: bool = True,
+        heartbeat: bool = True,
+    ) -> TrainingRun:
+        """Start one run of ``job`` now and return it; end it with ``run.complete(metric)`` or ``run.fail(reason)``.
+
+        The explicit form of :meth:`run` for code that cannot wrap training in a ``with`` block
+        (framework callbacks, wrappers): it registers the job, asks for a configuration and applies
+        its power limit. Raises the typed errors of :mod:`client_sdk.errors` (with fail-open on, an
+        unreachable server makes an offline run instead).
+        """
+        return self.run(job, gpu, steps_per_epoch=steps_per_epoch, register=register, heartbeat=heartbeat).start()
 
     def close(self) -> None:
         """Close the channel."""

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from client_sdk.errors import RunStateError
 from client_sdk.gpu import Gpu
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class TrainingRun:
         self._origin = (0.0, 0.0)
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        self._state = "new"
 
     # ---------------------------------------------------------------------------- accessors
     @property
@@ -185,9 +187,21 @@ class TrainingRun:
         """True while candidate power limits are being measured."""
         return self._profiler is not None and not self._profiler.done
 
+    @property
+    def state(self) -> str:
+        """``"new"`` (not started), ``"running"``, ``"completed"`` or ``"failed"``."""
+        return self._state
+
+    @property
+    def ended(self) -> bool:
+        """True once :meth:`complete` or :meth:`fail` ran."""
+        return self._state in ("completed", "failed")
+
     def _require(self) -> pb.SuggestResponse:
         if self.suggestion is None:
-            raise RuntimeError("the run has not started: use it as `with client.run(job) as run:`")
+            raise RunStateError(
+                "the run has not started: use `with client.run(job) as run:` or `run = client.start_run(job)`"
+            )
         return self.suggestion
 
     def read_counters(self) -> tuple[float, float]:
@@ -196,6 +210,23 @@ class TrainingRun:
 
     # ---------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> TrainingRun:
+        return self.start()
+
+    def start(self) -> TrainingRun:
+        """Ask the server for a configuration and apply it; returns self (``client.start_run`` calls it).
+
+        Raises :class:`~client_sdk.errors.RunStateError` when the run was already started.
+        """
+        if self._state != "new":
+            raise RunStateError(f"the run was already started (it is {self._state})")
+        self._state = "running"
+        try:
+            return self._start()
+        except BaseException:
+            self._state = "failed" if self.suggestion is not None else "new"
+            raise
+
+    def _start(self) -> TrainingRun:
         info = self.gpu.info()
         if self._unreachable is None:
             self.suggestion = self._send(
@@ -412,24 +443,46 @@ class TrainingRun:
         return bool(verdict.stop) or self.reached_target
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._state != "running":  # never started, or already ended by complete() / fail() in the block
+            return
+        if exc is not None:
+            self.fail(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
+        else:
+            self.complete()
+
+    def _begin_end(self, verb: str) -> None:
+        if self._state == "new":
+            raise RunStateError(f"cannot {verb} a run that was not started")
+        if self._state != "running":
+            raise RunStateError(f"cannot {verb} the run: it already {self._state}")
+        self._state = "ending"
         self._stop_heartbeat.set()
+
+    def complete(self, metric: float | None = None, *, epochs: float | None = None) -> pb.Run | None:
+        """End the run as trained: report its energy, time, epochs and whether it reached the target.
+
+        ``metric``: the final validation metric (compared with the job's target; the best of it and
+        the epochs' metrics counts as reached). ``epochs``: epochs trained, for code that did not call
+        :meth:`epoch_end` (the replay GPU advances by the difference). Returns the server's record
+        of the run (:attr:`completed_run`), or None for an offline (fail-open) run. Restores the
+        power limit. Raises :class:`~client_sdk.errors.RunStateError` when the run is not running.
+        """
+        self._begin_end("complete")
         try:
-            if self.suggestion is None:
-                return
+            if epochs is not None:
+                if not (math.isfinite(epochs) and epochs >= 0):
+                    raise ValueError(f"epochs must be a finite number >= 0, got {epochs}")
+                if epochs > self.epochs:
+                    self.gpu.advance(epochs - self.epochs)
+                self.epochs = epochs  # type: ignore[assignment]
+            if metric is not None and math.isfinite(metric):
+                self.last_metric = metric
+                if self.job.reached(metric):
+                    self.reached_target = True
             energy, elapsed = self.read_counters()
             if self._unreachable is not None:
                 self._finish_offline(energy, elapsed)
-                return
-            if exc is not None:
-                reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc}"
-                self._send(
-                    lambda: self.client.fail_run(
-                        self.job.job_id, self.run_id, reason, energy, elapsed, self.epochs,
-                        power_limit_control=self._power_limit_control(),
-                    )  # fmt: skip
-                )
-                log.warning("run %s failed: %s", self.run_id, reason)
-                return
+                return None
             response = self._send(
                 lambda: self.client.complete_run(
                     self.job.job_id,
@@ -445,9 +498,41 @@ class TrainingRun:
             )
             if response is None:  # the server went away at the very end
                 self._finish_offline(energy, elapsed)
-                return
+                return None
             self.completed_run = response.run
+            return self.completed_run
         finally:
+            self._state = "completed"
+            self._release()
+
+    def fail(self, reason: str | BaseException) -> None:
+        """End the run as crashed: reported failed (not evidence against its configuration).
+
+        The energy and time so far are reported with it; the power limit is restored. Raises
+        :class:`~client_sdk.errors.RunStateError` when the run is not running.
+        """
+        self._begin_end("fail")
+        if isinstance(reason, BaseException):
+            reason = f"{type(reason).__name__}: {reason}"
+        try:
+            energy, elapsed = self.read_counters()
+            if self._unreachable is not None:
+                self._finish_offline(energy, elapsed)
+                return
+            self._send(
+                lambda: self.client.fail_run(
+                    self.job.job_id, self.run_id, str(reason), energy, elapsed, self.epochs,
+                    power_limit_control=self._power_limit_control(),
+                )  # fmt: skip
+            )
+            log.warning("run %s failed: %s", self.run_id, reason)
+        finally:
+            self._state = "failed"
+            self._release()
+
+    def _release(self) -> None:
+        try:
             self.gpu.restore_power_limit()
+        finally:
             if self._heartbeat_thread is not None:
                 self._heartbeat_thread.join(timeout=5)
