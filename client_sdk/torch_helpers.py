@@ -48,7 +48,7 @@ from client_sdk.gpu import Gpu, GpuInfo
 
 if TYPE_CHECKING:
     from client_sdk.client import Job, OptimizerClient
-    from client_sdk.run import TrainingRun
+    from client_sdk.run import OfflineRun, TrainingRun
     from powerbandit.v1 import optimizer_pb2 as pb
 
 __all__ = [
@@ -235,12 +235,17 @@ class _BroadcastClient:
             try:
                 box[0] = ("ok", getattr(self.client, method)(*args, **kwargs))
             except Exception as exc:
-                box[0] = ("error", f"{type(exc).__name__}: {exc}")
+                from client_sdk.errors import OptimizerClientError
+
+                # the typed error itself travels (pickled), so every rank can catch the same class
+                box[0] = ("error", exc if isinstance(exc, OptimizerClientError) else f"{type(exc).__name__}: {exc}")
                 dist.broadcast_object_list(box, src=self.gpu.src, group=self.gpu.group)
                 raise
         dist.broadcast_object_list(box, src=self.gpu.src, group=self.gpu.group)
         status, value = box[0]
         if status == "error":
+            if isinstance(value, BaseException):
+                raise value
             raise RuntimeError(f"rank 0's call {method} to the powerbandit server failed: {value}")
         return value
 
@@ -356,10 +361,41 @@ class DistributedRun:
         """Epochs reported so far."""
         return self._require().epochs
 
+    @property
+    def last_metric(self) -> float | None:
+        """The newest finite metric reported (rank 0's)."""
+        return self._require().last_metric
+
+    @property
+    def offline(self) -> bool:
+        """True when fail-open made the run offline (not used under DDP: rank 0's errors raise)."""
+        return self._require().offline
+
+    @property
+    def offline_result(self) -> OfflineRun | None:
+        """What an offline run measured (see :class:`~client_sdk.run.TrainingRun`)."""
+        return self._require().offline_result
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"completed"`` or ``"failed"``."""
+        return self.run.state if self.run is not None else "new"
+
+    def read_counters(self) -> tuple[float, float]:
+        """``(energy J of all ranks' GPUs, rank 0's time s)`` since the run started; a collective."""
+        return self._require().read_counters()
+
     # ---- lifecycle
     def __enter__(self) -> DistributedRun:
+        return self.start()
+
+    def start(self) -> DistributedRun:
+        """Start the run on every rank (rank 0 asks the server, the answer is broadcast); returns self."""
+        from client_sdk.errors import RunStateError
         from client_sdk.run import TrainingRun
 
+        if self.run is not None:
+            raise RunStateError(f"the run was already started (it is {self.run.state})")
         if self.rank == 0 and self._register:
             assert self._client is not None
             self._client.register_job(self.job)
@@ -372,7 +408,7 @@ class DistributedRun:
             steps_per_epoch=first,
             heartbeat=self._heartbeat and self.rank == 0,
         )
-        self.run.__enter__()
+        self.run.start()
         try:
             steps = _resolve_steps(self._steps_per_epoch, self.run.batch_size)
             if steps is not None and first is None:
@@ -381,6 +417,10 @@ class DistributedRun:
             self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Say how many ``step()`` calls an epoch has on each rank (before the first ``step()``); every rank."""
+        self._require().set_steps_per_epoch(steps_per_epoch)
 
     def step(self) -> None:
         """Call after every training step, on every rank."""
@@ -393,12 +433,30 @@ class DistributedRun:
         dist.broadcast_object_list(box, src=self.gpu.src, group=self.group)
         return run.epoch_end(box[0])
 
+    def complete(self, metric: float | None = None, *, epochs: float | None = None) -> pb.Run | None:
+        """End the run as trained, on **every** rank (a collective); rank 0's ``metric`` counts.
+
+        Same meaning as :meth:`client_sdk.run.TrainingRun.complete`; returns the server's record
+        of the run on every rank.
+        """
+        run = self._require()
+        box = [metric]
+        dist.broadcast_object_list(box, src=self.gpu.src, group=self.group)
+        return run.complete(box[0], epochs=epochs)
+
+    def fail(self, reason: str | BaseException) -> None:
+        """End the run as crashed; may be called on one rank only (rank 0 reports, no collectives)."""
+        run = self._require()
+        self.gpu.local_only = True  # the other ranks may not be there to answer
+        run.fail(reason)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if self.run is None:
+        if self.run is None or self.run.state != "running":
             return
         if exc is not None:
-            self.gpu.local_only = True  # the other ranks may not be there to answer
-        self.run.__exit__(exc_type, exc, tb)
+            self.fail(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
+        else:
+            self.complete()
 
 
 # ------------------------------------------------------------------------------ training loop
