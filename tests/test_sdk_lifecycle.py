@@ -45,7 +45,8 @@ def test_start_run_complete_reports_the_measured_run(sqlite_client: OptimizerCli
     done = run.complete(0.93, epochs=4)  # no epoch_end() calls: the wrapper's way
     assert run.state == "completed" and run.ended
     assert done is not None and done.reached_target and done.epochs == 4 and run.last_metric == 0.93
-    assert done.energy_j == pytest.approx(4 * 250.0 * 11.0) and done.time_s == pytest.approx(44.0)
+    power_w, epoch_s = SMALL_TABLE[64][done.power_limit_w]  # the limit in force, from the trace
+    assert done.energy_j == pytest.approx(4 * power_w * epoch_s) and done.time_s == pytest.approx(4 * epoch_s)
     (stored,) = sqlite_client.get_job(job.job_id).runs
     assert stored.state == pb.RUN_STATE_COMPLETED
     with pytest.raises(RunStateError, match="already completed"):
