@@ -116,9 +116,10 @@ def _plain_text(parser: argparse.ArgumentParser) -> None:
                 _plain_text(sub)
 
 
-LIGHT_COMMANDS = frozenset({"agent"})
+LIGHT_COMMANDS = frozenset({"agent", "run"})
 """Commands whose process builds only its own parser: the node agent is a daemon on every GPU node,
-and the demo's and simulator's flags would load numpy and the simulator into it (about 20 MiB)."""
+and the demo's and simulator's flags would load numpy and the simulator into it (about 20 MiB);
+``run`` wraps training where only the slim SDK is installed."""
 
 
 def requested_command(argv: list[str]) -> str | None:
@@ -154,6 +155,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         agent_cli.add_arguments(sub)
         _plain_text(parser)
         return parser
+    if only == "run":
+        from powerbandit import run_wrapper
+
+        run_wrapper.add_arguments(sub)
+        _plain_text(parser)
+        return parser
     _add_serve(sub)
     d = sub.add_parser("demo", help="replay a recurring job through a real server and SDK")
     sim = sub.add_parser(
@@ -181,6 +188,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from powerbandit.dashboard import cli as dashboard_cli
 
     dashboard_cli.add_arguments(sub)
+    from powerbandit import run_wrapper
+
+    run_wrapper.add_arguments(sub)
     _plain_text(parser)
     return parser
 
@@ -232,6 +242,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return agent_cli.run(args)
     if args.command in operator_cli.COMMANDS:
         return operator_cli.run(args)
+    if args.command == "run":
+        from powerbandit import run_wrapper
+
+        return run_wrapper.run(args)
     if args.command == "dashboard":
         from powerbandit.dashboard import cli as dashboard_cli
 

@@ -1,0 +1,430 @@
+"""``powerbandit run``: the optimizer around a training command you cannot or will not edit.
+
+    powerbandit run --job team/resnet --server HOST:PORT -- python train.py --batch-size {batch_size}
+
+It asks the server for a configuration, puts the batch size into the command (``{batch_size}``;
+``{run_id}`` too), applies the power limit to the command's GPUs for the command's lifetime
+(directly through NVML or through the node agent), runs the command, measures the energy of its
+GPUs and the time, then completes the run (exit status 0) or fails it (non-zero exit, or
+interrupted), and exits with the command's own exit status.
+
+The command sees ``POWERBANDIT_BATCH_SIZE``, ``POWERBANDIT_RUN_ID``, ``POWERBANDIT_JOB_ID``,
+``POWERBANDIT_POWER_LIMIT_W`` and ``POWERBANDIT_METRIC_FILE`` in its environment. It tells the
+wrapper its final metric (compared with the job's target) and the epochs it trained in either way:
+
+- print a line ``powerbandit-metric: 0.93`` (and ``powerbandit-epochs: 12``) on standard output
+  (the last one counts; the output is passed through unchanged), or
+- write ``0.93`` or ``{"metric": 0.93, "epochs": 12}`` to the file ``$POWERBANDIT_METRIC_FILE``
+  (the file wins over printed lines).
+
+Without a metric, an exit status of 0 counts as "target reached"; without an epoch count the run
+reports the job's ``max_epochs``. Power limits are not profiled (the wrapper sees no training
+steps): the run keeps the suggested limit, or the limit in force when the server asks for a
+profile. Ctrl-C and SIGTERM reach the command (once) and the run is reported failed.
+
+The job comes from flags (``--batch-sizes 32,64,128 --default-batch-size 64 --target-metric 0.9
+--max-epochs 50``, registered if new) or, without them, from the server (already registered).
+``--replay TABLE.json`` measures with a :class:`~client_sdk.replay.ReplayGpu` for dry runs; the
+default is NVML (the simulated device when ``POWERBANDIT_SIMULATED_GPUS`` names its file).
+This module needs only the slim SDK (no numpy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from client_sdk.client import Job, OptimizerClient, fail_open_from_environment
+from client_sdk.errors import NotFoundError
+from client_sdk.gpu import Gpu, GpuUnavailableError
+from powerbandit.errors import UserError
+
+__all__ = ["ChildReport", "add_arguments", "load_replay_table", "parse_report_line", "run"]
+
+METRIC_LINE = re.compile(rb"^\s*powerbandit-(metric|epochs)\s*:\s*(\S+)\s*$")
+"""A line the command prints to report its final metric or its epochs."""
+
+#: Exit code when the command cannot be started (as a shell says "command not found").
+EXIT_NOT_FOUND = 127
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get("POWERBANDIT_" + name, default)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes such as 32,64,128, got {text!r}")
+    return sizes
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` command to the top-level parser."""
+    p = sub.add_parser(
+        "run",
+        help="run a training command as one powerbandit run (zero code changes)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="powerbandit run --job JOB [options] -- COMMAND [ARG ...]",
+    )
+    p.add_argument("--job", required=True, help="the job id, e.g. team/resnet50")
+    p.add_argument("--server", default=_env("SERVER", "127.0.0.1:50051"),
+                   help="server address host:port [POWERBANDIT_SERVER, default 127.0.0.1:50051]")  # fmt: skip
+    p.add_argument("--timeout-s", type=float, default=30.0, help="seconds each server call may take (default 30)")
+    spec = p.add_argument_group("job spec (registers the job; omit all to use the registered job)")
+    spec.add_argument("--batch-sizes", type=_batch_sizes, help="candidate batch sizes, e.g. 32,64,128")
+    spec.add_argument("--default-batch-size", type=int, help="the batch size used today")
+    spec.add_argument("--target-metric", type=float, help="the validation metric that counts as trained")
+    spec.add_argument("--max-epochs", type=int, help="epochs after which a run stops without the target")
+    spec.add_argument("--eta", type=float, default=0.5, help="energy vs time weight in [0, 1] (default 0.5)")
+    spec.add_argument("--lower-is-better", action="store_true", help="the metric is a loss (lower is better)")
+    p.add_argument("--replay", metavar="TABLE.json",
+                   help="measure with a replay GPU from this table (dry run without a GPU); see docs/integrations.md")  # fmt: skip
+    p.add_argument("--metric-file", help="file the command writes its metric to [default: a temporary file]")
+    p.add_argument("--fail-open", action="store_true",
+                   help="train at the job's default configuration when the server is out of reach "
+                        "[POWERBANDIT_FAIL_OPEN]")  # fmt: skip
+    p.add_argument("--kill-after-s", type=float, default=30.0,
+                   help="after forwarding Ctrl-C/SIGTERM, seconds before the command is killed (default 30)")  # fmt: skip
+    p.add_argument("child", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the training command")
+
+
+# ----------------------------------------------------------------------------------- inputs
+def load_replay_table(path: str) -> tuple[dict[int, dict[float, tuple[float, float]]], str, int]:
+    """A replay table file: ``{"model": ..., "count": 1, "table": {"64": {"300": [250.0, 11.0]}}}``.
+
+    ``table`` maps batch size -> power limit W -> ``[average power W, seconds per epoch]``; a file
+    holding only that mapping works too. Returns ``(table, model, count)``.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not a JSON replay table ({exc})") from None
+    body = raw.get("table", raw) if isinstance(raw, dict) else None
+    try:
+        if not isinstance(body, dict) or not body:
+            raise ValueError("no batch sizes")
+        table = {
+            int(b): {float(p): (float(v[0]), float(v[1])) for p, v in row.items()} for b, row in body.items()
+        }
+        if any(not row for row in table.values()):
+            raise ValueError("a batch size without power limits")
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise UserError(
+            f'{path}: expected {{"table": {{"64": {{"300": [250.0, 11.0]}}}}}} (batch size -> power limit W -> '
+            f"[average power W, seconds per epoch]): {exc}"
+        ) from None
+    model = str(raw.get("model", "Replay GPU")) if isinstance(raw, dict) and "table" in raw else "Replay GPU"
+    count = int(raw.get("count", 1)) if isinstance(raw, dict) and "table" in raw else 1
+    return table, model, count
+
+
+def _job(args: argparse.Namespace, client: OptimizerClient) -> Job:
+    """The job from the flags (all of them), or the registered one (none of them)."""
+    given = {
+        "--batch-sizes": args.batch_sizes,
+        "--default-batch-size": args.default_batch_size,
+        "--target-metric": args.target_metric,
+        "--max-epochs": args.max_epochs,
+    }
+    if any(v is not None for v in given.values()):
+        missing = [flag for flag, value in given.items() if value is None]
+        if missing:
+            raise UserError(f"to describe the job give all of --batch-sizes, --default-batch-size, "
+                            f"--target-metric and --max-epochs (missing: {', '.join(missing)})")  # fmt: skip
+        return Job(
+            args.job,
+            batch_sizes=args.batch_sizes,
+            default_batch_size=args.default_batch_size,
+            target_metric=args.target_metric,
+            max_epochs=args.max_epochs,
+            eta=args.eta,
+            higher_is_better=not args.lower_is_better,
+        )
+    try:
+        spec = client.get_job(args.job, max_runs=1).spec
+    except NotFoundError:
+        raise UserError(
+            f"job {args.job} is not registered on {client.address}: describe it with --batch-sizes, "
+            f"--default-batch-size, --target-metric and --max-epochs"
+        ) from None
+    from powerbandit.v1 import optimizer_pb2 as pb
+
+    return Job(
+        spec.job_id,
+        batch_sizes=tuple(spec.batch_sizes),
+        default_batch_size=spec.default_batch_size,
+        target_metric=spec.target_metric,
+        max_epochs=spec.max_epochs,
+        eta=spec.eta if spec.HasField("eta") else 0.5,
+        beta=spec.beta,
+        higher_is_better=spec.metric_direction != pb.METRIC_DIRECTION_LOWER_IS_BETTER,
+        policy=spec.policy,
+        window=spec.window,
+        seed=spec.seed,
+        max_slowdown=spec.max_slowdown if spec.HasField("max_slowdown") else None,
+    )
+
+
+def _gpu(args: argparse.Namespace) -> Gpu:
+    if args.replay:
+        from client_sdk.replay import ReplayGpu
+
+        table, model, count = load_replay_table(args.replay)
+        return ReplayGpu(table, model=model, count=count)
+    from client_sdk.nvml import NvmlGpu
+
+    try:
+        return NvmlGpu()
+    except GpuUnavailableError as exc:
+        raise UserError(f"{exc} (or pass --replay TABLE.json for a dry run)") from None
+
+
+# ---------------------------------------------------------------------------- the child's report
+@dataclass
+class ChildReport:
+    """What the command said about itself: its final metric and its epochs (None: not said)."""
+
+    metric: float | None = None
+    epochs: float | None = None
+
+
+def parse_report_line(line: bytes, report: ChildReport) -> None:
+    """Update ``report`` from one output line if it is ``powerbandit-metric: X`` or ``powerbandit-epochs: N``."""
+    match = METRIC_LINE.match(line)
+    if match is None:
+        return
+    try:
+        value = float(match.group(2))
+    except ValueError:
+        print(f"powerbandit: ignoring {line.decode(errors='replace').strip()!r}: not a number", file=sys.stderr)
+        return
+    if not math.isfinite(value) or (match.group(1) == b"epochs" and value < 0):
+        print(f"powerbandit: ignoring {line.decode(errors='replace').strip()!r}", file=sys.stderr)
+        return
+    if match.group(1) == b"metric":
+        report.metric = value
+    else:
+        report.epochs = value
+
+
+def _read_metric_file(path: Path, report: ChildReport) -> None:
+    """The metric file, when the command wrote one: a number, or ``{"metric": X, "epochs": N}``."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return
+    if not text:
+        return
+    try:
+        value = json.loads(text)
+        if isinstance(value, (int, float)):
+            report.metric = float(value)
+        elif isinstance(value, dict):
+            if value.get("metric") is not None:
+                report.metric = float(value["metric"])
+            if value.get("epochs") is not None:
+                report.epochs = float(value["epochs"])
+        else:
+            raise ValueError("neither a number nor an object")
+    except (ValueError, TypeError) as exc:
+        print(f'powerbandit: ignoring {path}: expected 0.93 or {{"metric": 0.93, "epochs": 12}} ({exc})',
+              file=sys.stderr)  # fmt: skip
+
+
+def _pump(stream: IO[bytes], out: IO[bytes], report: ChildReport) -> None:
+    """Copy the command's output to ours line by line, reading report lines on the way."""
+    for line in iter(stream.readline, b""):
+        out.write(line)
+        out.flush()
+        parse_report_line(line, report)
+    stream.close()
+
+
+# ------------------------------------------------------------------------------------- signals
+class _Forwarder:
+    """Forwards SIGINT and SIGTERM to the command once each, remembers the first, restores handlers."""
+
+    def __init__(self, child: subprocess.Popen[bytes], shares_terminal: bool) -> None:
+        self.child = child
+        self.shares_terminal = shares_terminal
+        self.signum: int | None = None
+        self.forwarded_at: float | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        # Ctrl-C in a terminal already reached the command (it shares our process group)
+        if signum == signal.SIGINT and self.shares_terminal:
+            self.forwarded_at = self.forwarded_at or time.monotonic()
+            return
+        if self.child.poll() is None:
+            self.child.send_signal(signum)
+            self.forwarded_at = self.forwarded_at or time.monotonic()
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def _exit_status(returncode: int) -> int:
+    """A shell's exit status for a child's return code (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+# ----------------------------------------------------------------------------------------- run
+def _substitute(command: list[str], values: dict[str, str]) -> list[str]:
+    out = []
+    for word in command:
+        for key, value in values.items():
+            word = word.replace("{" + key + "}", value)
+        out.append(word)
+    return out
+
+
+def run(args: argparse.Namespace, *, stdout: IO[bytes] | None = None) -> int:
+    """Run ``args.child`` as one run of ``args.job``; returns the command's exit status."""
+    command = list(args.child)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("no command to run: powerbandit run --job JOB -- python train.py --batch-size {batch_size}")
+    fail_open = True if args.fail_open else fail_open_from_environment()
+    gpu = _gpu(args)
+    try:
+        with OptimizerClient(args.server, timeout_s=args.timeout_s, fail_open=fail_open) as client:
+            job = _job(args, client)
+            training = client.start_run(job, gpu=gpu)
+            try:
+                return _run_child(args, command, training, job, stdout or sys.stdout.buffer)
+            except BaseException as exc:
+                if training.state == "running":
+                    training.fail(exc if str(exc) else f"{type(exc).__name__} in powerbandit run")
+                raise
+    finally:
+        gpu.close()
+
+
+def _run_child(args: argparse.Namespace, command: list[str], training: Any, job: Job, out: IO[bytes]) -> int:
+    batch_size = training.batch_size
+    run_id = training.run_id
+    temporary = None
+    if args.metric_file:
+        metric_path = Path(args.metric_file)
+        metric_path.unlink(missing_ok=True)  # a stale metric from an earlier run must not count
+    else:
+        descriptor, temporary = tempfile.mkstemp(prefix="powerbandit-metric-", suffix=".txt")
+        os.close(descriptor)
+        metric_path = Path(temporary)
+    env = {
+        **os.environ,
+        "POWERBANDIT_BATCH_SIZE": str(batch_size),
+        "POWERBANDIT_RUN_ID": run_id,
+        "POWERBANDIT_JOB_ID": job.job_id,
+        "POWERBANDIT_POWER_LIMIT_W": f"{training.power_limit_w:g}",
+        "POWERBANDIT_METRIC_FILE": str(metric_path),
+    }
+    argv = _substitute(command, {"batch_size": str(batch_size), "run_id": run_id})
+    _say(f"run {run_id or '(offline)'} of {job.job_id}: batch size {batch_size}, "
+         f"power limit {training.power_limit_w:g} W: {' '.join(argv)}")  # fmt: skip
+    report = ChildReport()
+    try:
+        try:
+            child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            training.fail(f"the command could not be started: {exc}")
+            print(f"error: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        assert child.stdout is not None
+        pump = threading.Thread(target=_pump, args=(child.stdout, out, report), name="powerbandit-output", daemon=True)
+        pump.start()
+        forwarder = _Forwarder(child, shares_terminal=_stdin_is_terminal())
+        forwarder.install()
+        try:
+            returncode = _wait(child, forwarder, args.kill_after_s)
+        finally:
+            forwarder.restore()
+        pump.join(timeout=10)
+        _read_metric_file(metric_path, report)
+        return _finish(training, job, report, returncode, forwarder.signum)
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _wait(child: subprocess.Popen[bytes], forwarder: _Forwarder, kill_after_s: float) -> int:
+    """Wait for the command; kill it ``kill_after_s`` after a forwarded signal it ignores."""
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if forwarder.forwarded_at is not None and time.monotonic() - forwarder.forwarded_at > kill_after_s:
+                _say(f"the command did not exit {kill_after_s:g} s after the signal; killing it")
+                child.kill()
+
+
+def _finish(training: Any, job: Job, report: ChildReport, returncode: int, signum: int | None) -> int:
+    status = _exit_status(returncode)
+    if signum is not None:
+        name = signal.Signals(signum).name
+        training.fail(f"interrupted by {name} (the command exited with status {status})")
+        _say(f"run {training.run_id or '(offline)'} interrupted by {name}: reported failed")
+        return status if status else 128 + signum
+    if returncode != 0:
+        training.fail(f"the command exited with status {status}")
+        _say(f"run {training.run_id or '(offline)'} failed: the command exited with status {status}")
+        return status
+    if report.epochs is None:
+        _say(f"the command reported no epoch count (print `powerbandit-epochs: N`); reporting max_epochs "
+             f"({job.max_epochs})")  # fmt: skip
+    epochs = report.epochs if report.epochs is not None else float(job.max_epochs)
+    if report.metric is None:
+        training.reached_target = True  # documented: exit status 0 without a metric = target reached
+    done = training.complete(report.metric, epochs=epochs)
+    energy, elapsed = (done.energy_j, done.time_s) if done is not None else _offline(training)
+    verdict = "target reached" if training.reached_target else "target not reached"
+    _say(f"run {training.run_id or '(offline, not reported)'} completed: {epochs:g} epochs, {energy:.0f} J, "
+         f"{elapsed:.1f} s, {verdict}")  # fmt: skip
+    return 0
+
+
+def _offline(training: Any) -> tuple[float, float]:
+    result = training.offline_result
+    return (result.energy_j, result.time_s) if result is not None else (0.0, 0.0)
+
+
+def _say(message: str, printer: Callable[..., None] = print) -> None:
+    printer(f"powerbandit: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,195 @@
+"""``powerbandit run``: real wrapper and child processes, the replay GPU, a real server on loopback.
+
+The wrapper runs as ``python -m powerbandit run`` with the server extra blocked (as in a slim SDK
+install: no numpy); the server is the real one (EmbeddedServer) over a SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client_sdk.client import OptimizerClient
+from client_sdk.replay import ReplayGpu
+from optimizer_server.server import EmbeddedServer
+from powerbandit.run_wrapper import ChildReport, load_replay_table, parse_report_line
+from powerbandit.v1 import optimizer_pb2 as pb
+from tests.conftest import REPO_ROOT, SMALL_TABLE, small_job
+from tests.test_packaging import BLOCK_SERVER_EXTRA
+
+CHILD = """
+import json, os, signal, sys, time
+mode = sys.argv[1]
+Path = __import__("pathlib").Path
+record = {"argv": sys.argv[2:], "env": {k: v for k, v in os.environ.items() if k.startswith("POWERBANDIT_")}}
+Path(os.environ["CHILD_RECORD"]).write_text(json.dumps(record))
+if mode == "print":
+    print("epoch 1 loss 0.3")
+    print("powerbandit-metric: 0.5")
+    print("powerbandit-metric: 0.95")
+    print("powerbandit-epochs: 3")
+elif mode == "file":
+    Path(os.environ["POWERBANDIT_METRIC_FILE"]).write_text(json.dumps({"metric": 0.5, "epochs": 2}))
+elif mode == "crash":
+    print("Traceback: CUDA out of memory", file=sys.stderr)
+    sys.exit(3)
+elif mode == "wait":
+    got = []
+    def handler(signum, frame):
+        got.append(signal.Signals(signum).name)
+        time.sleep(0.3)  # a second delivery would land here
+        Path(os.environ["CHILD_RECORD"] + ".signals").write_text(json.dumps(got))
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    print("ready", flush=True)
+    for _ in range(600):
+        time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """The real server over a SQLite file (the wrapper needs no PostgreSQL variant)."""
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'pb.db'}") as running:
+        yield running
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"model": "Replay A40", "table": SMALL_TABLE}))
+    return {"child": child, "table": table, "record": tmp_path / "record.json"}
+
+
+def _wrapper(server: EmbeddedServer, files: dict[str, Path], *flags: str, mode: str = "print",
+             command: list[str] | None = None) -> list[str]:  # fmt: skip
+    command = command or [sys.executable, str(files["child"]), mode, "--batch-size", "{batch_size}", "--id={run_id}"]
+    return [sys.executable, "-c", BLOCK_SERVER_EXTRA, "run", "--job", "team/wrapped", "--server", server.address,
+            "--replay", str(files["table"]), *flags, "--", *command]  # fmt: skip
+
+
+def _env(files: dict[str, Path]) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CHILD_RECORD": str(files["record"])}
+    env.pop("POWERBANDIT_FAIL_OPEN", None)
+    return env
+
+
+SPEC = ["--batch-sizes", "32,64,128", "--default-batch-size", "64", "--target-metric", "0.9", "--max-epochs", "20"]
+
+
+def _runs(server: EmbeddedServer) -> list[pb.Run]:
+    with OptimizerClient(server.address, timeout_s=10) as client:
+        return list(client.get_job("team/wrapped").runs)
+
+
+def test_wrapper_substitutes_the_batch_size_and_completes_with_the_printed_metric(
+    server: EmbeddedServer, files: dict[str, Path]
+) -> None:
+    done = subprocess.run(_wrapper(server, files, *SPEC), env=_env(files), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1 loss 0.3" in done.stdout  # the command's output passes through
+    (run,) = _runs(server)
+    record = json.loads(files["record"].read_text())
+    assert record["argv"] == ["--batch-size", str(run.batch_size), f"--id={run.run_id}"]
+    env = record["env"]
+    assert env["POWERBANDIT_BATCH_SIZE"] == str(run.batch_size) and env["POWERBANDIT_RUN_ID"] == run.run_id
+    assert env["POWERBANDIT_JOB_ID"] == "team/wrapped" and env["POWERBANDIT_METRIC_FILE"]
+    assert not Path(env["POWERBANDIT_METRIC_FILE"]).exists()  # the temporary metric file is removed
+    assert run.state == pb.RUN_STATE_COMPLETED and run.reached_target and run.epochs == 3
+    assert run.power_limit_control == pb.POWER_LIMIT_CONTROL_SIMULATED
+    power_w, epoch_s = SMALL_TABLE[run.batch_size][run.power_limit_w]  # the replay trace at the limit in force
+    assert run.energy_j == pytest.approx(3 * power_w * epoch_s) and run.time_s == pytest.approx(3 * epoch_s)
+    assert f"run {run.run_id} completed: 3 epochs" in done.stderr and "target reached" in done.stderr
+
+
+def test_wrapper_uses_the_registered_job_and_the_metric_file(server: EmbeddedServer, files: dict[str, Path]) -> None:
+    with OptimizerClient(server.address, timeout_s=10) as client:
+        client.register_job(small_job("team/wrapped", target_metric=0.9))
+    done = subprocess.run(_wrapper(server, files, mode="file"), env=_env(files), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run,) = _runs(server)
+    assert run.state == pb.RUN_STATE_COMPLETED and not run.reached_target and run.epochs == 2
+    assert "target not reached" in done.stderr
+
+
+def test_wrapper_fails_the_run_and_returns_the_commands_exit_status(
+    server: EmbeddedServer, files: dict[str, Path]
+) -> None:
+    done = subprocess.run(_wrapper(server, files, *SPEC, mode="crash"), env=_env(files), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 3
+    assert "CUDA out of memory" in done.stderr  # the command's stderr is its own
+    (run,) = _runs(server)
+    assert run.state == pb.RUN_STATE_FAILED and run.reason == "the command exited with status 3"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_reaches_the_command_once_and_the_run_is_failed(
+    server: EmbeddedServer, files: dict[str, Path], signum: signal.Signals
+) -> None:
+    wrapper = subprocess.Popen(_wrapper(server, files, *SPEC, mode="wait"), env=_env(files), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert wrapper.stdout is not None
+        assert wrapper.stdout.readline().strip() == "ready"
+        wrapper.send_signal(signum)
+        _, stderr = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert wrapper.returncode == 128 + signum, stderr
+    assert json.loads(Path(str(files["record"]) + ".signals").read_text()) == [signum.name]  # exactly once
+    (run,) = _runs(server)
+    assert run.state == pb.RUN_STATE_FAILED and run.reason.startswith(f"interrupted by {signum.name}")
+    assert f"interrupted by {signum.name}: reported failed" in stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "command", "code", "message"),
+    [
+        ([], None, 1, "error: job team/wrapped is not registered"),
+        (["--batch-sizes", "32,64"], None, 1, "missing: --default-batch-size, --target-metric, --max-epochs"),
+        (SPEC, ["/nonexistent/train"], 127, "error: cannot run '/nonexistent/train'"),
+        (["--batch-sizes", "32,x"], None, 2, "expected comma-separated integers"),
+    ],
+)
+def test_wrapper_mistakes_are_one_error_line(
+    server: EmbeddedServer, files: dict[str, Path], flags: list[str], command: list[str] | None, code: int,
+    message: str,
+) -> None:  # fmt: skip
+    done = subprocess.run(_wrapper(server, files, *flags, command=command), env=_env(files), capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == code and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    if code == 127:
+        (run,) = _runs(server)
+        assert run.state == pb.RUN_STATE_FAILED and "could not be started" in run.reason
+
+
+def test_report_lines_and_replay_tables(tmp_path: Path) -> None:
+    report = ChildReport()
+    for line in (b"powerbandit-metric: 0.7\n", b"  powerbandit-epochs : 4 \n", b"metric 0.1\n", b"powerbandit-metric: x\n"):
+        parse_report_line(line, report)
+    assert report == ChildReport(metric=0.7, epochs=4.0)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"64": {"300": [250, 11]}}))
+    table, model, count = load_replay_table(str(path))
+    assert table == {64: {300.0: (250.0, 11.0)}} and model == "Replay GPU" and count == 1
+    assert ReplayGpu(table).info().max_power_limit_w == 300.0
+    path.write_text(json.dumps({"table": {"64": {}}}))
+    with pytest.raises(Exception, match="power limit W"):
+        load_replay_table(str(path))
+
