@@ -19,7 +19,18 @@ the first epoch (``len(train_dataloader)`` optimizer steps); ``on_step_end`` cal
 at each epoch the run reports progress with the metric ``metrics[metric_key]`` of the evaluation
 that ends the epoch (with ``eval_strategy="epoch"``; otherwise the newest evaluation so far, or
 none); when the server says stop, or the target is reached, ``control.should_training_stop`` is
-set; ``on_train_end`` completes the run. Under ``torch.distributed`` (DDP) the run is a
+set; ``on_train_end`` completes the run.
+
+**Trainer logs.** Every time the Trainer logs (``logging_steps``, evaluations, the end of
+training), the callback adds the run's numbers to the ``logs`` dict: ``powerbandit/energy_j``,
+``powerbandit/time_s``, ``powerbandit/average_power_w``, ``powerbandit/power_limit_w``,
+``powerbandit/batch_size``, ``powerbandit/epochs`` and ``powerbandit/profiling`` (the phase: 1
+while power limits are profiled), so every tracker of ``report_to`` (W&B, MLflow, TensorBoard,
+...) and ``trainer.state.log_history`` get them. The callback moves itself first among the
+Trainer's callbacks so the trackers see the numbers in the same log event (``log_metrics=False``
+turns this off). This works with subclasses of ``Trainer`` such as TRL's ``SFTTrainer``.
+
+Under ``torch.distributed`` (DDP) the run is a
 :class:`~client_sdk.torch_helpers.DistributedRun`: rank 0 talks to the server, and the batch size
 is global (each process uses :attr:`local_batch_size`); initialise the process group before the
 batch size is read (e.g. ``torch.distributed.init_process_group`` first).
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -84,7 +96,9 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         metric_key: str,
         steps_per_epoch: int | None = None,
         heartbeat: bool = True,
+        log_metrics: bool = True,
     ) -> None:
+        self.log_metrics = log_metrics
         self.client = client
         self.job = job
         self.gpu = gpu
@@ -100,6 +114,7 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         self._latest_metric: float | None = None
         self._warned_missing_key = False
         self._world_size = 1
+        self._final_metrics: dict[str, float] | None = None
 
     # ------------------------------------------------------------------------- the run
     def start(self) -> PowerBanditCallback:
@@ -149,11 +164,19 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         if not self._active or self.run is None:
             return
         self._active = False
+        if self.log_metrics:
+            self._final_metrics = self.run.tracker_metrics(fresh=self._world_size == 1)
         if exc is None:
-            self.run.__exit__(None, None, None)
+            self.run.complete()
             self.completed_run = self.run.completed_run
         else:
-            self.run.__exit__(type(exc), exc, exc.__traceback__)
+            self.run.fail(exc)
+
+    def tracker_metrics(self) -> dict[str, float]:
+        """The numbers added to the Trainer's logs now (the final ones once the run ended; {} before it started)."""
+        if self._active and self.run is not None:  # under DDP: no collective (not every rank logs together)
+            return self.run.tracker_metrics(fresh=self._world_size == 1)
+        return dict(self._final_metrics or {})
 
     def fail(self, reason: str | BaseException) -> None:
         """Report the run failed (not evidence against its configuration) and restore the power limit."""
@@ -208,9 +231,45 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
             return max(1, math.ceil(max_steps / epochs))
         return None
 
+    def _move_first(self) -> None:
+        """Put this callback first in the Trainer's ``CallbackHandler`` (the caller of the hook), so the
+        trackers, which come earlier, see the numbers :meth:`on_log` adds in the same event."""
+        frame = sys._getframe(2)  # the handler's call_event -> the hook -> here
+        for _ in range(3):
+            handler = frame.f_locals.get("self")
+            callbacks = getattr(handler, "callbacks", None)
+            if isinstance(callbacks, list) and any(c is self for c in callbacks):
+                if callbacks[0] is not self:
+                    # safe inside call_event's loop: the callbacks after this one keep their indices
+                    callbacks.remove(self)
+                    callbacks.insert(0, self)
+                return
+            if frame.f_back is None:
+                break
+            frame = frame.f_back
+        log.debug("powerbandit: the Trainer's callback handler was not found; trackers before this callback "
+                  "see its numbers one log event later")  # fmt: skip
+
     # ------------------------------------------------------------------------- hooks
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The Trainer is built: move first among its callbacks (see :meth:`on_log`)."""
+        if self.log_metrics:
+            self._move_first()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Add the run's numbers (energy, time, power, limit, batch size, epochs, phase) to the Trainer's logs."""
+        if not self.log_metrics or logs is None:
+            return
+        values = self.tracker_metrics()
+        logs.update(values)
+        history = getattr(state, "log_history", None)
+        if values and history:  # Trainer.log appended a copy of `logs` just before this hook
+            history[-1].update(values)
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Start the run if needed, check the Trainer's batch size, fit the profile into epoch 1."""
+        if self.log_metrics:
+            self._move_first()  # a callback added with trainer.add_callback() after the Trainer was built
         self.start()
         assert self.run is not None
         try:

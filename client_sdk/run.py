@@ -160,6 +160,7 @@ class TrainingRun:
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._state = "new"
+        self._last_counters = (0.0, 0.0)
 
     # ---------------------------------------------------------------------------- accessors
     @property
@@ -206,7 +207,36 @@ class TrainingRun:
 
     def read_counters(self) -> tuple[float, float]:
         """``(energy J, time s)`` since the run started."""
-        return self.gpu.energy_j() - self._origin[0], self.gpu.now_s() - self._origin[1]
+        counters = self.gpu.energy_j() - self._origin[0], self.gpu.now_s() - self._origin[1]
+        self._last_counters = counters
+        return counters
+
+    @property
+    def phase(self) -> str:
+        """``"profiling"`` (measuring candidate power limits), ``"training"`` or ``"offline"`` (fail-open)."""
+        if self.offline:
+            return "offline"
+        return "profiling" if self.profiling else "training"
+
+    def tracker_metrics(self, *, fresh: bool = True) -> dict[str, float]:
+        """The run's numbers for an experiment tracker (W&B, MLflow, TensorBoard), keys ``powerbandit/...``.
+
+        Energy (J, all the run's GPUs) and time (s) since the run started, average power (W), the
+        per-GPU power limit (W), the batch size, epochs reported and the phase (``powerbandit/profiling``
+        1 while power limits are profiled, else 0). ``fresh=False`` uses the newest counters read
+        (no GPU reading, no DDP collective: for hooks that not every rank reaches together).
+        """
+        energy, elapsed = self.read_counters() if fresh else self._last_counters
+        s = self._require()
+        return {
+            "powerbandit/energy_j": energy,
+            "powerbandit/time_s": elapsed,
+            "powerbandit/average_power_w": energy / elapsed if elapsed > 0 else 0.0,
+            "powerbandit/power_limit_w": self.gpu.power_limit_w(),
+            "powerbandit/batch_size": float(s.batch_size),
+            "powerbandit/epochs": float(self.epochs),
+            "powerbandit/profiling": 1.0 if self.phase == "profiling" else 0.0,
+        }
 
     # ---------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> TrainingRun:

@@ -385,6 +385,19 @@ class DistributedRun:
         """``(energy J of all ranks' GPUs, rank 0's time s)`` since the run started; a collective."""
         return self._require().read_counters()
 
+    @property
+    def phase(self) -> str:
+        """``"profiling"``, ``"training"`` or ``"offline"`` (see :class:`~client_sdk.run.TrainingRun`)."""
+        return self._require().phase
+
+    def tracker_metrics(self, *, fresh: bool = False) -> dict[str, float]:
+        """The run's numbers for experiment trackers (all ranks' energy); ``fresh=True`` is a collective.
+
+        By default the counters of the newest reading (every ``epoch_end`` reads them) are used, so
+        calling it on some ranks only is safe.
+        """
+        return self._require().tracker_metrics(fresh=fresh)
+
     # ---- lifecycle
     def __enter__(self) -> DistributedRun:
         return self.start()
