@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import io
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,6 +46,16 @@ def find_chromium() -> str | None:
     return None
 
 
+_TRAMPOLINE = """
+import fcntl, os, sys
+commands, answers = (fcntl.fcntl(int(fd), fcntl.F_DUPFD, 10) for fd in sys.argv[1:3])
+os.dup2(commands, 3)
+os.dup2(answers, 4)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+"""Runs as ``python -c``: the browser's DevTools pipe ends onto descriptors 3 and 4, then exec."""
+
+
 class Browser:
     """One headless browser with one page; every call waits at most ``timeout_s``."""
 
@@ -55,18 +65,16 @@ class Browser:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
 
-        def wire() -> None:  # in the child: our pipe ends become its descriptors 3 and 4
-            a = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)  # above 4: dup2 below cannot close them
-            b = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
+        # Chromium reads DevTools commands on descriptor 3 and writes on 4. A fresh Python moves our
+        # pipe ends there and execs it: no code runs between fork and exec in this process (a
+        # preexec_fn in a process with gRPC threads can crash the child, as it did under load).
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+            [sys.executable, "-c", _TRAMPOLINE, str(to_browser_r), str(from_browser_w),
+             binary, "--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
              "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-pipe",
              f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=wire, close_fds=True, pass_fds=(3, 4),
+            close_fds=True, pass_fds=(to_browser_r, from_browser_w),
         )  # fmt: skip
         os.close(to_browser_r)
         os.close(from_browser_w)
