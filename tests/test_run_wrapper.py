@@ -193,3 +193,41 @@ def test_report_lines_and_replay_tables(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="power limit W"):
         load_replay_table(str(path))
 
+
+
+def test_wrapper_holds_the_power_limit_on_the_simulated_gpu_for_the_commands_lifetime(
+    server: EmbeddedServer, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """No --replay: NvmlGpu on the simulated device (a JSON file the command reads), as on a real GPU."""
+    from client_sdk.devices.simulated import create_state
+
+    gpus = tmp_path / "gpus.json"
+    create_state(gpus, 1, model="Simulated GPU", range_w=(100, 300))
+    job = small_job("team/wrapped", batch_sizes=(64,), default_batch_size=64)
+    with OptimizerClient(server.address, timeout_s=10) as client:  # an SDK run leaves a power profile
+        run = client.start_run(job, gpu=ReplayGpu(SMALL_TABLE, model="Simulated GPU"), steps_per_epoch=6,
+                               heartbeat=False)  # fmt: skip
+        for _ in range(6):
+            run.step()
+        run.epoch_end(0.5)
+        run.complete()
+    reader = tmp_path / "reader.py"
+    reader.write_text(
+        "import json, os, sys, time\n"
+        "limit = json.load(open(sys.argv[1]))['gpus'][0]['limit_mw']\n"
+        "time.sleep(0.3)\n"
+        "print(f'limit {limit}')\n"
+        "print('powerbandit-metric: 0.95')\n"
+        "print('powerbandit-epochs: 1')\n"
+    )
+    env = {**_env(files), "POWERBANDIT_SIMULATED_GPUS": str(gpus), "POWERBANDIT_AGENT_SOCKET": ""}
+    command = [sys.executable, "-c", BLOCK_SERVER_EXTRA, "run", "--job", "team/wrapped", "--server", server.address,
+               "--", sys.executable, str(reader), str(gpus)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "limit 200000" in done.stdout  # the profile's cheapest limit (eta 0.5) was in force for the command
+    assert json.loads(gpus.read_text())["gpus"][0]["limit_mw"] == 300000  # restored after it
+    wrapped = _runs(server)[-1]
+    assert wrapped.state == pb.RUN_STATE_COMPLETED and wrapped.power_limit_w == 200
+    assert wrapped.power_limit_control == pb.POWER_LIMIT_CONTROL_SIMULATED  # set directly on the simulated device
+    assert wrapped.time_s >= 0.3 and wrapped.energy_j > 0  # the simulated counter over the command's wall time
