@@ -125,13 +125,12 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
 
         run: TrainingRun | DistributedRun
         if is_distributed():
-            run = DistributedRun(self.client, self.job, self.gpu, heartbeat=self.heartbeat)
+            run = DistributedRun(self.client, self.job, self.gpu, heartbeat=self.heartbeat).start()
             self._world_size = run.world_size
         else:
             if self.client is None:
                 raise ValueError("a single-process run needs the OptimizerClient")
-            run = self.client.run(self.job, self.gpu, heartbeat=self.heartbeat)
-        run.__enter__()
+            run = self.client.start_run(self.job, self.gpu, heartbeat=self.heartbeat)
         self.run = run
         self._active = True
         return self

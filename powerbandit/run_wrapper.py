@@ -19,8 +19,10 @@ wrapper its final metric (compared with the job's target) and the epochs it trai
 
 Without a metric, an exit status of 0 counts as "target reached"; without an epoch count the run
 reports the job's ``max_epochs``. Power limits are not profiled (the wrapper sees no training
-steps): the run keeps the suggested limit, or the limit in force when the server asks for a
-profile. Ctrl-C and SIGTERM reach the command (once) and the run is reported failed.
+steps): the command runs at the suggested limit once the server knows a power profile for the
+batch size on this GPU model (from a run through the SDK or a framework callback, or extrapolated
+from another batch size's), and at the limit in force while the server still asks for a profile.
+Ctrl-C and SIGTERM reach the command (once) and the run is reported failed.
 
 The job comes from flags (``--batch-sizes 32,64,128 --default-batch-size 64 --target-metric 0.9
 --max-epochs 50``, registered if new) or, without them, from the server (already registered).

@@ -231,3 +231,30 @@ def test_wrapper_holds_the_power_limit_on_the_simulated_gpu_for_the_commands_lif
     assert wrapped.state == pb.RUN_STATE_COMPLETED and wrapped.power_limit_w == 200
     assert wrapped.power_limit_control == pb.POWER_LIMIT_CONTROL_SIMULATED  # set directly on the simulated device
     assert wrapped.time_s >= 0.3 and wrapped.energy_j > 0  # the simulated counter over the command's wall time
+
+
+def test_fail_open_runs_the_command_at_the_default_batch_size(files: dict[str, Path]) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    command = [sys.executable, "-c", BLOCK_SERVER_EXTRA, "run", "--job", "team/wrapped", "--server", address,
+               "--timeout-s", "2", "--replay", str(files["table"]), "--fail-open", *SPEC, "--",
+               sys.executable, str(files["child"]), "print", "--batch-size", "{batch_size}"]  # fmt: skip
+    done = subprocess.run(command, env=_env(files), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(files["record"].read_text())
+    assert record["argv"] == ["--batch-size", "64"] and record["env"]["POWERBANDIT_RUN_ID"] == ""
+    assert "completed: 3 epochs" in done.stderr and "(offline, not reported)" in done.stderr
+    assert "fail-open" in done.stderr  # the SDK's one warning says why
+
+
+def test_energy_and_errors_modules_need_only_the_slim_sdk() -> None:
+    code = (
+        "import sys\n"
+        "import client_sdk.energy, client_sdk.errors, powerbandit.run_wrapper\n"
+        "print(sorted(m for m in ('numpy', 'torch', 'transformers', 'lightning') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
