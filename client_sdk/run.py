@@ -1,6 +1,8 @@
-"""One run of a recurring job, as a context manager.
+"""One run of a recurring job: ``start``, ``step``/``epoch_end``, then ``complete`` or ``fail``.
 
-``with client.run(job, gpu) as run:`` asks the server for a configuration, applies its power limit,
+The explicit lifecycle (``run = client.start_run(job, gpu)``, ``run.complete(metric)``,
+``run.fail(reason)``) is what framework callbacks and ``powerbandit run`` use; the context manager
+is built on it: ``with client.run(job, gpu) as run:`` asks the server for a configuration, applies its power limit,
 measures energy and time through the :class:`~client_sdk.gpu.Gpu`, profiles power limits during the
 first epoch when the server asks for it (call :meth:`TrainingRun.step` after every training step),
 reports progress at each :meth:`TrainingRun.epoch_end` (whose answer says whether to stop), and at
@@ -252,8 +254,16 @@ class TrainingRun:
         self._state = "running"
         try:
             return self._start()
-        except BaseException:
-            self._state = "failed" if self.suggestion is not None else "new"
+        except BaseException as exc:
+            if self.suggestion is None:  # the server was not asked, or refused: nothing to end
+                self._state = "new"
+            elif self._unreachable is None:  # the server started a run: end it now, not at lease expiry
+                try:
+                    self.fail(exc)
+                except Exception as report_exc:
+                    log.warning("run %s: reporting its failed start failed too: %s", self.run_id, report_exc)
+            else:
+                self._state = "failed"
             raise
 
     def _start(self) -> TrainingRun:

@@ -125,3 +125,12 @@ def test_client_is_picklable_and_the_copy_connects(tmp_path: Path) -> None:
         assert client.get_job("team/job").spec.job_id == "team/job"
         client.close()
         copy.close()
+
+
+def test_a_run_that_cannot_start_is_failed_at_once(sqlite_client: OptimizerClient) -> None:
+    job = small_job(batch_sizes=(64,), default_batch_size=64)
+    gpu = ReplayGpu({32: SMALL_TABLE[32]})  # the trace lacks the suggested batch size
+    with pytest.raises(ValueError, match="no batch size 64"):
+        sqlite_client.start_run(job, gpu=gpu, heartbeat=False)
+    (stored,) = sqlite_client.get_job("team/job").runs  # not left in flight until its lease expires
+    assert stored.state == pb.RUN_STATE_FAILED and "no batch size 64" in stored.reason
