@@ -258,6 +258,8 @@ class TrainingRun:
             if self.suggestion is None:  # the server was not asked, or refused: nothing to end
                 self._state = "new"
             elif self._unreachable is None:  # the server started a run: end it now, not at lease expiry
+                if getattr(self.gpu, "local_only", None) is False:  # a DDP rank: the others may not be there
+                    self.gpu.local_only = True  # type: ignore[attr-defined]
                 try:
                     self.fail(exc)
                 except Exception as report_exc:
