@@ -249,6 +249,9 @@ class _BroadcastClient:
             raise RuntimeError(f"rank 0's call {method} to the powerbandit server failed: {value}")
         return value
 
+    def register_job(self, *args: Any, **kwargs: Any) -> pb.RegisterJobResponse:
+        return self._collective("register_job", *args, **kwargs)
+
     def suggest(self, *args: Any, **kwargs: Any) -> pb.SuggestResponse:
         return self._collective("suggest", *args, **kwargs)
 
@@ -409,10 +412,9 @@ class DistributedRun:
 
         if self.run is not None:
             raise RunStateError(f"the run was already started (it is {self.run.state})")
-        if self.rank == 0 and self._register:
-            assert self._client is not None
-            self._client.register_job(self.job)
         proxy = _BroadcastClient(self._client, self.gpu)
+        if self._register:  # a refusal (e.g. an invalid job) raises the same typed error on every rank
+            proxy.register_job(self.job)
         first = self._steps_per_epoch if isinstance(self._steps_per_epoch, int) else None
         self.run = TrainingRun(
             proxy,  # type: ignore[arg-type]

@@ -185,6 +185,67 @@ def test_ddp_rank0_talks_energy_is_summed_and_ranks_agree(server: EmbeddedServer
         assert point.average_power_w == pytest.approx(2 * SMALL_TABLE[128][point.power_limit_w][0])
 
 
+def _ddp_lifecycle_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
+    """One DDP rank driving DistributedRun through the public lifecycle (start, complete, fail)."""
+    from client_sdk.errors import InvalidRequestError
+    from client_sdk.torch_helpers import DistributedRun
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
+    try:
+        gpu = ReplayGpu(SMALL_TABLE, model="Replay A40")
+        client = OptimizerClient(address, timeout_s=10) if rank == 0 else None
+        outcome: dict[str, Any] = {}
+        try:  # rank 0's refusal reaches every rank as the same typed error
+            DistributedRun(client, small_job("team/bad", max_epochs=0), gpu, heartbeat=False).start()
+        except InvalidRequestError as exc:
+            outcome["refused"] = [type(exc).__name__, exc.code.name]
+        job = small_job("team/life", batch_sizes=(64, 128), default_batch_size=128)
+        run = DistributedRun(client, job, gpu, heartbeat=False).start()
+        run.set_steps_per_epoch(6)
+        for _ in range(6):
+            run.step()
+        run.epoch_end(0.5 if rank == 0 else 0.0)
+        done = run.complete(0.95 if rank == 0 else 0.1, epochs=2)  # rank 0's metric counts
+        outcome["completed"] = [done.run_id, done.epochs, done.reached_target, run.state, run.local_batch_size]
+        second = DistributedRun(client, job, gpu, heartbeat=False).start()
+        second.fail("rank-local crash")  # any rank may fail; only rank 0 reports, without collectives
+        outcome["failed"] = second.state
+        Path(out_dir, f"life{rank}.json").write_text(json.dumps(outcome))
+        if client is not None:
+            client.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_run_offers_the_lifecycle_and_typed_errors_on_every_rank(tmp_path: Path) -> None:
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'pb.db'}") as server:
+        context = tmp.start_processes(
+            _ddp_lifecycle_worker, args=(2, str(tmp_path / "init"), server.address, str(tmp_path)), nprocs=2,
+            join=False, start_method="spawn",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail("the DDP ranks did not finish within 120 s")
+        with OptimizerClient(server.address, timeout_s=10) as client:
+            runs = client.get_job("team/life").runs
+    ranks = [json.loads((tmp_path / f"life{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["refused"] == ["InvalidRequestError", "INVALID_ARGUMENT"]
+    run_id, epochs, reached, state, local = ranks[0]["completed"]
+    assert epochs == 2 and reached and state == "completed" and local == 64
+    assert ranks[0]["failed"] == "failed"
+    assert [(r.run_id == run_id, r.state) for r in runs] == [
+        (True, pb.RUN_STATE_COMPLETED), (False, pb.RUN_STATE_FAILED)
+    ]  # fmt: skip
+    assert runs[1].reason == "rank-local crash" and runs[0].gpu_count == 2
+
+
 # ------------------------------------------------------------------------------------ HF callback
 def _hf_args(batch_size: int, eval_strategy: str = "epoch") -> SimpleNamespace:
     return SimpleNamespace(
