@@ -124,10 +124,6 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         """True between the start of the run and its end."""
         return self.run is not None and self.run.state == "running"
 
-    def _inner(self) -> TrainingRun:
-        run = self.run
-        return getattr(run, "run", run)  # type: ignore[return-value]
-
     def _metric(self, trainer: Any) -> float | None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
