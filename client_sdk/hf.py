@@ -233,7 +233,10 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
     def _move_first(self) -> None:
         """Put this callback first in the Trainer's ``CallbackHandler`` (the caller of the hook), so the
         trackers, which come earlier, see the numbers :meth:`on_log` adds in the same event."""
-        frame = sys._getframe(2)  # the handler's call_event -> the hook -> here
+        try:
+            frame = sys._getframe(2)  # the handler's call_event -> the hook -> here
+        except ValueError:  # called from a shallow stack: no handler above
+            return
         for _ in range(3):
             handler = frame.f_locals.get("self")
             callbacks = getattr(handler, "callbacks", None)
