@@ -87,7 +87,7 @@ def _trainer(tmp_path: Path, callback: PowerBanditCallback, **kwargs: object) ->
     return L.Trainer(
         accelerator="cpu", devices=1, max_epochs=20, callbacks=[callback], logger=L.loggers.CSVLogger(tmp_path),
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, **kwargs,
+        num_sanity_val_steps=0, log_every_n_steps=1, **kwargs,
     )  # fmt: skip
 
 
