@@ -190,7 +190,8 @@ class OptimizerClient:
         token = token if token is not None else os.environ.get("POWERBANDIT_TOKEN") or None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         root_cert = root_cert or os.environ.get("POWERBANDIT_TLS_ROOT_CERT") or None
-        # what a pickled copy needs to open its own channel (Lightning's ddp_spawn pickles callbacks)
+        # what a pickled copy needs to open its own channel (Lightning's ddp_spawn pickles callbacks into
+        # the processes it spawns; the token goes with it, as it would through the environment)
         self._settings = {"timeout_s": timeout_s, "token": token or "", "tls": tls, "root_cert": root_cert,
                           "fail_open": self.fail_open}  # fmt: skip
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
