@@ -124,7 +124,10 @@ def add_servicer_to_server(servicer: OptimizerServicer, server: grpc.aio.Server)
             request_deserializer=_lenient(request_cls.FromString, method.input_type.full_name),
             response_serializer=response_cls.SerializeToString,
         )
+    # as the generated add_..._to_server does: registered methods are matched by gRPC's core, not
+    # looked up in Python per call (the generic handler alone cost a quarter of the throughput)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_DESCRIPTOR.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE_DESCRIPTOR.full_name, handlers)
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
