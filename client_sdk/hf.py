@@ -43,6 +43,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from client_sdk.callback_run import CallbackRun
+
 if TYPE_CHECKING:
     from client_sdk.client import Job, OptimizerClient
     from client_sdk.gpu import Gpu
@@ -78,7 +80,7 @@ def _eval_each_epoch(args: Any) -> bool:
     return str(getattr(strategy, "value", strategy)).lower() == "epoch"
 
 
-class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
+class PowerBanditCallback(CallbackRun, _Base):  # type: ignore[misc,valid-type]
     """Runs one recurrence of ``job`` inside ``Trainer.train()``; see the module docstring.
 
     ``gpu``: the :class:`~client_sdk.gpu.Gpu` to measure (default: NVML, this process's GPU under
@@ -117,38 +119,9 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         self._final_metrics: dict[str, float] | None = None
 
     # ------------------------------------------------------------------------- the run
-    def start(self) -> PowerBanditCallback:
-        """Start the run (ask the server for a configuration); idempotent. Returns self."""
-        if self.run is not None:
-            return self
-        from client_sdk.torch_helpers import DistributedRun, is_distributed
-
-        run: TrainingRun | DistributedRun
-        if is_distributed():
-            run = DistributedRun(self.client, self.job, self.gpu, heartbeat=self.heartbeat).start()
-            self._world_size = run.world_size
-        else:
-            if self.client is None:
-                raise ValueError("a single-process run needs the OptimizerClient")
-            run = self.client.start_run(self.job, self.gpu, heartbeat=self.heartbeat)
-        self.run = run
+    # start(), batch_size and local_batch_size: CallbackRun
+    def _started(self) -> None:
         self._active = True
-        return self
-
-    @property
-    def batch_size(self) -> int:
-        """The job's (global) batch size for this run; starts the run on first use."""
-        self.start()
-        assert self.run is not None
-        return self.run.batch_size
-
-    @property
-    def local_batch_size(self) -> int:
-        """This process's ``per_device_train_batch_size`` (the batch size split over DDP ranks)."""
-        size = self.batch_size
-        if size % self._world_size:
-            raise ValueError(f"batch size {size} does not split over {self._world_size} processes")
-        return size // self._world_size
 
     @property
     def training_run(self) -> TrainingRun:

@@ -40,6 +40,8 @@ try:
 except ImportError:  # pragma: no cover - the older package name
     from pytorch_lightning.callbacks import Callback as _Base  # type: ignore[no-redef]
 
+from client_sdk.callback_run import CallbackRun
+
 if TYPE_CHECKING:
     from client_sdk.client import Job, OptimizerClient
     from client_sdk.gpu import Gpu
@@ -52,7 +54,7 @@ __all__ = ["PowerBanditCallback"]
 log = logging.getLogger("powerbandit.sdk.lightning")
 
 
-class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
+class PowerBanditCallback(CallbackRun, _Base):  # type: ignore[misc,valid-type]
     """Runs one recurrence of ``job`` inside ``trainer.fit()``; see the module docstring.
 
     ``gpu``: the :class:`~client_sdk.gpu.Gpu` to measure (default: NVML, this process's GPU under DDP);
@@ -88,36 +90,7 @@ class PowerBanditCallback(_Base):  # type: ignore[misc,valid-type]
         self._warned_missing = False
 
     # ------------------------------------------------------------------------- the run
-    def start(self) -> PowerBanditCallback:
-        """Start the run (ask the server for a configuration); idempotent. Returns self."""
-        if self.run is not None:
-            return self
-        from client_sdk.torch_helpers import DistributedRun, is_distributed
-
-        if is_distributed():
-            distributed = DistributedRun(self.client, self.job, self.gpu, heartbeat=self.heartbeat)
-            self._world_size = distributed.world_size
-            self.run = distributed.start()
-        else:
-            if self.client is None:
-                raise ValueError("a single-process run needs the OptimizerClient")
-            self.run = self.client.start_run(self.job, self.gpu, heartbeat=self.heartbeat)
-        return self
-
-    @property
-    def batch_size(self) -> int:
-        """The job's (global) batch size for this run; starts the run on first use."""
-        self.start()
-        assert self.run is not None
-        return self.run.batch_size
-
-    @property
-    def local_batch_size(self) -> int:
-        """This process's DataLoader batch size (the batch size split over the DDP ranks)."""
-        size = self.batch_size
-        if size % self._world_size:
-            raise ValueError(f"batch size {size} does not split over {self._world_size} processes")
-        return size // self._world_size
+    # start(), batch_size and local_batch_size: CallbackRun
 
     @property
     def running(self) -> bool:
