@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import sqlite3
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,27 @@ class ListenError(OSError):
     """The server cannot bind its listen address (in use, not a local address, not permitted)."""
 
 
+def _tls_credentials(cert_path: str | None, key_path: str | None) -> grpc.ServerCredentials | None:
+    """Server credentials from PEM files (``None`` without TLS); a file that is not a usable PEM
+    certificate or key is an :class:`InvalidArgumentError` naming it (gRPC would only say "Failed
+    to bind")."""
+    if not (cert_path and key_path):
+        return None
+    try:
+        key = Path(key_path).read_bytes()
+        cert = Path(cert_path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read the TLS certificate or key: {exc}") from exc
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise InvalidArgumentError(
+            f"--tls-cert {cert_path} and --tls-key {key_path} are not a PEM certificate and its private key "
+            f"({exc.reason or exc})"
+        ) from None
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 def _check_port_free(address: ListenAddress, listen: str) -> None:
     """Raise :class:`ListenError` saying why ``address`` cannot be bound (in use, not local, not permitted).
 
@@ -232,26 +254,15 @@ class RunningServer:
 
         Raises :class:`ListenError` when the address cannot be bound (a port in use included).
         """
-        listen = self.listen.with_port(self.listen.port)
-        _check_port_free(self.listen, self.config.listen)
         try:
-            if self.config.tls_cert and self.config.tls_key:
-                try:
-                    key = Path(self.config.tls_key).read_bytes()
-                    cert = Path(self.config.tls_cert).read_bytes()
-                except OSError as exc:
-                    raise InvalidArgumentError(f"cannot read the TLS certificate or key: {exc}") from exc
-                credentials = grpc.ssl_server_credentials([(key, cert)])
-                self.port = self.server.add_secure_port(listen, credentials)
-            else:
-                self.port = self.server.add_insecure_port(listen)
-        except RuntimeError as exc:  # gRPC: "Failed to bind to address ..." (e.g. taken since the check)
-            raise ListenError(f"cannot listen on {self.config.listen}: {exc}") from None
-        if self.port == 0:
-            raise ListenError(f"cannot listen on {self.config.listen}")
-        await self.server.start()
+            await self._start()
+        except BaseException:
+            # a half-started server must not outlive the event loop (gRPC then warns from __del__)
+            await self.server.stop(None)
+            self.metrics.close()
+            self.store.close()
+            raise
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         if self.auth.enabled:
             log.info("authentication: bearer tokens required")
@@ -263,6 +274,29 @@ class RunningServer:
         self._sweeper = asyncio.create_task(self._sweep())
         log.info("serving on %s (store %s)", self.address, self.config.db_url)
         return self.port
+
+    async def _start(self) -> None:
+        listen = self.listen.with_port(self.listen.port)
+        _check_port_free(self.listen, self.config.listen)
+        credentials = _tls_credentials(self.config.tls_cert, self.config.tls_key)
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port} "
+                    f"(--metrics-port): {exc.strerror or exc}; choose another port, or -1 for no metrics"
+                ) from None
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # gRPC: "Failed to bind to address ..." (e.g. taken since the check)
+            raise ListenError(f"cannot listen on {self.config.listen}: {exc}") from None
+        if self.port == 0:
+            raise ListenError(f"cannot listen on {self.config.listen}")
+        await self.server.start()
 
     @property
     def address(self) -> str:
@@ -333,11 +367,7 @@ class EmbeddedServer:
 
         async def boot() -> RunningServer:
             running = RunningServer(self.config)
-            try:
-                await running.start()
-            except BaseException:
-                running.store.close()
-                raise
+            await running.start()  # a failed start stops the server and closes the store itself
             return running
 
         try:

@@ -571,3 +571,34 @@ def test_a_retried_completion_with_negative_zero_gets_the_same_answer(
     first = stub.CompleteRun(request, timeout=TIMEOUT_S)
     assert stub.CompleteRun(request, timeout=TIMEOUT_S) == first
     assert math.copysign(1.0, first.run.time_s) == 1.0
+
+
+# ------------------------------------------------------- found by a newcomer's try: start-up errors
+def test_serve_with_its_metrics_port_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "powerbandit", "serve", "--db", f"sqlite:///{tmp_path / 'm.db'}",
+             "--listen", "127.0.0.1:0", "--metrics-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port)" in done.stderr
+    for noise in ("Traceback", "Exception ignored", "never awaited", "Event loop is closed"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_a_tls_file_that_is_not_pem_is_named_not_blamed_on_binding(tmp_path: Path) -> None:
+    from optimizer_server.errors import InvalidArgumentError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a certificate\n")
+    server = EmbeddedServer(f"sqlite:///{tmp_path / 't.db'}", tls_cert=str(notes), tls_key=str(notes))
+    with pytest.raises(InvalidArgumentError, match="are not a PEM certificate and its private key"):
+        server.start()
