@@ -142,15 +142,31 @@ class TokenAuth:
 
     @classmethod
     def from_environment(cls, tokens_file: str | None = None) -> TokenAuth:
-        """Tokens from ``tokens_file``, else ``POWERBANDIT_AUTH_TOKENS_FILE``, else ``POWERBANDIT_AUTH_TOKENS``."""
+        """Tokens from ``tokens_file``, else ``POWERBANDIT_AUTH_TOKENS_FILE``, else ``POWERBANDIT_AUTH_TOKENS``.
+
+        One source only: a file and the variable both set is refused (one would be ignored), and so
+        is a file that lists no token (authentication would silently be off).
+        """
         path = tokens_file or os.environ.get("POWERBANDIT_AUTH_TOKENS_FILE")
+        variable = os.environ.get("POWERBANDIT_AUTH_TOKENS", "")
         if path:
+            if variable.strip():
+                raise InvalidArgumentError(
+                    f"tokens come from the file {path} and from POWERBANDIT_AUTH_TOKENS; use one source "
+                    "(unset the variable, or drop the file)"
+                )
             try:
                 text = Path(path).read_text()
             except (OSError, UnicodeDecodeError) as exc:
                 raise InvalidArgumentError(f"cannot read the auth tokens file {path}: {exc}") from exc
-            return cls.parse(text, source=f"auth tokens file {path}")
-        return cls.parse_variable(os.environ.get("POWERBANDIT_AUTH_TOKENS", ""))
+            auth = cls.parse(text, source=f"auth tokens file {path}")
+            if not auth.enabled:
+                raise InvalidArgumentError(
+                    f"the auth tokens file {path} lists no token; add 'TOKEN PREFIX...' lines (see "
+                    "`powerbandit serve --help`), or give no tokens file to run without authentication"
+                )
+            return auth
+        return cls.parse_variable(variable)
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         """The caller of a request with this metadata. Raises ``UnauthenticatedError``."""

@@ -602,3 +602,23 @@ def test_a_tls_file_that_is_not_pem_is_named_not_blamed_on_binding(tmp_path: Pat
     server = EmbeddedServer(f"sqlite:///{tmp_path / 't.db'}", tls_cert=str(notes), tls_key=str(notes))
     with pytest.raises(InvalidArgumentError, match="are not a PEM certificate and its private key"):
         server.start()
+
+
+def test_a_tokens_file_without_tokens_or_beside_the_variable_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given tokens, authentication must never end up off or half-configured in silence."""
+    from optimizer_server.auth import TokenAuth
+    from optimizer_server.errors import InvalidArgumentError
+
+    empty = tmp_path / "tokens"
+    empty.write_text("# nobody yet\n\n")
+    with pytest.raises(InvalidArgumentError, match="lists no token"):
+        TokenAuth.from_environment(str(empty))
+    full = tmp_path / "tokens2"
+    full.write_text("abcdefgh-1 team-a/\n")
+    monkeypatch.setenv("POWERBANDIT_AUTH_TOKENS", "ijklmnop-2 *")
+    with pytest.raises(InvalidArgumentError, match="use one source"):
+        TokenAuth.from_environment(str(full))
+    monkeypatch.delenv("POWERBANDIT_AUTH_TOKENS")
+    assert TokenAuth.from_environment(str(full)).enabled

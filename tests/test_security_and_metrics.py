@@ -94,6 +94,7 @@ def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch:
     assert TokenAuth.from_environment().authenticate([("authorization", "Bearer env-token-1234")]).prefixes == (
         "team-c/",
     )
+    monkeypatch.delenv("POWERBANDIT_AUTH_TOKENS")
     with pytest.raises(InvalidArgumentError, match="cannot read"):
         TokenAuth.from_environment(str(tmp_path / "missing"))
 
