@@ -447,7 +447,7 @@ def test_a_second_agent_is_refused_and_leaves_the_first_alone(agent: Agent, root
                  "--simulate-state", str(agent.gpus_file)],
                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
-            assert second.returncode == 2 and second.stderr.startswith("error: another agent"), second.stderr
+            assert second.returncode == 1 and second.stderr.startswith("error: another agent"), second.stderr
             assert "Traceback" not in second.stderr
         assert limits_w(agent.gpus_file) == [150.0, 300.0]  # the first agent's lease was not "recovered"
     finally:

@@ -124,14 +124,17 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def load_nvml() -> ModuleType:
-    """Import ``pynvml`` and initialise NVML, or raise :class:`GpuUnavailableError` with the ways out."""
+def load_nvml(*, lead: str = "Cannot measure GPUs", ways_out: str = WAYS_OUT) -> ModuleType:
+    """Import ``pynvml`` and initialise NVML, or raise :class:`GpuUnavailableError` with the ways out.
+
+    ``lead`` opens the message and ``ways_out`` ends it (the node agent names its own ways out).
+    """
     try:
         import pynvml
     except ImportError as exc:
         raise GpuUnavailableError(
-            "Cannot measure GPUs: the NVML Python bindings are not installed (module `pynvml`, package "
-            "`nvidia-ml-py`; install with `pip install nvidia-ml-py`). " + WAYS_OUT
+            f"{lead}: the NVML Python bindings are not installed (module `pynvml`, package "
+            "`nvidia-ml-py`; install with `pip install nvidia-ml-py`). " + ways_out
         ) from exc
     try:
         pynvml.nvmlInit()
@@ -142,7 +145,7 @@ def load_nvml() -> ModuleType:
             why = "the NVIDIA driver is installed but not loaded"
         else:
             why = f"NVML failed to initialise ({exc})"
-        raise GpuUnavailableError(f"Cannot measure GPUs: {why}. " + WAYS_OUT) from exc
+        raise GpuUnavailableError(f"{lead}: {why}. " + ways_out) from exc
     return pynvml
 
 
@@ -151,8 +154,8 @@ class NvmlBackend(DeviceBackend):
 
     kind = "nvml"
 
-    def __init__(self) -> None:
-        self._nvml = load_nvml()
+    def __init__(self, *, lead: str = "Cannot measure GPUs", ways_out: str = WAYS_OUT) -> None:
+        self._nvml = load_nvml(lead=lead, ways_out=ways_out)
         self._handles: dict[int, Any] = {}
         self._closed = False
 

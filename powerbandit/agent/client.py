@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -85,6 +85,14 @@ class AgentClient:
     def status(self) -> pb.GetStatusResponse:
         """Every GPU of the node."""
         return self._call("GetStatus", pb.GetStatusRequest())  # type: ignore[return-value]
+
+    def watch_connection(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        """Call ``callback`` (on a gRPC thread) with the channel's state now and at each change.
+
+        The connection to the agent stays open between calls, so a stopped or restarted agent shows at
+        once as a change away from ``READY``.
+        """
+        self._channel.subscribe(callback, try_to_connect=False)
 
     def close(self) -> None:
         """Close the channel."""

@@ -389,12 +389,17 @@ class AgentServer:
             self.stop()
 
 
-def serve_forever(config: AgentConfig, backend: DeviceBackend) -> None:
-    """Run until SIGTERM or SIGINT; every GPU gets its original limit back before returning."""
+def serve_forever(config: AgentConfig, backend: DeviceBackend, on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT; every GPU gets its original limit back before returning.
+
+    ``on_ready`` is called once the agent serves (a caller cleans up after a failed start only before it).
+    """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, f: stop.set())
     with AgentServer(config, backend).running():
+        if on_ready is not None:
+            on_ready()
         print(f"powerbandit agent: listening on {config.socket_path}", flush=True)
         while not stop.wait(3600):
             pass

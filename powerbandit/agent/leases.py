@@ -257,8 +257,20 @@ class LeaseManager:
                 "context": "it holds no compute context on them (this agent accepts only compute contexts "
                 "as evidence; start CUDA before setting the limit)",
             }[self.policy.entitlement_mode]
+            gpus = ", ".join(map(str, missing))
+            env_way = (
+                f"start it with CUDA_VISIBLE_DEVICES (or NVIDIA_VISIBLE_DEVICES) naming the GPU by index or "
+                f"UUID, e.g. `CUDA_VISIBLE_DEVICES={missing[0]} powerbandit agent set-limit --gpu {missing[0]} ...`"
+            )
+            context_way = "set the limit from a process that (or a child of which) holds a CUDA context on the GPU"
+            ways = {
+                "env-or-context": f"{env_way}, or {context_way}",
+                "env": env_way,
+                "context": context_way,
+            }[self.policy.entitlement_mode]
             raise PermissionDeniedError(
-                f"process {caller.pid} is not entitled to GPU(s) {', '.join(map(str, missing))}: {how}"
+                f"process {caller.pid} is not entitled to GPU(s) {gpus}: {how}. To entitle a process, {ways} "
+                f"(this agent runs with --entitlement {self.policy.entitlement_mode})"
             )
 
     def _holder_of(self, caller: Caller, parent: bool) -> tuple[int, int, int | None]:
