@@ -89,6 +89,22 @@ class SafePolicy:
             self._failed("compute the early-stop bound", spec)
             return math.inf
 
+    def power_limit(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int
+    ) -> float | None:
+        """The power limit a run of ``batch_size`` would get (``None``: it would profile first).
+
+        The policy's own rule where it has one (a slowdown budget changes it), else the profiled best.
+        """
+        try:
+            own = getattr(self.policy, "power_limit", None)
+            if own is not None:
+                return own(spec, state, context, batch_size)  # type: ignore[no-any-return]
+            return choose_power_limit(spec, context, batch_size)[0]
+        except Exception:
+            self._failed("choose a power limit", spec)
+            return None
+
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
         """The policy's arm summaries, or one ``unknown`` arm per batch size."""
         try:

@@ -247,10 +247,10 @@ class OptimizerService:
             last = recent[-1]
             last_key = gpu_key(last.gpu_model, last.gpu_count)
             gpu_profiles = {p.batch_size: p.points for p in profiles if p.gpu_model == last_key}
-            if best and best in gpu_profiles:
-                best_limit = profiled_power_limit(spec, gpu_profiles[best], last.max_power_w)
             limits = last.profile_power_limits_w or (last.power_limit_w,)
             context = SuggestContext(last_key, last.max_power_w, tuple(limits), gpu_profiles)
+            if best and best in gpu_profiles:  # what a run of it would get: the same rule as Suggest
+                best_limit = policy.power_limit(spec, record.policy_state, context, best) or 0.0
             decision = policy.suggest(
                 spec, record.policy_state, context, decision_rng(spec.seed, record.decisions)
             )
@@ -463,8 +463,12 @@ class OptimizerService:
         time_s: float = 0.0,
         epochs: float = 0.0,
         power_limit_control: str = "",
+        power_limit_w: float = 0.0,
     ) -> RunRecord:
-        """Record a crashed run. It is not evidence against its configuration. Idempotent."""
+        """Record a crashed run. It is not evidence against its configuration. Idempotent.
+
+        ``power_limit_w`` > 0: the per-GPU limit in force when it failed (kept over the suggested one).
+        """
         with self.store.job_transaction(job_id) as tx:
             run = tx.get_run(run_id)
             if run.state == RUN_FAILED:
@@ -473,6 +477,8 @@ class OptimizerService:
                 raise FailedPreconditionError(f"run {run_id!r} was already completed; it cannot also fail")
             run.state = RUN_FAILED
             run.reason = reason
+            if power_limit_w > 0:
+                run.power_limit_w = power_limit_w
             run.power_limit_control = power_limit_control
             run.energy_j, run.time_s, run.epochs = energy_j, time_s, epochs
             run.cost = energy_time_cost(tx.job.spec.eta, energy_j, time_s, run.max_power_w)

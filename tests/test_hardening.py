@@ -622,3 +622,40 @@ def test_a_tokens_file_without_tokens_or_beside_the_variable_is_refused(
         TokenAuth.from_environment(str(full))
     monkeypatch.delenv("POWERBANDIT_AUTH_TOKENS")
     assert TokenAuth.from_environment(str(full)).enabled
+
+
+def test_the_best_configuration_shown_for_a_budget_job_is_the_one_suggest_applies(tmp_path: Path) -> None:
+    """A newcomer saw `best 512 @ 200 W` in jobs list while every run of 512 got 100 W under a budget."""
+    from client_sdk.client import OptimizerClient
+    from client_sdk.replay import ReplayGpu
+    from tests.conftest import SMALL_TABLE, small_job
+
+    steps = 10
+    job = small_job("team-a/budget", max_slowdown=1.5)
+    compared = 0
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'budget.db'}") as server, OptimizerClient(server.address) as client:
+        for recurrence in range(10):
+            with client.run(job, ReplayGpu(SMALL_TABLE), steps_per_epoch=steps, heartbeat=False) as run:
+                for epoch in range(1, 6):
+                    for _ in range(steps):
+                        run.step()
+                    if run.epoch_end(0.95 if epoch == 3 else 0.5):
+                        break
+            shown = client.get_job(job.job_id, max_runs=1)
+            if not shown.best_batch_size or recurrence < 2:
+                continue
+            gpu = ReplayGpu(SMALL_TABLE).info()
+            from client_sdk.client import gpu_info_to_pb
+
+            nxt = server.service.suggest(job.job_id, _run_gpu(gpu_info_to_pb(gpu)))
+            server.service.fail_run(job.job_id, nxt.run.run_id, "only looking")
+            if nxt.run.batch_size == shown.best_batch_size and nxt.run.power_limit_w:
+                assert shown.best_power_limit_w == nxt.run.power_limit_w, (recurrence, shown.best_batch_size)
+                compared += 1
+    assert compared >= 3
+
+
+def _run_gpu(message: pb.GpuInfo) -> object:
+    from optimizer_server.validation import run_gpu
+
+    return run_gpu(message, True)

@@ -629,6 +629,27 @@ class PowerBanditPolicy:
             explanation += f" within the slowdown budget {spec.max_slowdown:g}x"
         return self._decision(spec, context, best, phase, explanation, limits.get(best))
 
+    def power_limit(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int
+    ) -> float | None:
+        """The power limit a run of ``batch_size`` gets on this GPU (``None``: it profiles first).
+
+        What :meth:`suggest` applies, at the posterior mean noise instead of a draw: with a
+        slowdown budget, the cheapest limit expected to fit the whole run's budget.
+        """
+        data = self._arm_data(spec, state)
+        default = data.get(int(spec.default_batch_size), {})
+        budget = spec.max_slowdown > 0 and not (default.get("ok") == 0 and default.get("fails", 0) >= FAIL_LIMIT)
+        if budget and context.profiles.get(batch_size) and int(batch_size) in data:
+            shape, rate = self._noise(data)
+            noise_var = rate / shape if shape > 0 else NOISE_SD**2
+            limits, _ = self._budget(
+                spec, data, context, _observed(data), noise_var, self._trend_var(data, noise_var)
+            )
+            if int(batch_size) in limits:
+                return limits[int(batch_size)]
+        return choose_power_limit(spec, context, batch_size)[0]
+
     def _budget(
         self,
         spec: JobSpec,
