@@ -75,7 +75,13 @@ def test_problems_exit_1_and_flag_mistakes_exit_2(agent: Agent, root: Path) -> N
     bounds = cli("serve", "--socket", str(root / "b.sock"), "--state-dir", str(root / "b-state"),
                  "--simulate-gpus", "1", "--min-watts", "200", "--max-watts", "100")  # fmt: skip
     assert bounds.returncode == 2 and "above --max-watts" in one_error_line(bounds)
-    assert not (root / "b-state").exists()
+    mig = cli("serve", "--socket", str(root / "b.sock"), "--state-dir", str(root / "b-state"),
+              "--simulate-gpus", "2", "--simulate-mig", "2")  # fmt: skip
+    assert mig.returncode == 2 and "--simulate-mig 2 is not a GPU index" in one_error_line(mig)
+    bad_range = cli("serve", "--socket", str(root / "b.sock"), "--state-dir", str(root / "b-state"),
+                    "--simulate-gpus", "2", "--simulate-range", "300:100")  # fmt: skip
+    assert bad_range.returncode == 2 and "--simulate-range" in one_error_line(bad_range)
+    assert not (root / "b-state").exists() and not (root / "b.sock").exists()
 
 
 def test_simulate_gpus_0_is_refused_and_failed_starts_leave_no_folders(agent: Agent, root: Path) -> None:

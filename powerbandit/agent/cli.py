@@ -13,10 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from powerbandit.agent.client import AGENT_SOCKET_ENV, DEFAULT_SOCKET
 from powerbandit.argtypes import positive_int
+
+if TYPE_CHECKING:
+    from powerbandit.agent.client import AgentClient
 
 __all__ = ["EXIT_PROBLEM", "EXIT_USAGE", "add_arguments", "run"]
 
@@ -309,7 +312,7 @@ def _renew_every_s(lease_s: float) -> float:
     return max(0.05, lease_s / 3)
 
 
-def _hold(client: Any, lease_id: str, lease_s: float) -> int:
+def _hold(client: AgentClient, lease_id: str, lease_s: float) -> int:
     """Renew ``lease_id`` until SIGTERM/SIGINT, then release it; notice at once when the agent goes away.
 
     The connection to the agent stays open between renewals; when it drops (the agent stopped or
