@@ -10,7 +10,14 @@ import re
 import sys
 
 from powerbandit import __version__, health, operator_cli
-from powerbandit.argtypes import listen_address, non_negative_float, port_or_off, positive_float, positive_int
+from powerbandit.argtypes import (
+    listen_address,
+    log_level,
+    non_negative_float,
+    port_or_off,
+    positive_float,
+    positive_int,
+)
 from powerbandit.errors import run_command
 from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
 from powerbandit.logs import configure_logging
@@ -144,7 +151,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"powerbandit {__version__}")
     parser.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING [POWERBANDIT_LOG_LEVEL]"
+        "--log-level", default=_env("LOG_LEVEL", "INFO"), type=log_level,
+        help="DEBUG, INFO, WARNING or ERROR [POWERBANDIT_LOG_LEVEL, default INFO]"
     )
     parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
                         help="log line format [POWERBANDIT_LOG_FORMAT, default text]")  # fmt: skip

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from powerbandit import operator_view as view
-from powerbandit.argtypes import non_negative_float
+from powerbandit.argtypes import non_negative_float, non_negative_int
 from powerbandit.errors import UserError
 
 COMMANDS = ("jobs", "report")
@@ -34,9 +34,12 @@ def _env(name: str, default: str) -> str:
 
 def _duration(text: str) -> float:
     try:
-        return view.parse_duration(text)
+        seconds = view.parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"the duration {text!r} is not positive; use e.g. 30m, 12h, 7d")
+    return seconds
 
 
 def _add_server(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -82,7 +85,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     )
     _add_server(show, top=False)
     show.add_argument("job_id", help="the job id")
-    show.add_argument("--runs", type=int, default=15, help="recent runs to show (0: all; default 15)")
+    show.add_argument("--runs", type=non_negative_int, default=15, help="recent runs to show (0: all; default 15)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 
     plot = jobs.add_parser(

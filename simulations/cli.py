@@ -58,6 +58,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def seeds_argument(text: str) -> list[int]:
+    """``--seeds``: :func:`parse_seeds` with a message that says what is accepted."""
+    try:
+        return parse_seeds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of seeds; use numbers and ranges such as 3, 1-10 or 1,4,7-9"
+        ) from None
+
+
 def parse_targets(items: Sequence[str]) -> dict[str, float]:
     """``["cifar100=0.5", "squad=83.0"]`` -> ``{"cifar100": 0.5, "squad": 83.0}``."""
     out = {}
@@ -83,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--eta", type=fraction_0_1, default=0.5,
                      help="energy/time trade-off in [0, 1]: 1 = energy only, 0 = time only (default 0.5)")  # fmt: skip
     sel.add_argument("--beta", type=at_least_1, default=2.0, help="early-stop multiple, >= 1 (default 2)")
-    sel.add_argument("--seeds", type=parse_seeds, default=[1], help="seeds, e.g. 1-10 (default 1)")
+    sel.add_argument("--seeds", type=seeds_argument, default=[1], help="seeds, e.g. 1-10 (default 1)")
     sel.add_argument(
         "--policy", nargs="+", choices=ALL_POLICIES, default=["zeus", "powerbandit"], help="policies to compare"
     )

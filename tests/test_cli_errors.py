@@ -318,3 +318,22 @@ def test_progress_on_a_terminal_animates() -> None:
         for _ in range(5):
             bar.advance()
     assert tty.getvalue().startswith("\rsimulating [") and tty.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--log-level", "LOUD", "jobs", "list"], "unknown log level 'LOUD'"),
+        (["simulate", "--seeds", "abc"], "'abc' is not a list of seeds"),
+        (["report", "--since", "0m"], "the duration '0m' is not positive"),
+        (["jobs", "show", "some/job", "--runs", "-1"], "-1 is negative"),
+    ],
+)
+def test_values_a_newcomer_mistyped_are_refused_with_what_is_accepted(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "parse_seeds" not in err
