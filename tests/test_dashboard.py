@@ -243,3 +243,16 @@ def test_cli_bad_listen_is_a_usage_error() -> None:
     proc = _cli("--listen", "nonsense")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "invalid listen address" in err and "Traceback" not in err
+
+
+def test_cli_with_a_token_the_server_refuses_stops_at_start(tmp_path: Path) -> None:
+    """Found by a newcomer: without POWERBANDIT_TOKEN every page answered HTTP 502."""
+    from optimizer_server.auth import TokenAuth
+
+    with EmbeddedServer(f"sqlite:///{tmp_path / 'auth.db'}", auth=TokenAuth.parse("admin-secret-1 *\n")) as server:
+        for env, hint in (({"POWERBANDIT_TOKEN": ""}, "set POWERBANDIT_TOKEN"), ({"POWERBANDIT_TOKEN": "wrong-1234"}, "")):
+            proc = _cli("--server", server.address, "--listen", "127.0.0.1:0", env=env)
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1, out + err
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("error: ") and "refuses the dashboard's reads" in last and hint in last, err

@@ -10,9 +10,13 @@ import ssl
 import sys
 import threading
 from types import FrameType
+from typing import Any
+
+import grpc
 
 from powerbandit.argtypes import listen_address, positive_float
 from powerbandit.errors import UserError
+from powerbandit.v1 import optimizer_pb2 as pb
 
 log = logging.getLogger("powerbandit.dashboard")
 
@@ -63,6 +67,26 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def _check_access(client: Any, server: str) -> None:
+    """One cheap read at start: a token the server refuses is said now, not as HTTP 502 per page.
+
+    A server that cannot be reached yet is only warned about (the pages say so until it is up).
+    """
+    from client_sdk.client import OptimizerClientError
+
+    try:
+        client._call("ListJobs", pb.ListJobsRequest(page_size=1))
+    except OptimizerClientError as exc:
+        if exc.unreachable:
+            log.warning("the powerbandit server at %s cannot be reached yet: %s", server, exc)
+            return
+        if exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            client.close()
+            hint = "" if os.environ.get("POWERBANDIT_TOKEN") else " (set POWERBANDIT_TOKEN to the operator's token)"
+            raise UserError(f"the server at {server} refuses the dashboard's reads: {exc.details}{hint}") from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code."""
     from client_sdk.client import OptimizerClient
@@ -72,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     token = os.environ.get("POWERBANDIT_DASHBOARD_TOKEN") or None
     tls = _tls_context(args.tls_cert, args.tls_key)
+    if token is not None and len(token) < 8:
+        raise UserError("POWERBANDIT_DASHBOARD_TOKEN is shorter than 8 characters; use a longer viewer token")
     if not listen.is_loopback and token is None and not args.allow_unauthenticated_remote:
         raise UserError(
             f"refusing to serve the dashboard on {args.listen} (beyond loopback) without a viewer token: set "
@@ -81,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if not listen.is_loopback and tls is None:
         log.warning("the dashboard is served beyond loopback over plain HTTP: give --tls-cert and --tls-key")
     client = OptimizerClient(args.server, timeout_s=30.0, tls=args.server_tls)
+    _check_access(client, args.server)
     try:
         server = DashboardServer(
             (listen.host, listen.port), JobCache(client), refresh_s=args.refresh_s, viewer_token=token, tls_context=tls
