@@ -11,6 +11,7 @@ numbers are made up to look like a typical image-classification job (they were n
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import tempfile
 import time
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     job = Job(
-        job_id=f"demo/{trace.workload}@{trace.gpu}/{int(time.time())}",
+        # unique per demo: two demos started in the same second against one server must not share a job
+        job_id=f"demo/{trace.workload}@{trace.gpu}/{int(time.time())}-{secrets.token_hex(3)}",
         batch_sizes=trace.batch_sizes,
         default_batch_size=trace.default_batch_size,
         target_metric=trace.target_metric,
