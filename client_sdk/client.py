@@ -76,8 +76,14 @@ FAIL_OPEN_ENV = "POWERBANDIT_FAIL_OPEN"
 """Environment variable turning fail-open on (``1``, ``true``, ``yes``, ``on``) when the client does not say."""
 
 def fail_open_from_environment() -> bool:
-    """Whether ``POWERBANDIT_FAIL_OPEN`` turns fail-open on."""
-    return os.environ.get(FAIL_OPEN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether ``POWERBANDIT_FAIL_OPEN`` turns fail-open on; a value that is neither on nor off is a
+    ``ValueError`` (a mistyped switch must not silently leave training without its fallback)."""
+    value = os.environ.get(FAIL_OPEN_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{FAIL_OPEN_ENV}={value!r} is neither on (1, true, yes, on) nor off (0, false, no, off)")
 
 
 # How a run's power limit was applied (client_sdk.gpu.Gpu.power_limit_control) -> its enum value.
