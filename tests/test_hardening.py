@@ -659,3 +659,14 @@ def _run_gpu(message: pb.GpuInfo) -> object:
     from optimizer_server.validation import run_gpu
 
     return run_gpu(message, True)
+
+
+def test_a_mistyped_fail_open_switch_is_an_error_not_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client_sdk.client import fail_open_from_environment
+
+    for value, expected in (("1", True), ("On", True), ("", False), ("off", False)):
+        monkeypatch.setenv("POWERBANDIT_FAIL_OPEN", value)
+        assert fail_open_from_environment() is expected
+    monkeypatch.setenv("POWERBANDIT_FAIL_OPEN", "maybe")
+    with pytest.raises(ValueError, match="POWERBANDIT_FAIL_OPEN='maybe' is neither on"):
+        fail_open_from_environment()
