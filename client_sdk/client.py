@@ -308,8 +308,12 @@ class OptimizerClient:
         time_s: float = 0.0,
         epochs: float = 0.0,
         power_limit_control: str = "",
+        power_limit_w: float = 0.0,
     ) -> pb.FailRunResponse:
-        """End a run that crashed (not counted against its configuration)."""
+        """End a run that crashed (not counted against its configuration).
+
+        ``power_limit_w``: the per-GPU limit in force when it failed (0: the one suggested).
+        """
         request = pb.FailRunRequest(
             job_id=job_id,
             run_id=run_id,
@@ -318,6 +322,7 @@ class OptimizerClient:
             time_s=time_s,
             epochs=epochs,
             power_limit_control=_CONTROL_TO_PB[power_limit_control],
+            power_limit_w=power_limit_w,
         )
         return self._call("FailRun", request)  # type: ignore[return-value]
 
@@ -372,6 +377,7 @@ class OptimizerClient:
         steps_per_epoch: int | None = None,
         register: bool = True,
         heartbeat: bool = True,
+        profile: bool = True,
     ) -> TrainingRun:
         """A context manager for one run of ``job``: suggestion in, measurements out.
 
@@ -380,7 +386,9 @@ class OptimizerClient:
 
         ``gpu`` defaults to the NVML GPU of this machine (raising a clear error where there is
         none; pass a :class:`~client_sdk.replay.ReplayGpu` for a dry run). With fail-open on, an
-        unreachable server makes it an offline run at the job's default configuration.
+        unreachable server makes it an offline run at the job's default configuration. ``profile=False``:
+        the caller reports no steps (a wrapper around a command), so a run asked to profile power
+        limits runs at the limit in force instead and reports that limit.
         """
         from client_sdk.run import TrainingRun
 
@@ -397,8 +405,9 @@ class OptimizerClient:
                     raise
                 unreachable = exc  # the run trains offline; it says so once, when it starts
         return TrainingRun(
-            self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat, unreachable=unreachable
-        )
+            self, job, gpu, steps_per_epoch=steps_per_epoch, heartbeat=heartbeat, unreachable=unreachable,
+            profile=profile,
+        )  # fmt: skip
 
     def start_run(
         self,
@@ -408,6 +417,7 @@ class OptimizerClient:
         steps_per_epoch: int | None = None,
         register: bool = True,
         heartbeat: bool = True,
+        profile: bool = True,
     ) -> TrainingRun:
         """Start one run of ``job`` now and return it; end it with ``run.complete(metric)`` or ``run.fail(reason)``.
 
@@ -416,7 +426,9 @@ class OptimizerClient:
         its power limit. Raises the typed errors of :mod:`client_sdk.errors` (with fail-open on, an
         unreachable server makes an offline run instead).
         """
-        return self.run(job, gpu, steps_per_epoch=steps_per_epoch, register=register, heartbeat=heartbeat).start()
+        return self.run(
+            job, gpu, steps_per_epoch=steps_per_epoch, register=register, heartbeat=heartbeat, profile=profile
+        ).start()
 
     def close(self) -> None:
         """Close the channel."""

@@ -4,7 +4,9 @@ The explicit lifecycle (``run = client.start_run(job, gpu)``, ``run.complete(met
 ``run.fail(reason)``) is what framework callbacks and ``powerbandit run`` use; the context manager
 is built on it: ``with client.run(job, gpu) as run:`` asks the server for a configuration, applies its power limit,
 measures energy and time through the :class:`~client_sdk.gpu.Gpu`, profiles power limits during the
-first epoch when the server asks for it (call :meth:`TrainingRun.step` after every training step),
+first epoch when the server asks for it (call :meth:`TrainingRun.step` after every training step;
+the profile starts once steps are known to come, at ``steps_per_epoch`` or the first step, so a run
+without steps stays at the limit in force; ``profile=False`` says no steps will come),
 reports progress at each :meth:`TrainingRun.epoch_end` (whose answer says whether to stop), and at
 the end completes the run, or fails it when the block raised. The original power limit is always
 restored.
@@ -137,6 +139,7 @@ class TrainingRun:
         warmup_steps: int = DEFAULT_WARMUP_STEPS,
         measure_steps: int = DEFAULT_MEASURE_STEPS,
         unreachable: OptimizerClientError | None = None,
+        profile: bool = True,
     ) -> None:
         if steps_per_epoch is not None and steps_per_epoch <= 0:
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
@@ -156,6 +159,9 @@ class TrainingRun:
         self.offline_result: OfflineRun | None = None
         self._unreachable = unreachable  # set: offline (fail-open), nothing more is sent
         self._steps_in_epoch = 0
+        self._profile_enabled = profile  # False: the caller sees no steps (``powerbandit run``)
+        self._pending_profile: tuple[float, ...] = ()  # limits to profile, from the first step()
+        self._limit_before_profile_w: float | None = None
         self._profiler: _Profiler | None = None
         self._profile_reported = False
         self._origin = (0.0, 0.0)
@@ -187,8 +193,8 @@ class TrainingRun:
 
     @property
     def profiling(self) -> bool:
-        """True while candidate power limits are being measured."""
-        return self._profiler is not None and not self._profiler.done
+        """True while candidate power limits are to be measured (from the first step) or being measured."""
+        return bool(self._pending_profile) or (self._profiler is not None and not self._profiler.done)
 
     @property
     def state(self) -> str:
@@ -279,9 +285,22 @@ class TrainingRun:
         s = self._require()
         self.gpu.begin_run(s.batch_size)
         self._origin = (self.gpu.energy_j(), self.gpu.now_s())
-        if s.profile_power_limits_w and info.can_set_power_limit:
-            self._plan_profile(tuple(s.profile_power_limits_w))
-            log.info("run %s: batch size %d, profiling %d power limits", s.run_id, s.batch_size, len(s.profile_power_limits_w))
+        if s.profile_power_limits_w and info.can_set_power_limit and self._profile_enabled:
+            # measured once the steps are known to come (steps_per_epoch, or the first step()): until
+            # then, and in a run without steps, the limit in force holds
+            self._pending_profile = tuple(s.profile_power_limits_w)
+            log.info(
+                "run %s: batch size %d, profiling %d power limits %s",
+                s.run_id, s.batch_size, len(s.profile_power_limits_w),
+                "now" if self.steps_per_epoch else "from the first step",
+            )  # fmt: skip
+            if self.steps_per_epoch:
+                self._begin_profile()
+        elif s.profile_power_limits_w and not self._profile_enabled:
+            log.info(
+                "run %s: batch size %d at the limit in force, %g W (not profiled: the run reports no steps)",
+                s.run_id, s.batch_size, self.gpu.power_limit_w(),
+            )  # fmt: skip
         elif s.profile_power_limits_w:
             log.warning(
                 "run %s: cannot set power limits here; staying at %g W and reporting that limit",
@@ -360,10 +379,16 @@ class TrainingRun:
             self.job.job_id, s.batch_size, self.offline_result.power_limit_w, self.epochs, energy_j, time_s,
         )  # fmt: skip
 
+    def _begin_profile(self) -> None:
+        """Start measuring the pending candidate limits (remembering the limit to go back to)."""
+        self._limit_before_profile_w = self.gpu.power_limit_w()
+        self._plan_profile(self._pending_profile)
+        self._pending_profile = ()
+
     def _plan_profile(self, limits: tuple[float, ...]) -> None:
         warmup, measure = self._warmup_steps, self._measure_steps
-        if self.steps_per_epoch:  # fit the whole profile into the first epoch, in equal slices
-            per_limit = max(1, self.steps_per_epoch // len(limits))
+        if self.steps_per_epoch:  # fit the profile into the rest of the first epoch, in equal slices
+            per_limit = max(1, (self.steps_per_epoch - self._steps_in_epoch) // len(limits))
             warmup = min(warmup, per_limit // 4)
             measure = max(1, per_limit - warmup)
         self._profiler = _Profiler(self, limits, warmup, measure)
@@ -372,7 +397,7 @@ class TrainingRun:
         """Say how many ``step()`` calls an epoch has, once the batch size is known.
 
         Call it before the first ``step()`` (for example with ``len(loader)`` of the loader built
-        for ``run.batch_size``); a pending power profile is re-planned to fill the first epoch.
+        for ``run.batch_size``); a pending power profile is then planned to fill the first epoch.
         """
         self._require()
         if steps_per_epoch <= 0:
@@ -380,7 +405,9 @@ class TrainingRun:
         if self._steps_in_epoch or self.epochs:
             raise RuntimeError("set_steps_per_epoch() must be called before the first run.step()")
         self.steps_per_epoch = steps_per_epoch
-        if self._profiler is not None and not self._profiler.done:
+        if self._pending_profile:
+            self._begin_profile()
+        elif self._profiler is not None and not self._profiler.done:  # re-planned for the new epoch length
             self._plan_profile(self._profiler.limits)
 
     def _power_limit_control(self) -> str:
@@ -410,6 +437,9 @@ class TrainingRun:
         self._steps_in_epoch += 1
         if self.steps_per_epoch:
             self.gpu.advance(1.0 / self.steps_per_epoch)
+        if self._pending_profile:  # this step ran at the limit in force; the profile starts after it
+            self._begin_profile()
+            return
         if self._profiler is not None and not self._profiler.done:
             self._profiler.on_step()
             if self._profiler.done:
@@ -458,13 +488,19 @@ class TrainingRun:
             if self._profiler.measurements and self._steps_in_epoch > 0:
                 self._report_profile(self._steps_in_epoch)
         elif self._profiler is not None and not self._profiler.done:
+            if self._limit_before_profile_w is not None:  # never train on at a candidate limit
+                self.gpu.set_power_limit(self._limit_before_profile_w)
             log.warning(
                 "run %s: the first epoch ended before power profiling finished (too few run.step() calls); "
-                "keeping %g W",
+                "back at %g W, the limit in force before profiling",
                 s.run_id,
                 self.gpu.power_limit_w(),
             )
             self._profiler.done = True
+            self._profile_reported = True
+        elif self._pending_profile:  # an epoch without steps: nothing to profile with, the limit stays
+            log.info("run %s: no run.step() calls in the first epoch; not profiled", s.run_id)
+            self._pending_profile = ()
             self._profile_reported = True
         self._steps_in_epoch = 0
         self.epochs += 1
@@ -564,7 +600,7 @@ class TrainingRun:
             self._send(
                 lambda: self.client.fail_run(
                     self.job.job_id, self.run_id, str(reason), energy, elapsed, self.epochs,
-                    power_limit_control=self._power_limit_control(),
+                    power_limit_control=self._power_limit_control(), power_limit_w=self.gpu.power_limit_w(),
                 )  # fmt: skip
             )
             log.warning("run %s failed: %s", self.run_id, reason)

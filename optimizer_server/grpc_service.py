@@ -415,6 +415,9 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
+        power = request.power_limit_w
+        if power != 0:
+            v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
         run = await self._submit(
             self.service.fail_run,
             job_id,
@@ -424,6 +427,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             v.measurement(request.time_s, "time_s"),
             v.measurement(request.epochs, "epochs"),
             power_limit_control_of(request.power_limit_control),
+            power,
         )
         return pb.FailRunResponse(run=run_to_pb(run))
 

@@ -245,7 +245,7 @@ class CompleteRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class FailRunRequest(_message.Message):
-    __slots__ = ("job_id", "run_id", "reason", "energy_j", "time_s", "epochs", "power_limit_control")
+    __slots__ = ("job_id", "run_id", "reason", "energy_j", "time_s", "epochs", "power_limit_control", "power_limit_w")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class FailRunRequest(_message.Message):
     TIME_S_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     POWER_LIMIT_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     run_id: str
     reason: str
@@ -260,7 +261,8 @@ class FailRunRequest(_message.Message):
     time_s: float
     epochs: float
     power_limit_control: PowerLimitControl
-    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., power_limit_control: _Optional[_Union[PowerLimitControl, str]] = ...) -> None: ...
+    power_limit_w: float
+    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ..., reason: _Optional[str] = ..., energy_j: _Optional[float] = ..., time_s: _Optional[float] = ..., epochs: _Optional[float] = ..., power_limit_control: _Optional[_Union[PowerLimitControl, str]] = ..., power_limit_w: _Optional[float] = ...) -> None: ...
 
 class FailRunResponse(_message.Message):
     __slots__ = ("run",)
