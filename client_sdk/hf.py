@@ -1,7 +1,7 @@
 """A Hugging Face ``transformers`` ``TrainerCallback`` that runs each training as a powerbandit run.
 
-Optional: ``transformers`` is imported by this module only (the rest of the SDK never imports
-it); without it the callback is built on a stand-in base with the same no-op hooks, which is
+Optional: ``transformers`` (``pip install 'powerbandit[hf]'``) is imported by this module only
+(the rest of the SDK never imports it); without it the callback is built on a stand-in base with the same no-op hooks, which is
 enough for tests and for driving it by hand.
 
 The batch size must be known **before** the ``Trainer`` is built, so the run starts (asks the server)

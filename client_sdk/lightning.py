@@ -37,8 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from lightning.pytorch.callbacks import Callback as _Base
-except ImportError:  # pragma: no cover - the older package name
-    from pytorch_lightning.callbacks import Callback as _Base  # type: ignore[no-redef]
+except ImportError:  # the older package name, or neither installed
+    try:
+        from pytorch_lightning.callbacks import Callback as _Base  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "client_sdk.lightning needs Lightning (the lightning or pytorch_lightning package), which is not "
+            "installed: pip install 'powerbandit[lightning]'",
+            name="lightning",
+        ) from None
 
 from client_sdk.callback_run import CallbackRun
 

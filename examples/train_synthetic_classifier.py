@@ -32,7 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as missing:  # the quickstart's slim install has no PyTorch
+    raise SystemExit(f"error: this example needs PyTorch ({missing}): pip install 'powerbandit[torch]'") from None
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset

@@ -18,11 +18,16 @@ wrapper its final metric (compared with the job's target) and the epochs it trai
   (the file wins over printed lines).
 
 Without a metric, an exit status of 0 counts as "target reached"; without an epoch count the run
-reports the job's ``max_epochs``. Power limits are not profiled (the wrapper sees no training
-steps): the command runs at the suggested limit once the server knows a power profile for the
-batch size on this GPU model (from a run through the SDK or a framework callback, or extrapolated
-from another batch size's), and at the limit in force while the server still asks for a profile.
-Ctrl-C and SIGTERM reach the command (once) and the run is reported failed.
+reports the job's ``max_epochs``. An unusable report (the last metric or epochs line not a finite
+number, negative epochs, a metric file that holds neither) fails the run with that text as the
+reason (the wrapper still exits with the command's status). Power limits are not profiled (the
+wrapper sees no training steps): the command runs at the suggested limit once the server knows a
+power profile for the batch size on this GPU model (from a run through the SDK or a framework
+callback, or extrapolated from another batch size's), and at the limit in force while the server
+still asks for a profile; the run reports the limit it ran at, failed or not.
+Ctrl-C and SIGTERM reach the command (once) and the run is reported failed. Once the command
+exited, its remaining output is copied for at most 2 s (a background process it left may hold the
+pipe open).
 
 The job comes from flags (``--batch-sizes 32,64,128 --default-batch-size 64 --target-metric 0.9
 --max-epochs 50``, registered if new) or, without them, from the server (already registered).
@@ -45,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -62,6 +67,10 @@ METRIC_LINE = re.compile(rb"^\s*powerbandit-(metric|epochs)\s*:\s*(\S+)\s*$")
 
 #: Exit code when the command cannot be started (as a shell says "command not found").
 EXIT_NOT_FOUND = 127
+
+#: Seconds to finish copying the command's output once it exited. A background process it left
+#: behind may keep the pipe open for much longer; its later output is not waited for.
+OUTPUT_DRAIN_S = 2.0
 
 
 def _env(name: str, default: str) -> str:
@@ -203,10 +212,15 @@ def _gpu(args: argparse.Namespace) -> Gpu:
 # ---------------------------------------------------------------------------- the child's report
 @dataclass
 class ChildReport:
-    """What the command said about itself: its final metric and its epochs (None: not said)."""
+    """What the command said about itself: its final metric and its epochs (None: not said).
+
+    ``unusable``: what it said that cannot count (``"metric"``, ``"epochs"`` -> the line or file
+    text): the last report of a kind was not a usable number, so the run is reported failed.
+    """
 
     metric: float | None = None
     epochs: float | None = None
+    unusable: dict[str, str] = field(default_factory=dict)
 
 
 def parse_report_line(line: bytes, report: ChildReport) -> None:
@@ -214,18 +228,32 @@ def parse_report_line(line: bytes, report: ChildReport) -> None:
     match = METRIC_LINE.match(line)
     if match is None:
         return
+    kind = match.group(1).decode()
+    text = line.decode(errors="replace").strip()
     try:
         value = float(match.group(2))
+        problem = _unusable(kind, value)
     except ValueError:
-        print(f"powerbandit: ignoring {line.decode(errors='replace').strip()!r}: not a number", file=sys.stderr)
+        value, problem = math.nan, "not a number"
+    if problem:
+        report.unusable[kind] = f"{text!r} ({problem})"
+        print(f"powerbandit: unusable report {text!r}: {problem}; the run will be reported failed unless a "
+              f"later line corrects it", file=sys.stderr)  # fmt: skip
         return
-    if not math.isfinite(value) or (match.group(1) == b"epochs" and value < 0):
-        print(f"powerbandit: ignoring {line.decode(errors='replace').strip()!r}", file=sys.stderr)
-        return
-    if match.group(1) == b"metric":
+    report.unusable.pop(kind, None)
+    if kind == "metric":
         report.metric = value
     else:
         report.epochs = value
+
+
+def _unusable(kind: str, value: float) -> str:
+    """Why a reported value cannot count ("" when it can)."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    if kind == "epochs" and value < 0:
+        return "a negative epoch count"
+    return ""
 
 
 def _read_metric_file(path: Path, report: ChildReport) -> None:
@@ -236,19 +264,27 @@ def _read_metric_file(path: Path, report: ChildReport) -> None:
         return
     if not text:
         return
+    expected = 'expected 0.93 or {"metric": 0.93, "epochs": 12}'
     try:
         value = json.loads(text)
-        if isinstance(value, (int, float)):
-            report.metric = float(value)
-        elif isinstance(value, dict):
-            if value.get("metric") is not None:
-                report.metric = float(value["metric"])
-            if value.get("epochs") is not None:
-                report.epochs = float(value["epochs"])
-        else:
+        if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
             raise ValueError("neither a number nor an object")
+        found = {"metric": value} if not isinstance(value, dict) else value
+        for kind in ("metric", "epochs"):
+            if found.get(kind) is None:
+                continue
+            number = found[kind]
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ValueError(f"{kind} {number!r} is not a number")
+            problem = _unusable(kind, float(number))
+            if problem:
+                raise ValueError(f"{kind} {number!r}: {problem}")
+            setattr(report, kind, float(number))
+            report.unusable.pop(kind, None)
     except (ValueError, TypeError) as exc:
-        print(f'powerbandit: ignoring {path}: expected 0.93 or {{"metric": 0.93, "epochs": 12}} ({exc})',
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        report.unusable["metric file"] = f"{path}: {shown!r} ({exc}; {expected})"
+        print(f"powerbandit: unusable metric file {path}: {exc} ({expected}); the run will be reported failed",
               file=sys.stderr)  # fmt: skip
 
 
@@ -322,7 +358,7 @@ def run(args: argparse.Namespace, *, stdout: IO[bytes] | None = None) -> int:
     try:
         with OptimizerClient(args.server, timeout_s=args.timeout_s, fail_open=fail_open) as client:
             job = _job(args, client)
-            training = client.start_run(job, gpu=gpu)
+            training = client.start_run(job, gpu=gpu, profile=False)  # no steps seen: nothing to profile with
             try:
                 return _run_child(args, command, training, job, stdout or sys.stdout.buffer)
             except BaseException as exc:
@@ -372,7 +408,10 @@ def _run_child(args: argparse.Namespace, command: list[str], training: Any, job:
             returncode = _wait(child, forwarder, args.kill_after_s)
         finally:
             forwarder.restore()
-        pump.join(timeout=10)
+        pump.join(timeout=OUTPUT_DRAIN_S)  # bounded: a grandchild may hold the pipe open
+        if pump.is_alive():
+            _say(f"the command exited but its output is still open (a process it started in the background "
+                 f"holds it); not waiting for it past {OUTPUT_DRAIN_S:g} s")  # fmt: skip
         _read_metric_file(metric_path, report)
         return _finish(training, job, report, returncode, forwarder.signum)
     finally:
@@ -408,6 +447,11 @@ def _finish(training: Any, job: Job, report: ChildReport, returncode: int, signu
     if returncode != 0:
         training.fail(f"the command exited with status {status}")
         _say(f"run {training.run_id or '(offline)'} failed: the command exited with status {status}")
+        return status
+    if report.unusable:  # garbage is no evidence: neither "target reached" nor "not reached"
+        what = "; ".join(f"{kind} {detail}" for kind, detail in report.unusable.items())
+        training.fail(f"the command exited with status 0 but its report was unusable: {what}")
+        _say(f"run {training.run_id or '(offline)'} failed: unusable report from the command: {what}")
         return status
     if report.epochs is None:
         _say(f"the command reported no epoch count (print `powerbandit-epochs: N`); reporting max_epochs "

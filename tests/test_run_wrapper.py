@@ -183,7 +183,10 @@ def test_report_lines_and_replay_tables(tmp_path: Path) -> None:
     report = ChildReport()
     for line in (b"powerbandit-metric: 0.7\n", b"  powerbandit-epochs : 4 \n", b"metric 0.1\n", b"powerbandit-metric: x\n"):
         parse_report_line(line, report)
-    assert report == ChildReport(metric=0.7, epochs=4.0)
+    # the last metric line is garbage: it makes the report unusable (the run is failed, not completed)
+    assert report == ChildReport(metric=0.7, epochs=4.0, unusable={"metric": "'powerbandit-metric: x' (not a number)"})
+    parse_report_line(b"powerbandit-metric: 0.8\n", report)  # a later usable line corrects it
+    assert report == ChildReport(metric=0.8, epochs=4.0)
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"64": {"300": [250, 11]}}))
     table, model, count = load_replay_table(str(path))
