@@ -64,3 +64,14 @@ def test_a_failed_run_reports_the_limit_it_ran_at(client: OptimizerClient) -> No
     run.fail("loss is NaN")
     (stored,) = client.get_job("team/job").runs
     assert stored.state == pb.RUN_STATE_FAILED and stored.power_limit_w == chosen_w > 0  # was stored as 0
+
+
+def test_fail_run_refuses_an_impossible_power_limit(client: OptimizerClient) -> None:
+    from client_sdk.errors import InvalidRequestError
+
+    run = client.start_run(small_job(), ReplayGpu(SMALL_TABLE), heartbeat=False)
+    with pytest.raises(InvalidRequestError, match="power_limit_w"):
+        client.fail_run("team/job", run.run_id, "crashed", power_limit_w=-5.0)
+    run.fail("crashed")  # the run is still in flight: a valid report is taken
+    (stored,) = client.get_job("team/job").runs
+    assert stored.state == pb.RUN_STATE_FAILED and stored.power_limit_w == 300
