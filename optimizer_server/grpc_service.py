@@ -388,9 +388,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        power = request.power_limit_w
-        if power != 0:
-            v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
+        power = v.reported_power_limit(request.power_limit_w)
         energy_j, time_s, epochs = v.completion(
             request.energy_j, request.time_s, request.epochs, request.reached_target
         )
@@ -415,9 +413,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        power = request.power_limit_w
-        if power != 0:
-            v.finite(power, "power_limit_w", low=1.0, high=v.MAX_POWER_LIMIT_W)
+        power = v.reported_power_limit(request.power_limit_w)
         run = await self._submit(
             self.service.fail_run,
             job_id,

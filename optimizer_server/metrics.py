@@ -84,11 +84,6 @@ def energy_saved_by_gpu(store: Store) -> dict[str, float]:
     }
 
 
-def gpu_models(store: Store) -> set[str]:
-    """The GPU models of every run in ``store``."""
-    return {g.gpu_model for job in _jobs(store) for g in job.run_groups}
-
-
 def _jobs(store: Store) -> list[Any]:
     """Every job of ``store`` as the ``powerbandit.v1.Job`` ``ListJobs`` returns, without arms and outlook."""
     from optimizer_server.grpc_service import (  # not at import: it imports us
@@ -236,7 +231,7 @@ class Metrics:
             self.rpcs.labels(method.name, grpc.StatusCode.OK.name)
             self.rpc_latency.labels(method.name)
         try:
-            models = gpu_models(store)
+            models = store.run_gpu_models()
         except Exception as exc:  # noqa: BLE001 - metrics must not keep a server from starting
             log.warning("metrics: GPU models not read at start (%s); their series start with their first run", exc)
             return

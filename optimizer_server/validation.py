@@ -72,6 +72,11 @@ def finite(value: float, field: str, *, low: float | None = None, high: float | 
     return value + 0.0  # -0.0 becomes 0.0: the store keeps no sign on zero, so answers would differ
 
 
+def reported_power_limit(value: float, field: str = "power_limit_w") -> float:
+    """The per-GPU power limit a run reports it ran at: 0 (not reported) or 1..10,000 W."""
+    return finite(value, field, low=1.0, high=MAX_POWER_LIMIT_W) if value != 0 else 0.0
+
+
 def measurement(value: float, field: str) -> float:
     """A non-negative, finite measurement (energy, time, epochs)."""
     return finite(value, field, low=0.0, high=MAX_MEASUREMENT)

@@ -274,3 +274,13 @@ def test_sqlite_a_batch_whose_commit_fails_leaves_no_cached_change(tmp_path: Pat
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA foreign_keys = OFF")
         store.close()
+
+
+def test_run_gpu_models_lists_every_model_with_runs(store: Store) -> None:
+    assert store.run_gpu_models() == set()
+    store.create_job(JobRecord(SPEC, {}, 0.0))
+    with store.job_transaction("s/job") as tx:
+        tx.insert_run(make_run("r1"))
+        tx.insert_run(make_run("r2", gpu_model="V100"))
+        tx.insert_run(make_run("r3", gpu_model="V100"))
+    assert store.run_gpu_models() == {"A40", "V100"}

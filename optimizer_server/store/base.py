@@ -231,6 +231,10 @@ class Store(ABC):
         """``(job_id, run_id)`` of runs in flight whose lease lapsed before ``now_unix_s``."""
 
     @abstractmethod
+    def run_gpu_models(self) -> set[str]:
+        """The GPU models of every run in the store (one query)."""
+
+    @abstractmethod
     def totals(self) -> dict[str, Any]:
         """``{"jobs": N, "runs": {state: count}}`` over the whole store (for metrics)."""
 

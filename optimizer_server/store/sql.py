@@ -458,6 +458,11 @@ class SqlStore(Store):
             runs = dict.fromkeys(RUN_STATES, 0) | {str(s): int(n) for s, n in cur.fetchall()}
         return {"jobs": jobs, "runs": runs}
 
+    def run_gpu_models(self) -> set[str]:
+        with self._session(readonly=True) as cur:
+            self._query(cur, "SELECT DISTINCT gpu_model FROM runs")
+            return {str(model) for (model,) in cur.fetchall()}
+
     def list_runs(self, job_id: str, limit: int = 0) -> list[RunRecord]:
         with self._session(readonly=True) as cur:
             if limit > 0:
