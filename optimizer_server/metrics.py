@@ -15,7 +15,7 @@ Two kinds of series, told apart by the ``scope`` label of the store-wide ones:
   ``sum``: ``powerbandit_jobs``, ``powerbandit_runs{state="in_flight"}`` and
   ``powerbandit_energy_saved_joules{gpu_model}`` (the estimated saving against each job's
   measured default configuration, summed over jobs: the definition of
-  :func:`powerbandit.operator_view.job_summary`, the same figure ``powerbandit report`` prints).
+  :func:`powerbandit.cli.operator_view.job_summary`, the same figure ``powerbandit report`` prints).
 
 Counters only go up (a restart resets them, which ``rate``/``increase`` handle); nothing
 cumulative is a gauge, so deleting a job never makes a total drop. No ``_created`` series. Each
@@ -71,10 +71,10 @@ def energy_saved_by_gpu(store: Store) -> dict[str, float]:
     """Estimated energy saved (J) per GPU model over every job in ``store``.
 
     Builds each job's ``powerbandit.v1.Job`` from its spec, run groups and profiles (what
-    ``ListJobs`` returns) and sums :func:`powerbandit.operator_view.cluster_report`'s per-GPU
+    ``ListJobs`` returns) and sums :func:`powerbandit.cli.operator_view.cluster_report`'s per-GPU
     saving, so the figure is the operator view's. GPU models without any baseline are left out.
     """
-    from powerbandit import operator_view
+    from powerbandit.cli import operator_view
 
     report = operator_view.cluster_report(_jobs(store), 0.0)
     return {

@@ -1,5 +1,5 @@
 """``python -m powerbandit`` is the ``powerbandit`` command."""
 
-from powerbandit.cli import main
+from powerbandit.cli.main import main
 
 main()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from optimizer_server.policy.base import ClusterPrior
 from optimizer_server.policy.registry import POLICY_NAMES
-from powerbandit.argtypes import at_least_1, fraction_0_1, positive_int
-from powerbandit.errors import UserError, run_command
+from powerbandit.cli.argtypes import at_least_1, fraction_0_1, positive_int
+from powerbandit.cli.errors import UserError, run_command
 from simulations.backend import BackendFactory
 from simulations.baselines import BASELINES
 from simulations.engine import SimResult, simulate

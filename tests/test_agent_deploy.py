@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import powerbandit
-from powerbandit.cli import build_parser
+from powerbandit.cli.main import build_parser
 
 yaml = pytest.importorskip("yaml", reason="the dev extra installs PyYAML")
 

@@ -97,7 +97,7 @@ def test_json_logs_carry_job_and_run_ids(capsys: pytest.CaptureFixture[str]) -> 
     import json
     import logging
 
-    from powerbandit.logs import configure_logging
+    from powerbandit.cli.logs import configure_logging
 
     configure_logging("INFO", "json")
     logging.getLogger("powerbandit.server").info("run completed", extra={"job_id": "j/1", "run_id": "r1", "cost": 2.5})
@@ -112,7 +112,7 @@ def test_text_logs_are_one_line_per_event_with_ids(capsys: pytest.CaptureFixture
     import logging
     import re
 
-    from powerbandit.logs import configure_logging
+    from powerbandit.cli.logs import configure_logging
 
     configure_logging("INFO", "text")
     log = logging.getLogger("powerbandit.server")
@@ -138,7 +138,7 @@ def test_the_agent_command_loads_neither_numpy_nor_the_simulator() -> None:
     import sys
 
     code = (
-        "import sys\nfrom powerbandit import cli\n"
+        "import sys\nfrom powerbandit.cli import main as cli\n"
         "try:\n    cli.main(['--log-level', 'INFO', 'agent', 'status', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('numpy', 'simulations', 'matplotlib') if m in sys.modules))"
     )

@@ -25,8 +25,8 @@ import pytest
 from client_sdk.client import OptimizerClient
 from optimizer_server.server import EmbeddedServer
 from optimizer_server.store.base import open_store
-from powerbandit.cli import build_parser, main
-from powerbandit.errors import EXIT_BROKEN_PIPE
+from powerbandit.cli.errors import EXIT_BROKEN_PIPE
+from powerbandit.cli.main import build_parser, main
 from simulations.progress import Progress
 from simulations.traces import packaged_trace_dir
 from tests.conftest import small_job

@@ -24,9 +24,9 @@ import pytest
 from client_sdk.client import OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.server import EmbeddedServer
-from powerbandit import operator_view as view
-from powerbandit.dashboard.data import timeline
-from powerbandit.dashboard.server import STATIC, DashboardServer, JobCache
+from powerbandit.cli import operator_view as view
+from powerbandit.cli.dashboard.data import timeline
+from powerbandit.cli.dashboard.server import STATIC, DashboardServer, JobCache
 from tests.test_operator import FRESH, MAX_W, NO_DEFAULT, SYNTH, TRACE, replay
 
 REPO = Path(__file__).resolve().parent.parent

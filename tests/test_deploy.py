@@ -74,7 +74,7 @@ def assert_known_variable(name: str) -> None:
 
 def parse_cli(argv: list[str], env: dict[str, str] | None = None) -> Any:
     """Parse a ``powerbandit`` command line with the real parser, under ``env`` (flags read POWERBANDIT_*)."""
-    from powerbandit.cli import build_parser
+    from powerbandit.cli.main import build_parser
 
     saved = dict(os.environ)
     try:

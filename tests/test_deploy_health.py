@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from optimizer_server.server import EmbeddedServer
-from powerbandit.health import default_address
+from powerbandit.cli.health import default_address
 from tests.conftest import REPO_ROOT
 
 

@@ -17,7 +17,7 @@ import pytest
 from client_sdk.client import OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.server import EmbeddedServer
-from powerbandit.export import COLUMNS
+from powerbandit.cli.export import COLUMNS
 from tests.test_operator import FRESH, MAX_W, NO_DEFAULT, SYNTH, TRACE, cli, replay
 
 REPO = Path(__file__).resolve().parent.parent

@@ -521,7 +521,7 @@ def test_the_operator_view_from_run_groups_matches_the_one_from_every_run(tmp_pa
 
     from client_sdk.client import OptimizerClient
     from optimizer_server.store.base import RunRecord
-    from powerbandit import operator_view as view
+    from powerbandit.cli import operator_view as view
 
     rng = random.Random(5)
     with EmbeddedServer(f"sqlite:///{tmp_path / 'groups.db'}") as server:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client_sdk.client import OptimizerClient
 from optimizer_server.server import EmbeddedServer
 from powerbandit import __version__
-from powerbandit import operator_view as view
+from powerbandit.cli import operator_view as view
 from powerbandit.v1 import optimizer_pb2 as pb
 from tests.test_operator import SYNTH, TRACE, replay
 

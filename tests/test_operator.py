@@ -26,11 +26,11 @@ import pytest
 from client_sdk.client import Job, OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.server import EmbeddedServer
-from powerbandit import operator_cli
-from powerbandit import operator_view as view
-from powerbandit.cli import build_parser
-from powerbandit.demo import synthetic_job
-from powerbandit.errors import run_command
+from powerbandit.cli import operator_cli
+from powerbandit.cli import operator_view as view
+from powerbandit.cli.demo import synthetic_job
+from powerbandit.cli.errors import run_command
+from powerbandit.cli.main import build_parser
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 from simulations.traces import TraceJob
 from tests.conftest import TRACE_DIR
@@ -415,7 +415,7 @@ def test_on_published_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 # ------------------------------------------------------------------------------------ one saving
 def test_demo_and_the_operator_view_report_the_same_saving(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The demo, ``jobs list``, ``jobs show`` and ``report`` give one job one saving, baseline named."""
-    from powerbandit import demo
+    from powerbandit.cli import demo
 
     with EmbeddedServer(f"sqlite:///{tmp_path / 'demo.db'}") as server:
         argv = ["demo", "--synthetic", "--recurrences", "15", "--quiet", "--server", server.address]

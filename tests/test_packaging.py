@@ -155,7 +155,7 @@ def test_sdk_modules_import_no_server_dependency() -> None:
     code = (
         "import sys\n"
         "import client_sdk.client, client_sdk.run, client_sdk.replay, client_sdk.nvml, client_sdk.gpu\n"
-        "import powerbandit.cli, powerbandit.health\n"
+        "import powerbandit.cli.main, powerbandit.cli.health\n"
         f"print(sorted(m for m in {SERVER_ONLY_MODULES!r} if m in sys.modules))\n"
     )
     done = subprocess.run(

@@ -21,7 +21,7 @@ from matplotlib.colors import to_hex  # noqa: E402
 
 from client_sdk.client import OptimizerClient  # noqa: E402
 from optimizer_server.server import EmbeddedServer  # noqa: E402
-from powerbandit import operator_view as view  # noqa: E402
+from powerbandit.cli import operator_view as view  # noqa: E402
 from powerbandit.v1 import optimizer_pb2 as pb  # noqa: E402
 from tests.test_operator import SYNTH, TRACE, replay  # noqa: E402
 

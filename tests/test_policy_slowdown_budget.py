@@ -16,9 +16,9 @@ from client_sdk.run import ProfileMeasurement, cheapest_power_limit
 from optimizer_server.policy.base import JobSpec, Observation, ProfilePoint, SuggestContext, decision_rng
 from optimizer_server.policy.powerbandit import PowerBanditPolicy
 from optimizer_server.server import EmbeddedServer
-from powerbandit import operator_cli
-from powerbandit.cli import build_parser
-from powerbandit.errors import run_command
+from powerbandit.cli import operator_cli
+from powerbandit.cli.errors import run_command
+from powerbandit.cli.main import build_parser
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 from simulations import cli as sim_cli

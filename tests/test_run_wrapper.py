@@ -19,7 +19,7 @@ import pytest
 from client_sdk.client import OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.server import EmbeddedServer
-from powerbandit.run_wrapper import ChildReport, load_replay_table, parse_report_line
+from powerbandit.cli.run_wrapper import ChildReport, load_replay_table, parse_report_line
 from powerbandit.v1 import optimizer_pb2 as pb
 from tests.conftest import REPO_ROOT, SMALL_TABLE, small_job
 from tests.test_packaging import BLOCK_SERVER_EXTRA
@@ -256,7 +256,7 @@ def test_fail_open_runs_the_command_at_the_default_batch_size(files: dict[str, P
 def test_energy_and_errors_modules_need_only_the_slim_sdk() -> None:
     code = (
         "import sys\n"
-        "import client_sdk.energy, client_sdk.errors, powerbandit.run_wrapper\n"
+        "import client_sdk.energy, client_sdk.errors, powerbandit.cli.run_wrapper\n"
         "print(sorted(m for m in ('numpy', 'torch', 'transformers', 'lightning') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.server import EmbeddedServer, ListenError, parse_listen
-from powerbandit.cli import main
+from powerbandit.cli.main import main
 from tests.conftest import REPO_ROOT
 
 CLI = [sys.executable, "-m", "powerbandit"]

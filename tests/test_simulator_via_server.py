@@ -11,7 +11,7 @@ import pytest
 
 from client_sdk.client import OptimizerClient
 from optimizer_server.server import EmbeddedServer
-from powerbandit.demo import synthetic_job
+from powerbandit.cli.demo import synthetic_job
 from simulations.engine import simulate
 from simulations.server_backend import ServerBackend
 from tests.conftest import TRACE_DIR

@@ -2,7 +2,7 @@
 
 Everything is read with ``GetJob``/``ListJobs``, so the commands work against any server replica.
 The numbers (usage, estimated savings, expected cost of the best configuration) are computed in
-:mod:`powerbandit.operator_view`, whose docstring says how savings are estimated.
+:mod:`powerbandit.cli.operator_view`, whose docstring says how savings are estimated.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Any
 
-from powerbandit import operator_view as view
-from powerbandit.argtypes import non_negative_float, non_negative_int
-from powerbandit.errors import UserError
+from powerbandit.cli import operator_view as view
+from powerbandit.cli.argtypes import non_negative_float, non_negative_int
+from powerbandit.cli.errors import UserError
 
 COMMANDS = ("jobs", "report")
 
@@ -339,7 +339,7 @@ def _report(client: Any, args: argparse.Namespace) -> int:
 
 
 def _export(client: Any, args: argparse.Namespace) -> int:
-    from powerbandit import export
+    from powerbandit.cli import export
 
     jobs = (client.get_job(j.spec.job_id) for j in client.list_jobs(args.prefix))  # one job's runs at a time
     rows = export.run_rows(jobs, args.carbon_intensity)
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     """Run an operator command (``jobs ...`` or ``report``); returns the exit code.
 
     Errors (server unreachable or refusing, a file that cannot be written) reach the caller, whose
-    :func:`powerbandit.errors.run_command` prints them as one line.
+    :func:`powerbandit.cli.errors.run_command` prints them as one line.
     """
     if args.command == "jobs" and args.jobs_command == "rebuild":
         return _rebuild(args)

@@ -1,6 +1,6 @@
 """What the dashboard's JSON endpoints answer, computed from ``Job`` messages of the public API.
 
-Every figure comes from :mod:`powerbandit.operator_view` (the one definition of energy used and
+Every figure comes from :mod:`powerbandit.cli.operator_view` (the one definition of energy used and
 saved, and of a job's expected cost), so the dashboard, ``jobs list`` and ``report`` agree.
 """
 
@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from powerbandit import operator_view as view
+from powerbandit.cli import operator_view as view
 from powerbandit.v1 import optimizer_pb2 as pb
 
 #: Points of the cluster's energy-over-time curves at most (one per run finish beyond that is too many).
@@ -49,7 +49,7 @@ def _baselines(job: pb.Job) -> dict[str, float]:
 def timeline(jobs: Iterable[pb.Job], now_unix_s: float, points: int = TIMELINE_POINTS) -> dict[str, Any]:
     """Cumulative energy used and estimated saved over time, per GPU model, from jobs read with their runs.
 
-    A run counts from when it finished. "Saved" is :func:`powerbandit.operator_view.job_summary`'s
+    A run counts from when it finished. "Saved" is :func:`powerbandit.cli.operator_view.job_summary`'s
     estimate built up run by run: each run that reached the target adds the job's baseline on its
     GPU model (default configuration, measured), every finished run subtracts its energy, on the
     GPU models that have a baseline; so the last point of each curve is the total of ``jobs list``.

@@ -23,9 +23,9 @@ from client_sdk.client import Job, OptimizerClient
 from client_sdk.replay import ReplayGpu
 from optimizer_server.policy.base import ProfilePoint
 from optimizer_server.policy.registry import POLICY_NAMES
-from powerbandit import operator_view as view
-from powerbandit.argtypes import fraction_0_1, positive_int
-from powerbandit.errors import UserError, run_command
+from powerbandit.cli import operator_view as view
+from powerbandit.cli.argtypes import fraction_0_1, positive_int
+from powerbandit.cli.errors import UserError, run_command
 from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet, default_trace_dir
 
 DESCRIPTION = (
@@ -186,7 +186,7 @@ def _replay(client: OptimizerClient, trace: TraceJob, args: argparse.Namespace) 
 
 
 def main() -> None:  # pragma: no cover - convenience entry point
-    """``python -m powerbandit.demo``."""
+    """``python -m powerbandit.cli.demo``."""
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args()

@@ -9,8 +9,9 @@ import os
 import re
 import sys
 
-from powerbandit import __version__, health, operator_cli
-from powerbandit.argtypes import (
+from powerbandit import __version__
+from powerbandit.cli import health, operator_cli
+from powerbandit.cli.argtypes import (
     listen_address,
     log_level,
     non_negative_float,
@@ -18,9 +19,9 @@ from powerbandit.argtypes import (
     positive_float,
     positive_int,
 )
-from powerbandit.errors import run_command
-from powerbandit.extras import is_missing_server_extra, missing_server_extra_message
-from powerbandit.logs import configure_logging
+from powerbandit.cli.errors import run_command
+from powerbandit.cli.extras import is_missing_server_extra, missing_server_extra_message
+from powerbandit.cli.logs import configure_logging
 
 ENV_PREFIX = "POWERBANDIT_"
 
@@ -158,13 +159,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="log line format [POWERBANDIT_LOG_FORMAT, default text]")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     if only == "agent":
-        from powerbandit.agent import cli as agent_cli
+        from powerbandit.cli import agent as agent_cli
 
         agent_cli.add_arguments(sub)
         _plain_text(parser)
         return parser
     if only == "run":
-        from powerbandit import run_wrapper
+        from powerbandit.cli import run_wrapper
 
         run_wrapper.add_arguments(sub)
         _plain_text(parser)
@@ -175,7 +176,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "simulate", help="trace-driven policy simulation", description="Trace-driven simulation."
     )
     try:
-        from powerbandit import demo
+        from powerbandit.cli import demo
         from simulations import cli as sim_cli
     except ModuleNotFoundError as exc:  # the SDK-only install: the commands say what to install
         if not is_missing_server_extra(exc):
@@ -190,13 +191,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _add_db(sub)
     h = sub.add_parser("health", help="check a server's gRPC health (exit 0 = SERVING)", description=health.__doc__)
     health.add_arguments(h)
-    from powerbandit.agent import cli as agent_cli
+    from powerbandit.cli import agent as agent_cli
 
     agent_cli.add_arguments(sub)
-    from powerbandit.dashboard import cli as dashboard_cli
+    from powerbandit.cli.dashboard import cli as dashboard_cli
 
     dashboard_cli.add_arguments(sub)
-    from powerbandit import run_wrapper
+    from powerbandit.cli import run_wrapper
 
     run_wrapper.add_arguments(sub)
     _plain_text(parser)
@@ -235,7 +236,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
-        from powerbandit import demo
+        from powerbandit.cli import demo
 
         return demo.run(args)
     if args.command == "simulate":
@@ -245,17 +246,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "health":
         return health.run(args)
     if args.command == "agent":
-        from powerbandit.agent import cli as agent_cli
+        from powerbandit.cli import agent as agent_cli
 
         return agent_cli.run(args)
     if args.command in operator_cli.COMMANDS:
         return operator_cli.run(args)
     if args.command == "run":
-        from powerbandit import run_wrapper
+        from powerbandit.cli import run_wrapper
 
         return run_wrapper.run(args)
     if args.command == "dashboard":
-        from powerbandit.dashboard import cli as dashboard_cli
+        from powerbandit.cli.dashboard import cli as dashboard_cli
 
         return dashboard_cli.run(args)
     return _db(args)

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 
-from powerbandit.argtypes import listen_address, positive_float
-from powerbandit.errors import UserError
+from powerbandit.cli.argtypes import listen_address, positive_float
+from powerbandit.cli.errors import UserError
 from powerbandit.v1 import optimizer_pb2 as pb
 
 log = logging.getLogger("powerbandit.dashboard")
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code."""
     from client_sdk.client import OptimizerClient
     from optimizer_server.server import parse_listen
-    from powerbandit.dashboard.server import DashboardServer, JobCache
+    from powerbandit.cli.dashboard.server import DashboardServer, JobCache
 
     listen = parse_listen(args.listen)
     token = os.environ.get("POWERBANDIT_DASHBOARD_TOKEN") or None

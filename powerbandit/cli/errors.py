@@ -4,7 +4,7 @@ Commands raise :class:`UserError` (or let a domain error through: a server's ref
 database URL, a malformed trace file, a file that cannot be read or written); :func:`run_command`,
 called once by each entry point, turns any of them into that one line. Nothing a user can cause by
 mistyping a flag or pointing at the wrong file ends in a traceback. Argument values are checked
-earlier still, by the argparse types in :mod:`powerbandit.argtypes`.
+earlier still, by the argparse types in :mod:`powerbandit.cli.argtypes`.
 """
 
 from __future__ import annotations

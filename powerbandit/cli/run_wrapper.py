@@ -58,7 +58,7 @@ from typing import IO, Any
 from client_sdk.client import Job, OptimizerClient, fail_open_from_environment
 from client_sdk.errors import NotFoundError
 from client_sdk.gpu import Gpu, GpuUnavailableError
-from powerbandit.errors import UserError
+from powerbandit.cli.errors import UserError
 
 __all__ = ["ChildReport", "add_arguments", "load_replay_table", "parse_report_line", "run"]
 

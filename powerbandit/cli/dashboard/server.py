@@ -36,12 +36,12 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 
 from client_sdk.client import OptimizerClient, OptimizerClientError
-from powerbandit.dashboard import data
+from powerbandit.cli.dashboard import data
 from powerbandit.v1 import optimizer_pb2 as pb
 
 log = logging.getLogger("powerbandit.dashboard")
 
-STATIC = resources.files("powerbandit.dashboard") / "static"
+STATIC = resources.files("powerbandit.cli.dashboard") / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/job": "job.html"}
 
 #: Jobs fetched with ``GetJob`` at once when the cache is refreshed.
@@ -194,7 +194,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 return
             self._api(lambda: self.server.cache.job(job_id), head)
         elif url.path == "/api/config":
-            from powerbandit.operator_cli import SAVINGS_NOTE
+            from powerbandit.cli.operator_cli import SAVINGS_NOTE
 
             config = {"refresh_s": self.server.refresh_s, "savings_note": SAVINGS_NOTE + "."}
             self._send_json(HTTPStatus.OK, config, head=head)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from powerbandit.agent.client import AGENT_SOCKET_ENV, DEFAULT_SOCKET
-from powerbandit.argtypes import positive_int
+from powerbandit.cli.argtypes import positive_int
 
 if TYPE_CHECKING:
     from powerbandit.agent.client import AgentClient

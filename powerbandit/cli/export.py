@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from powerbandit import operator_view as view
+from powerbandit.cli import operator_view as view
 from powerbandit.v1 import optimizer_pb2 as pb
 
 J_PER_KWH = 3.6e6
