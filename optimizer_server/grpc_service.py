@@ -1,8 +1,9 @@
 """The gRPC layer: validate, translate, call :class:`OptimizerService`, map errors to status codes.
 
-Domain errors become status codes in exactly one place (:data:`STATUS_OF`). Calls that change
-state go through :meth:`Store.submit` (SQLite: group commit on the event loop); the large reads
-(``GetJob``, ``ListJobs``) through :meth:`Store.read`, on a worker thread.
+Domain errors become status codes in exactly one place (:data:`STATUS_OF`). Each handler runs on
+the server's event loop and awaits one ``*_async`` method of :class:`OptimizerService`, which
+decides how the work is executed (see :mod:`optimizer_server.service`); the servicer never sees
+the store.
 """
 
 from __future__ import annotations
@@ -318,15 +319,14 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self.auth = auth if auth is not None else TokenAuth()
         self.metrics = metrics
         self.undecodable_log = RateLimitedLog(log)
-        self._submit = service.store.submit  # every call that changes state goes through the store
 
     @rpc
     async def RegisterJob(self, request: pb.RegisterJobRequest, context: Any) -> pb.RegisterJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgumentError("spec is missing")
-        spec = v.job_spec(request.spec)
+        spec = v.job_spec(request.spec, self.service.policies)
         authorize(spec.job_id)
-        spec, created = await self._submit(self.service.register_job, spec)
+        spec, created = await self.service.register_job_async(spec)
         return pb.RegisterJobResponse(spec=spec_to_pb(spec), created=created)
 
     @rpc
@@ -335,7 +335,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         authorize(job_id)
         gpu = v.run_gpu(request.gpu, request.HasField("gpu"))
         request_id = v.optional_identifier(request.request_id, "request_id")
-        suggestion = await self._submit(self.service.suggest, job_id, gpu, request_id)
+        suggestion = await self.service.suggest_async(job_id, gpu, request_id)
         run, spec = suggestion.run, suggestion.spec
         return pb.SuggestResponse(
             run_id=run.run_id,
@@ -358,7 +358,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         run_id = v.identifier(request.run_id, "run_id")
         steps = v.steps_per_epoch(request.steps_per_epoch)
         measurements = v.profile_measurements(request.measurements)
-        limit, cost = await self._submit(self.service.report_profile, job_id, run_id, steps, measurements)
+        limit, cost = await self.service.report_profile_async(job_id, run_id, steps, measurements)
         return pb.ReportProfileResponse(power_limit_w=limit, epoch_cost=cost)
 
     @rpc
@@ -372,9 +372,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         energy = v.measurement(request.energy_j, "energy_j")
         time_s = v.measurement(request.time_s, "time_s")
         metric = v.finite(request.metric, "metric") if request.HasField("metric") else None
-        verdict = await self._submit(
-            self.service.report_progress, job_id, run_id, epochs, energy, time_s, metric
-        )
+        verdict = await self.service.report_progress_async(job_id, run_id, epochs, energy, time_s, metric)
         return pb.ReportProgressResponse(
             stop=verdict.stop,
             reason=STOP_REASON_TO_PB[verdict.reason],
@@ -392,8 +390,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         energy_j, time_s, epochs = v.completion(
             request.energy_j, request.time_s, request.epochs, request.reached_target
         )
-        run = await self._submit(
-            self.service.complete_run,
+        run = await self.service.complete_run_async(
             job_id,
             run_id,
             energy_j=energy_j,
@@ -414,8 +411,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
         power = v.reported_power_limit(request.power_limit_w)
-        run = await self._submit(
-            self.service.fail_run,
+        run = await self.service.fail_run_async(
             job_id,
             run_id,
             v.text(request.reason, "reason") or "failed (no reason given)",
@@ -432,7 +428,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
         run_id = v.identifier(request.run_id, "run_id")
-        expires = await self._submit(self.service.heartbeat, job_id, run_id)
+        expires = await self.service.heartbeat_async(job_id, run_id)
         return pb.HeartbeatResponse(lease_expires_unix_s=expires)
 
     @rpc
@@ -443,8 +439,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             raise InvalidArgumentError(f"max_runs must be >= 0 (0 = all, a page at a time), got {request.max_runs}")
         after_seq = v.page_token_seq(request.page_token, "page_token")
         window_start = v.finite(request.window_start_unix_s, "window_start_unix_s", low=0.0)
-        view = await self.service.store.read(
-            self.service.get_job,
+        view = await self.service.get_job_async(
             job_id,
             request.max_runs,
             after_seq=after_seq,
@@ -465,8 +460,8 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         token = v.text(request.page_token, "page_token")
         window_start = v.finite(request.window_start_unix_s, "window_start_unix_s", low=0.0)
         scopes = current_principal.get().prefixes  # a scoped token sees only its own jobs
-        views, next_token = await self.service.store.read(
-            self.service.list_jobs, prefix, request.page_size or 100, token, scopes, window_start
+        views, next_token = await self.service.list_jobs_async(
+            prefix, request.page_size or 100, token, scopes, window_start
         )
         return pb.ListJobsResponse(jobs=[job_to_pb(view) for view in views], next_page_token=next_token)
 
@@ -474,5 +469,5 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
         job_id = v.identifier(request.job_id, "job_id")
         authorize(job_id)
-        await self._submit(self.service.delete_job, job_id)
+        await self.service.delete_job_async(job_id)
         return pb.DeleteJobResponse()

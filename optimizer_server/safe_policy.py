@@ -31,7 +31,6 @@ from optimizer_server.policy import (
     Policy,
     SuggestContext,
     choose_power_limit,
-    get_policy,
 )
 
 log = logging.getLogger("powerbandit.server.policy")
@@ -46,11 +45,6 @@ class SafePolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.name = policy.name
-
-    @classmethod
-    def named(cls, name: str) -> SafePolicy:
-        """The registered policy ``name``, wrapped."""
-        return cls(get_policy(name))
 
     def new_state(self, spec: JobSpec) -> dict[str, Any]:
         """The state of a new job (a failure here is a bug in the policy: it raises)."""

@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from optimizer_server.auth import TokenAuth
 from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.grpc_service import OptimizerServicer, add_servicer_to_server
 from optimizer_server.metrics import Metrics
+from optimizer_server.policy import PolicyRegistry, default_registry
 from optimizer_server.service import DEFAULT_LEASE_S, DEFAULT_MAX_RUNS_IN_FLIGHT, OptimizerService
 from optimizer_server.store.base import Store, open_store
 from powerbandit.v1 import optimizer_pb2
@@ -48,6 +49,7 @@ class ServerConfig:
     (see :mod:`optimizer_server.auth`). Without tokens the server refuses to listen beyond loopback
     unless ``allow_unauthenticated_remote`` is set. ``tls_cert``/``tls_key``: PEM files for TLS.
     ``metrics_port``: serve Prometheus metrics on ``metrics_host:metrics_port`` (None: off).
+    ``policies``: the policies jobs may name (built here: the default registry).
     """
 
     db_url: str = "sqlite:///powerbandit.db"
@@ -64,6 +66,7 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     max_runs_in_flight: int = DEFAULT_MAX_RUNS_IN_FLIGHT
     db_timeout_s: float | None = None  # PostgreSQL: wait for a pooled connection (None: the store's 3 s)
+    policies: PolicyRegistry = field(default_factory=default_registry)
 
 
 LISTEN_FORM = "HOST:PORT, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::1]:50051 (port 0: any free port)"
@@ -225,7 +228,7 @@ class RunningServer:
             raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
         self.store = store if store is not None else open_store_checked(config.db_url, timeout_s=config.db_timeout_s)
         self.service = OptimizerService(
-            self.store, lease_s=config.lease_s, max_runs_in_flight=config.max_runs_in_flight
+            self.store, config.policies, lease_s=config.lease_s, max_runs_in_flight=config.max_runs_in_flight
         )
         self.metrics = Metrics(self.store)
         self.store.transaction_observer = self.metrics.store_latency.observe
@@ -309,7 +312,7 @@ class RunningServer:
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:
-                expired = await self.store.submit(self.service.expire_lapsed_runs)
+                expired = await self.service.expire_lapsed_runs_async()
                 if expired:
                     log.info("expired %d runs whose lease lapsed", expired)
             except Exception:  # keep sweeping; the next round may succeed

@@ -1,9 +1,16 @@
 """The optimizer's domain logic: jobs, runs, reports. No gRPC here, no SQL.
 
-The gRPC servicer validates and translates requests, then calls :class:`OptimizerService`;
+The gRPC servicer validates and translates requests, then awaits :class:`OptimizerService`;
 this class keeps the run log in a :class:`~optimizer_server.store.base.Store` and asks the job's
 policy (pure code from :mod:`optimizer_server.policy`) for decisions, inside one store
 transaction per change so that concurrent reports are never lost or double counted.
+
+How work is executed is decided here, in one place: each operation is a blocking method (one store
+transaction; in-process callers such as the operator CLI call these directly), and its ``*_async``
+twin is what the event loop awaits. Changes go through :meth:`Store.submit` (SQLite: on the event
+loop's thread, batched into one COMMIT by its group-commit batcher; PostgreSQL: on a worker thread);
+the large reads (``get_job``, ``list_jobs``) through :meth:`Store.read`, on a worker thread, so
+that they never hold up suggestions and reports.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from optimizer_server.policy import (
     ArmSummary,
     JobSpec,
     Observation,
+    PolicyRegistry,
     ProfilePoint,
     SuggestContext,
     decision_rng,
+    default_registry,
     energy_time_cost,
     epoch_cost,
     profiled_power_limit,
@@ -142,17 +151,24 @@ def spec_differences(stored: JobSpec, requested: JobSpec) -> list[str]:
 
 
 class OptimizerService:
-    """Jobs and runs over a store. Thread-safe as far as the store is (each call is one transaction)."""
+    """Jobs and runs over a store. Thread-safe as far as the store is (each call is one transaction).
+
+    ``policies``: the policies jobs may name (``None``: :func:`~optimizer_server.policy.default_registry`,
+    as Vizier's Pythia service defaults its policy factory); the server passes its own.
+    """
 
     def __init__(
         self,
         store: Store,
+        policies: PolicyRegistry | None = None,
         *,
         lease_s: float = DEFAULT_LEASE_S,
         max_runs_in_flight: int = DEFAULT_MAX_RUNS_IN_FLIGHT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.policies = policies if policies is not None else default_registry()
+        self._safe_policies = {name: SafePolicy(self.policies.get(name)) for name in self.policies.names}
         self.lease_s = lease_s
         self.max_runs_in_flight = max_runs_in_flight
         self.clock = clock
@@ -169,7 +185,7 @@ class OptimizerService:
         requested = spec
         if spec.seed == 0:
             spec = replace(spec, seed=secrets.randbits(63) or 1)
-        policy = SafePolicy.named(spec.policy)
+        policy = self._policy(spec.policy)
         record = JobRecord(spec, policy.new_state(spec), self.clock())
         stored, created = self.store.create_job(record)
         if not created:
@@ -235,7 +251,7 @@ class OptimizerService:
 
     def _view(self, record: JobRecord, window_start_unix_s: float = 0.0) -> JobView:
         spec = record.spec
-        policy = SafePolicy.named(spec.policy)
+        policy = self._policy(spec.policy)
         arms = policy.summarize(spec, record.policy_state)
         known = [a for a in arms if a.successes > 0 and math.isfinite(a.cost_mean)]
         best = min(known, key=lambda a: a.cost_mean).batch_size if known else 0
@@ -285,7 +301,7 @@ class OptimizerService:
         now = self.clock()
         with self.store.job_transaction(job_id) as tx:
             spec = tx.job.spec
-            policy = SafePolicy.named(spec.policy)
+            policy = self._policy(spec.policy)
             if request_id:
                 existing = tx.find_run_by_request(request_id)
                 if existing is not None:
@@ -368,7 +384,7 @@ class OptimizerService:
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
             key = gpu_key(run.gpu_model, run.gpu_count)
-            bound = SafePolicy.named(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
+            bound = self._policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric
@@ -441,7 +457,7 @@ class OptimizerService:
             run.finished_unix_s = self.clock()
             run.epoch_cost = self._epoch_cost(tx, run)
             tx.update_run(run)
-            policy = SafePolicy.named(spec.policy)
+            policy = self._policy(spec.policy)
             state = policy.observe(spec, tx.job.policy_state, observation_of(run))
             if state is None:  # logged; the state may be half-changed: rebuild it from the run log
                 state = self._replayed_state(policy, spec, tx.list_runs())
@@ -523,11 +539,126 @@ class OptimizerService:
         """Recompute a job's policy state from its run log (completed runs in completion order)."""
         with self.store.job_transaction(job_id) as tx:
             spec = tx.job.spec
-            state = self._replayed_state(SafePolicy.named(spec.policy), spec, tx.list_runs())
+            state = self._replayed_state(self._policy(spec.policy), spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
             return copy.deepcopy(tx.job)  # the store may keep using its own
 
+    # ------------------------------------------------------------ execution: what the loop awaits
+    async def register_job_async(self, spec: JobSpec) -> tuple[JobSpec, bool]:
+        """:meth:`register_job`, as a change."""
+        return await self.store.submit(self.register_job, spec)
+
+    async def delete_job_async(self, job_id: str) -> None:
+        """:meth:`delete_job`, as a change."""
+        await self.store.submit(self.delete_job, job_id)
+
+    async def get_job_async(
+        self,
+        job_id: str,
+        max_runs: int = 0,
+        *,
+        with_runs: bool = True,
+        after_seq: int = -1,
+        window_start_unix_s: float = 0.0,
+    ) -> JobView:
+        """:meth:`get_job`, as a read on a worker thread."""
+        return await self.store.read(
+            self.get_job,
+            job_id,
+            max_runs,
+            with_runs=with_runs,
+            after_seq=after_seq,
+            window_start_unix_s=window_start_unix_s,
+        )
+
+    async def list_jobs_async(
+        self,
+        prefix: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        scopes: Sequence[str] = (),
+        window_start_unix_s: float = 0.0,
+    ) -> tuple[list[JobView], str]:
+        """:meth:`list_jobs`, as a read on a worker thread."""
+        return await self.store.read(self.list_jobs, prefix, page_size, page_token, scopes, window_start_unix_s)
+
+    async def suggest_async(self, job_id: str, gpu: RunGpu, request_id: str = "") -> Suggestion:
+        """:meth:`suggest`, as a change."""
+        return await self.store.submit(self.suggest, job_id, gpu, request_id)
+
+    async def report_profile_async(
+        self,
+        job_id: str,
+        run_id: str,
+        steps_per_epoch: float,
+        measurements: Sequence[tuple[float, float, float]],
+    ) -> tuple[float, float]:
+        """:meth:`report_profile`, as a change."""
+        return await self.store.submit(self.report_profile, job_id, run_id, steps_per_epoch, measurements)
+
+    async def report_progress_async(
+        self, job_id: str, run_id: str, epochs: float, energy_j: float, time_s: float, metric: float | None
+    ) -> ProgressVerdict:
+        """:meth:`report_progress`, as a change."""
+        return await self.store.submit(self.report_progress, job_id, run_id, epochs, energy_j, time_s, metric)
+
+    async def complete_run_async(
+        self,
+        job_id: str,
+        run_id: str,
+        *,
+        energy_j: float,
+        time_s: float,
+        epochs: float,
+        reached_target: bool,
+        final_metric: float | None = None,
+        power_limit_w: float = 0.0,
+        power_limit_control: str = "",
+    ) -> RunRecord:
+        """:meth:`complete_run`, as a change."""
+        return await self.store.submit(
+            self.complete_run,
+            job_id,
+            run_id,
+            energy_j=energy_j,
+            time_s=time_s,
+            epochs=epochs,
+            reached_target=reached_target,
+            final_metric=final_metric,
+            power_limit_w=power_limit_w,
+            power_limit_control=power_limit_control,
+        )
+
+    async def fail_run_async(
+        self,
+        job_id: str,
+        run_id: str,
+        reason: str,
+        energy_j: float = 0.0,
+        time_s: float = 0.0,
+        epochs: float = 0.0,
+        power_limit_control: str = "",
+        power_limit_w: float = 0.0,
+    ) -> RunRecord:
+        """:meth:`fail_run`, as a change."""
+        return await self.store.submit(
+            self.fail_run, job_id, run_id, reason, energy_j, time_s, epochs, power_limit_control, power_limit_w
+        )
+
+    async def heartbeat_async(self, job_id: str, run_id: str) -> float:
+        """:meth:`heartbeat`, as a change."""
+        return await self.store.submit(self.heartbeat, job_id, run_id)
+
+    async def expire_lapsed_runs_async(self) -> int:
+        """:meth:`expire_lapsed_runs`, as a change (the server's lease sweeper awaits it)."""
+        return await self.store.submit(self.expire_lapsed_runs)
+
     # -------------------------------------------------------------------------------- helpers
+    def _policy(self, name: str) -> SafePolicy:
+        """The job's policy, wrapped; a name the registry does not know raises ``KeyError``."""
+        safe = self._safe_policies.get(name)
+        return safe if safe is not None else SafePolicy(self.policies.get(name))
+
     @staticmethod
     def _replayed_state(policy: SafePolicy, spec: JobSpec, runs: Sequence[RunRecord]) -> dict[str, Any]:
         """A policy state from the run log: completed runs in completion order, unusable ones skipped."""

@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from optimizer_server.errors import InvalidArgumentError
-from optimizer_server.policy import POLICY_NAMES, JobSpec
+from optimizer_server.policy import JobSpec, PolicyRegistry
 from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA
 from optimizer_server.service import RunGpu
 from powerbandit.v1 import optimizer_pb2 as pb
@@ -82,8 +82,11 @@ def measurement(value: float, field: str) -> float:
     return finite(value, field, low=0.0, high=MAX_MEASUREMENT)
 
 
-def job_spec(msg: pb.JobSpec) -> JobSpec:
-    """A validated :class:`JobSpec` from its message, defaults filled in."""
+def job_spec(msg: pb.JobSpec, policies: PolicyRegistry) -> JobSpec:
+    """A validated :class:`JobSpec` from its message, defaults filled in.
+
+    ``spec.policy`` must name one of ``policies`` (empty: the registry's default).
+    """
     job_id = identifier(msg.job_id, "spec.job_id")
     if not msg.batch_sizes:
         raise InvalidArgumentError("spec.batch_sizes is empty; list the batch sizes the job may use")
@@ -103,9 +106,9 @@ def job_spec(msg: pb.JobSpec) -> JobSpec:
         raise InvalidArgumentError(f"spec.max_epochs must be in 1..{MAX_EPOCHS_LIMIT}, got {msg.max_epochs}")
     eta = finite(msg.eta, "spec.eta", low=0.0, high=1.0) if msg.HasField("eta") else DEFAULT_ETA
     beta = finite(msg.beta, "spec.beta", low=1.0, high=1e6) if msg.HasField("beta") else DEFAULT_BETA
-    policy = msg.policy or POLICY_NAMES[0]
-    if policy not in POLICY_NAMES:
-        raise InvalidArgumentError(f"spec.policy {policy!r} is unknown; use one of {', '.join(POLICY_NAMES)}")
+    policy = msg.policy or policies.default_name
+    if policy not in policies:
+        raise InvalidArgumentError(f"spec.policy {policy!r} is unknown; use one of {', '.join(policies.names)}")
     if msg.metric_direction not in METRIC_DIRECTIONS:
         raise InvalidArgumentError(
             f"spec.metric_direction {msg.metric_direction} is not a known direction; use "

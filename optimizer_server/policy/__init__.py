@@ -16,7 +16,7 @@ from optimizer_server.policy.base import (
     epoch_cost,
     profiled_power_limit,
 )
-from optimizer_server.policy.registry import POLICY_NAMES, get_policy
+from optimizer_server.policy.registry import POLICY_NAMES, PolicyRegistry, default_registry, get_policy
 
 __all__ = [
     "ArmSummary",
@@ -25,12 +25,14 @@ __all__ = [
     "Observation",
     "POLICY_NAMES",
     "Policy",
+    "PolicyRegistry",
     "ProfilePoint",
     "SuggestContext",
     "best_power_limit",
     "budget_power_limit",
     "choose_power_limit",
     "decision_rng",
+    "default_registry",
     "energy_time_cost",
     "epoch_cost",
     "get_policy",
