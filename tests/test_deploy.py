@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 import powerbandit
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 yaml = pytest.importorskip("yaml", reason="the dev extra installs PyYAML")
 

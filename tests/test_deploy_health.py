@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from optimizer_server.server import EmbeddedServer
 from powerbandit.cli.health import default_address
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def health_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ import pytest
 
 import powerbandit
 from simulations.traces import TRACE_DIR_ENV, TraceSet, default_trace_dir, packaged_trace_dir
-from tests.conftest import REPO_ROOT
+from tests.helpers import BLOCK_SERVER_EXTRA, REPO_ROOT, _source_copy
 
 SHARED_TRACES = REPO_ROOT.parent / "shared" / "traces" / "zeus_nsdi23"
 TRACE_FILES = (
@@ -165,17 +165,6 @@ def test_sdk_modules_import_no_server_dependency() -> None:
     assert done.stdout.strip() == "[]"
 
 
-BLOCK_SERVER_EXTRA = """
-import importlib.abc, runpy, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"numpy", "matplotlib", "grpc_reflection", "prometheus_client"}:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, Block())
-sys.argv = ["powerbandit", *sys.argv[1:]]
-runpy.run_module("powerbandit", run_name="__main__")
-"""
 
 
 @pytest.mark.parametrize(
@@ -208,16 +197,6 @@ def test_cli_without_the_server_extra(tmp_path: Path, args: list[str], code: int
         )
 
 
-# -------------------------------------------------------------------------------- wheel and sdist
-def _source_copy(tmp_path: Path) -> Path:
-    """The checkout without its virtualenv, git data and build leftovers (builds never touch the tree)."""
-    src = tmp_path / "src"
-    ignore = shutil.ignore_patterns(
-        ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-        ".hypothesis", "site", "*.db", "*.db-wal", "*.db-shm",
-    )  # fmt: skip
-    shutil.copytree(REPO_ROOT, src, ignore=ignore)
-    return src
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +259,7 @@ def test_sdist_carries_what_the_tests_need(built: tuple[Path, Path]) -> None:
     with tarfile.open(sdist) as tf:
         names = {n.removeprefix(prefix) for n in tf.getnames()}
     for needed in (
-        "tests/conftest.py", "tests/test_packaging.py", "protos/powerbandit/v1/optimizer.proto", "buf.yaml",
+        "tests/conftest.py", "tests/helpers.py", "tests/test_packaging.py", "protos/powerbandit/v1/optimizer.proto", "buf.yaml",
         "tools/gen_protos.py", "mkdocs.yml", "docs/index.md", "deploy/docker/Dockerfile", "setup.py",
         "LICENSE", "NOTICE", "CHANGELOG.md", "simulations/data/zeus_nsdi23/SHA256SUMS",
         "examples/train_synthetic_classifier.py", "benchmarks/load.py",

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import powerbandit
-from tests.test_packaging import _source_copy
+from tests.helpers import _source_copy
 
 pytestmark = pytest.mark.wheel
 
@@ -159,7 +159,7 @@ def test_tests_run_from_the_sdist(server_venv: Path, dists: tuple[Path, Path], t
     )
     out = _run(
         [str(server_venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_simulator.py", "tests/test_sdk.py", "tests/test_cli.py", "tests/test_packaging.py",
+         "tests/simulations/test_simulator.py", "tests/client_sdk/test_sdk.py", "tests/powerbandit/cli/test_cli.py", "tests/test_packaging.py",
          "-k", "not wheel_contents and not sdist_carries"],
         root, env=_clean_env(),
     )  # fmt: skip
