@@ -1,6 +1,6 @@
 """``powerbandit agent`` as a newcomer meets it: exit statuses, messages, failed starts, leases and JSON.
 
-Real agent processes on Unix sockets and real CLI processes (helpers from ``tests/test_agent.py``);
+Real agent processes on Unix sockets and real CLI processes (helpers from ``tests/helpers.py``);
 the simulated GPUs are the only fake.
 """
 
