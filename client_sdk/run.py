@@ -26,13 +26,15 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from client_sdk.errors import RunStateError
+from client_sdk.errors import OptimizerClientError, RunStateError
 from client_sdk.gpu import Gpu
+from powerbandit.domain import energy_time_cost, power_time_cost
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from client_sdk.client import Job, OptimizerClient, OptimizerClientError
+    from client_sdk.api import ApiClient
+    from client_sdk.job import Job
     from powerbandit.v1 import optimizer_pb2 as pb
 
 log = logging.getLogger("powerbandit.sdk.run")
@@ -76,7 +78,7 @@ def cheapest_power_limit(
     """
 
     def step_cost(m: ProfileMeasurement) -> float:
-        return eta * m.average_power_w * m.time_per_step_s + (1 - eta) * max_power_w * m.time_per_step_s
+        return power_time_cost(eta, m.average_power_w, m.time_per_step_s, max_power_w)
 
     if max_slowdown:
         top = max(measurements, key=lambda m: m.power_limit_w)
@@ -130,7 +132,7 @@ class TrainingRun:
 
     def __init__(
         self,
-        client: OptimizerClient,
+        client: ApiClient,
         job: Job,
         gpu: Gpu,
         *,
@@ -321,8 +323,6 @@ class TrainingRun:
         """Make a server call; with fail-open, an unreachable server makes the run offline (None)."""
         if self._unreachable is not None:
             return None
-        from client_sdk.client import OptimizerClientError
-
         try:
             return call()
         except OptimizerClientError as exc:
@@ -371,7 +371,7 @@ class TrainingRun:
             energy_j=energy_j,
             time_s=time_s,
             reached_target=self.reached_target,
-            cost=s.eta * energy_j + (1 - s.eta) * s.max_power_w * time_s,
+            cost=energy_time_cost(s.eta, energy_j, time_s, s.max_power_w),
             reason=str(self._unreachable),
         )
         log.info(

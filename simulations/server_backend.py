@@ -13,10 +13,13 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 
 from client_sdk.client import Job, OptimizerClient
 from client_sdk.gpu import GpuInfo
-from optimizer_server.policy.base import Decision, JobSpec, Observation, ProfilePoint, SuggestContext
+from optimizer_server.policy.base import SuggestContext
+from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint
+from powerbandit.proto_conversion import decision_from_pb
 from simulations.backend import BackendFactory
 from simulations.traces import CANONICAL, TraceSet
 
@@ -33,9 +36,6 @@ def trace_profiles(traces: TraceSet) -> ProfileSource:
 
     return lookup
 
-_PHASES = {1: "explore", 2: "exploit", 3: "fallback"}
-
-
 class ServerBackend:
     """A :class:`~simulations.backend.DecisionBackend` backed by a powerbandit server."""
 
@@ -44,22 +44,7 @@ class ServerBackend:
         self.spec = spec
         self.profile_source = profile_source
         self.job_id = f"{spec.job_id}/{uuid.uuid4().hex[:8]}"  # a fresh job per simulation
-        client.register_job(
-            Job(
-                job_id=self.job_id,
-                batch_sizes=spec.batch_sizes,
-                default_batch_size=spec.default_batch_size,
-                target_metric=spec.target_metric,
-                max_epochs=spec.max_epochs,
-                eta=spec.eta,
-                beta=spec.beta,
-                higher_is_better=spec.higher_is_better,
-                policy=spec.policy,
-                window=spec.window,
-                seed=spec.seed,
-                max_slowdown=spec.max_slowdown or None,
-            )
-        )
+        client.register_job(Job.from_spec(spec, job_id=self.job_id))
         self._run_id = ""
         self._profiling = False
         self._max_cost = math.inf
@@ -72,13 +57,10 @@ class ServerBackend:
         self._run_id = answer.run_id
         self._profiling = bool(answer.profile_power_limits_w)
         self._max_cost = answer.max_cost
-        return Decision(
-            batch_size=answer.batch_size,
-            power_limit_w=None if self._profiling else answer.power_limit_w,
-            profile_power_limits_w=tuple(answer.profile_power_limits_w),
-            phase=_PHASES.get(answer.phase, "explore"),
-            explanation=answer.explanation,
-        )
+        decision = decision_from_pb(answer)
+        if decision.phase == Phase.UNSPECIFIED:  # a server that does not say (or a newer phase): exploration
+            decision = replace(decision, phase=Phase.EXPLORE)
+        return decision
 
     def cost_bound(self, batch_size: int | None = None) -> float:
         """The bound the server sent with the suggestion (computed for the run's batch size)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA, ProfilePoint
+from powerbandit.domain import DEFAULT_BETA, DEFAULT_ETA, ProfilePoint, power_time_cost
 
 GPUS: tuple[str, ...] = ("v100", "a40", "rtx6000", "p100")
 
@@ -121,10 +121,7 @@ class TraceJob:
     def epoch_cost(self, b: int, p: float) -> float:
         """``eta * energy_per_epoch + (1 - eta) * MAX_POWER * time_per_epoch`` at ``(b, p)``."""
         point = self.power[b][p]
-        return (
-            self.eta * point.average_power_w * point.time_per_epoch_s
-            + (1.0 - self.eta) * self.max_power * point.time_per_epoch_s
-        )
+        return power_time_cost(self.eta, point.average_power_w, point.time_per_epoch_s, self.max_power)
 
     def best_power_limit(self, b: int) -> float:
         """``argmin_p epoch_cost(b, p)``, the highest limit on ties (what profiling finds)."""

@@ -4,6 +4,10 @@ Everything in :mod:`optimizer_server.policy` is pure: no I/O, no clocks, no glob
 A policy turns ``(job spec, policy state, context, rng)`` into a :class:`Decision`, and folds a
 finished run (:class:`Observation`) into its state. The gRPC server and the simulator call the
 very same code, so a simulated result is what the service would have done.
+
+The records a policy reads and writes (:class:`JobSpec`, :class:`ProfilePoint`, :class:`Decision`,
+:class:`Observation`, :class:`ArmSummary`) and the cost formula belong to the domain model shared with
+the SDK (:mod:`powerbandit.domain`); they are re-exported here under their old names.
 """
 
 from __future__ import annotations
@@ -15,83 +19,44 @@ from typing import Any, Protocol
 
 import numpy as np
 
-DEFAULT_ETA = 0.5
-DEFAULT_BETA = 2.0
+from powerbandit.domain import (  # re-exported: the policies' record types live in the domain model
+    DEFAULT_BETA,
+    DEFAULT_ETA,
+    ArmSummary,
+    Decision,
+    JobSpec,
+    Observation,
+    PowerProfile,
+    ProfilePoint,
+    energy_time_cost,
+    epoch_cost,
+)
 
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a recurring job is: the search space and the user's trade-off.
-
-    ``eta`` weighs energy against time in the cost, ``beta`` is the early-stop multiple of the best
-    recurrence cost seen so far, ``target_metric`` with ``higher_is_better`` says when a run has
-    reached its goal. The GPU model is *not* part of a job: it belongs to each run.
-
-    ``max_slowdown`` (0: none) is the alternative to ``eta``: a slowdown budget, e.g. 1.1 for "a
-    run may take at most 10 % longer than the default configuration (the default batch size at the
-    maximum power limit) is expected to". Such a job minimises energy within the budget: its ``eta``
-    is 1 (validation sees to it), and the policy leaves out configurations expected to break it.
-    """
-
-    job_id: str
-    batch_sizes: tuple[int, ...]
-    default_batch_size: int
-    target_metric: float
-    max_epochs: int
-    eta: float = DEFAULT_ETA
-    beta: float = DEFAULT_BETA
-    higher_is_better: bool = True
-    policy: str = "powerbandit"
-    window: int = 0
-    seed: int = 0
-    max_slowdown: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "job_id": self.job_id,
-            "batch_sizes": list(self.batch_sizes),
-            "default_batch_size": self.default_batch_size,
-            "target_metric": self.target_metric,
-            "max_epochs": self.max_epochs,
-            "eta": self.eta,
-            "beta": self.beta,
-            "higher_is_better": self.higher_is_better,
-            "policy": self.policy,
-            "window": self.window,
-            "seed": self.seed,
-            "max_slowdown": self.max_slowdown,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(data)
-        values["batch_sizes"] = tuple(int(b) for b in values["batch_sizes"])
-        return cls(**values)
-
-    def reached(self, metric: float) -> bool:
-        """Whether ``metric`` meets the job's target."""
-        if self.higher_is_better:
-            return metric >= self.target_metric
-        return metric <= self.target_metric
-
-
-@dataclass(frozen=True)
-class ProfilePoint:
-    """Measured behaviour of one batch size at one power limit on one GPU model.
-
-    ``average_power_w`` is summed over the run's GPUs; ``time_per_epoch_s`` is wall time.
-    """
-
-    power_limit_w: float
-    average_power_w: float
-    time_per_epoch_s: float
-
-
-PowerProfile = Mapping[float, ProfilePoint]
-"""Power limit (W, per GPU) -> measurement, for one (GPU model, batch size)."""
-
+__all__ = [
+    "DEFAULT_BETA",
+    "DEFAULT_ETA",
+    "ArmSummary",
+    "ClusterPrior",
+    "Decision",
+    "JobSpec",
+    "Observation",
+    "Policy",
+    "PowerProfile",
+    "ProfilePoint",
+    "SuggestContext",
+    "best_power_limit",
+    "best_recurrence",
+    "budget_power_limit",
+    "choose_power_limit",
+    "cluster_prior",
+    "decision_rng",
+    "energy_time_cost",
+    "epoch_cost",
+    "fold_recurrence",
+    "is_finite_nonnegative",
+    "new_recurrence_state",
+    "profiled_power_limit",
+]
 
 @dataclass(frozen=True)
 class ClusterPrior:
@@ -175,57 +140,6 @@ class SuggestContext:
     prior: ClusterPrior | None = None
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A policy's answer to "which configuration should this run use?".
-
-    ``power_limit_w`` is ``None`` when the power limit must first be profiled: the run then tries
-    each of ``profile_power_limits_w`` and keeps the one with the lowest epoch cost.
-    ``phase`` is one of ``explore``, ``exploit``, ``fallback``; ``explanation`` says why in words.
-    """
-
-    batch_size: int
-    power_limit_w: float | None
-    profile_power_limits_w: tuple[float, ...]
-    phase: str
-    explanation: str
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One finished run, as the policy sees it.
-
-    ``epochs`` is how many epochs the run trained; ``reached_target`` whether it met the target.
-    ``cost`` is ``eta * energy_j + (1 - eta) * max_power_w * time_s`` for that run.
-    ``epoch_cost`` is the cost of one epoch at the power limit the run settled on, when known.
-    """
-
-    batch_size: int
-    gpu_model: str
-    power_limit_w: float
-    epochs: float
-    energy_j: float
-    time_s: float
-    cost: float
-    reached_target: bool
-    max_power_w: float
-    epoch_cost: float | None = None
-
-
-@dataclass(frozen=True)
-class ArmSummary:
-    """What a policy believes about one batch size (for people and for ``GetJob``)."""
-
-    batch_size: int
-    status: str  # "unexplored", "active", "pruned"
-    observations: int
-    successes: int
-    cost_mean: float  # posterior mean of the cost of one run; NaN when unknown
-    cost_low: float  # lower end of the 90 % credible interval; NaN when unknown
-    cost_high: float  # upper end of the 90 % credible interval; NaN when unknown
-    epochs_mean: float  # mean epochs to target; NaN when unknown
-
-
 class Policy(Protocol):
     """A bandit policy: pure functions over a JSON-serialisable state dict."""
 
@@ -260,18 +174,6 @@ class Policy(Protocol):
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
         """One :class:`ArmSummary` per batch size of the job, ascending."""
         ...
-
-
-def energy_time_cost(eta: float, energy_j: float, time_s: float, max_power_w: float) -> float:
-    """The user's cost: ``eta * energy + (1 - eta) * MAX_POWER * time``."""
-    return eta * energy_j + (1.0 - eta) * max_power_w * time_s
-
-
-def epoch_cost(eta: float, point: ProfilePoint, max_power_w: float) -> float:
-    """Cost of one epoch at a profiled power limit."""
-    return energy_time_cost(
-        eta, point.average_power_w * point.time_per_epoch_s, point.time_per_epoch_s, max_power_w
-    )
 
 
 def best_power_limit(eta: float, profile: PowerProfile, max_power_w: float) -> float:
