@@ -15,7 +15,7 @@ Two kinds of series, told apart by the ``scope`` label of the store-wide ones:
   ``sum``: ``powerbandit_jobs``, ``powerbandit_runs{state="in_flight"}`` and
   ``powerbandit_energy_saved_joules{gpu_model}`` (the estimated saving against each job's
   measured default configuration, summed over jobs: the definition of
-  :func:`powerbandit.cli.operator_view.job_summary`, the same figure ``powerbandit report`` prints).
+  :mod:`powerbandit.domain.savings`, the same figure ``powerbandit report`` prints).
 
 Counters only go up (a restart resets them, which ``rate``/``increase`` handle); nothing
 cumulative is a gauge, so deleting a job never makes a total drop. No ``_created`` series. Each
@@ -53,6 +53,7 @@ from optimizer_server.store.base import (
     RunRecord,
     Store,
 )
+from powerbandit.domain.savings import GpuSaving, saved_energy_by_gpu, savings_by_gpu
 
 disable_created_metrics()  # no *_created series (process-wide switch of prometheus_client)
 
@@ -68,48 +69,27 @@ _PAGE_JOBS = 200
 
 
 def energy_saved_by_gpu(store: Store) -> dict[str, float]:
-    """Estimated energy saved (J) per GPU model over every job in ``store``.
+    """Estimated energy saved (J) per GPU model over every job in ``store`` (models sorted).
 
-    Builds each job's ``powerbandit.v1.Job`` from its spec, run groups and profiles (what
-    ``ListJobs`` returns) and sums :func:`powerbandit.cli.operator_view.cluster_report`'s per-GPU
-    saving, so the figure is the operator view's. GPU models without any baseline are left out.
+    Each job's saving per GPU model from its run groups and profiles
+    (:func:`powerbandit.domain.savings.savings_by_gpu`), summed over jobs: the definition the
+    operator view prints (``powerbandit report``). GPU models without any baseline are left out.
     """
-    from powerbandit.cli import operator_view
-
-    report = operator_view.cluster_report(_jobs(store), 0.0)
-    return {
-        row["gpu_model"]: float(row["saved_energy_j"])
-        for row in report["per_gpu"]
-        if row["saved_energy_j"] is not None
-    }
-
-
-def _jobs(store: Store) -> list[Any]:
-    """Every job of ``store`` as the ``powerbandit.v1.Job`` ``ListJobs`` returns, without arms and outlook."""
-    from optimizer_server.grpc_service import (  # not at import: it imports us
-        group_to_pb,
-        profile_to_pb,
-        spec_to_pb,
-    )
-    from powerbandit.v1 import optimizer_pb2 as pb
-
-    jobs: list[pb.Job] = []
+    per_job: list[list[GpuSaving]] = []
     after = ""
     while True:
         records = store.list_jobs("", _PAGE_JOBS, after)
         for record in records:
             job_id = record.spec.job_id
-            jobs.append(
-                pb.Job(
-                    spec=spec_to_pb(record.spec),
-                    run_groups=[group_to_pb(g) for g in store.run_groups(job_id)],
-                    profiles=[profile_to_pb(p) for p in store.list_profiles(job_id)],
-                )
+            groups = store.run_groups(job_id)
+            per_job.append(
+                savings_by_gpu(record.spec.default_batch_size, groups, groups, store.list_profiles(job_id))
             )
         if len(records) < _PAGE_JOBS:
             break
         after = records[-1].spec.job_id
-    return jobs
+    saved = saved_energy_by_gpu(per_job)
+    return {model: float(saved[model]) for model in sorted(saved) if saved[model] is not None}  # type: ignore[arg-type]
 
 
 class _StoreCollector(Collector):

@@ -3,27 +3,15 @@
 Nothing here talks to a server or a database: every function takes the ``powerbandit.v1.Job``
 messages that ``GetJob``/``ListJobs`` return, so the numbers are the same against any replica.
 
-**How energy saved is estimated** (:func:`default_baseline`, :func:`job_summary`). Savings are
-counted per GPU model, against the job's *default configuration*: its default batch size ``b0`` at
-the GPU model's maximum power limit. The expected energy (and time) of one successful run at the
-default configuration is taken, in this order, from
+**How energy saved is estimated**: against each GPU model's *default configuration* (the job's
+default batch size at the model's maximum power limit), as :mod:`powerbandit.domain.savings`
+defines it (the server's ``powerbandit_energy_saved_joules`` metric sums the same figure). This
+module converts the messages into domain records (:mod:`powerbandit.proto_conversion`) and
+presents the result.
 
-1. ``measured``: the mean energy of the completed runs that reached the target at ``b0`` with the
-   power limit at the maximum, on that GPU model;
-2. ``profile``: the measured power profile of ``b0`` on that GPU model at the maximum limit
-   (average power x epoch time) times the mean epochs to target of the runs at ``b0`` that
-   reached it (on any GPU model: epochs to target do not depend on the hardware).
-
-When neither exists (``b0`` never reached the target, or was never profiled at the maximum
-limit on that model) there is no baseline and no saving is claimed: the figure is ``None`` with
-the reason. Otherwise ``saved = successes x baseline - used``, where ``used`` is the energy
-reported by *every* finished run on that GPU model (completed, stopped early, failed, expired:
-exploration is paid for) and ``successes`` the runs that reached the target: what the same number
-of trained models would have cost at the default configuration, minus what they cost.
-
-This is the one definition of "saved": ``powerbandit demo``, ``jobs list``, ``jobs show`` and
-``report`` all take it from :func:`job_summary` and print it with :func:`saved_text`, next to the
-baseline it was measured against (``saved["baseline"]``).
+``powerbandit demo``, ``jobs list``, ``jobs show`` and ``report`` all take the saving from
+:func:`job_summary` and print it with :func:`saved_text`, next to the baseline it was measured
+against (``saved["baseline"]``).
 """
 
 from __future__ import annotations
@@ -32,27 +20,24 @@ import math
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from powerbandit.domain import ProfilePoint, ProfileRecord, RunGroup, energy_time_cost
+from powerbandit.domain import savings as domain_savings
+from powerbandit.domain.savings import LIMIT_TOLERANCE_W, Baseline, usage_by_gpu
+from powerbandit.proto_conversion import (
+    PHASE_TO_PB,
+    POWER_LIMIT_CONTROL_TO_PB,
+    RUN_STATE_TO_PB,
+    group_from_pb,
+    profile_from_pb,
+)
 from powerbandit.v1 import optimizer_pb2 as pb
 
-#: Tolerance when comparing power limits (W).
-LIMIT_TOLERANCE_W = 0.5
-
-RUN_STATE_NAMES = {
-    pb.RUN_STATE_UNSPECIFIED: "unknown",
-    pb.RUN_STATE_IN_FLIGHT: "in_flight",
-    pb.RUN_STATE_COMPLETED: "completed",
-    pb.RUN_STATE_FAILED: "failed",
-    pb.RUN_STATE_EXPIRED: "expired",
-}
-PHASE_NAMES = {
-    pb.PHASE_UNSPECIFIED: "",
-    pb.PHASE_EXPLORE: "explore",
-    pb.PHASE_EXPLOIT: "exploit",
-    pb.PHASE_FALLBACK: "fallback",
-}
+#: A run state's name for people and JSON ("unknown" for a number this client does not know).
+RUN_STATE_NAMES = {pb.RUN_STATE_UNSPECIFIED: "unknown", **{v: str(k) for k, v in RUN_STATE_TO_PB.items()}}
+#: A phase's name ("" when unspecified).
+PHASE_NAMES = {v: str(k) for k, v in PHASE_TO_PB.items()}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])\s*$", re.I)
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -137,35 +122,14 @@ def saving_sentence(summary: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ estimates
-@dataclass(frozen=True)
-class Baseline:
-    """Expected energy and time of one successful run at the default configuration on one GPU model."""
-
-    energy_j: float
-    time_s: float
-    source: str  # "measured" or "profile"
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "energy_j": self.energy_j,
-            "time_s": self.time_s,
-            "source": self.source,
-            "detail": self.detail,
-        }
-
-
 def _finished(run: pb.Run | pb.RunGroup) -> bool:
+    """Whether a run (or group) message completed, failed or expired."""
     return run.state in (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_EXPIRED)
 
 
 def _succeeded(run: pb.Run | pb.RunGroup) -> bool:
+    """Whether a run (or group) message completed and reached the target."""
     return run.state == pb.RUN_STATE_COMPLETED and run.reached_target
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
 
 
 def run_groups(job: pb.Job, since_unix_s: float | None = None) -> Sequence[pb.RunGroup]:
@@ -203,6 +167,22 @@ def run_groups(job: pb.Job, since_unix_s: float | None = None) -> Sequence[pb.Ru
     return [groups[k] for k in sorted(groups)]
 
 
+def domain_groups(groups: Iterable[pb.RunGroup]) -> list[RunGroup]:
+    """Run group messages as domain records; a group in a state this client does not know is left out."""
+    out = []
+    for g in groups:
+        try:
+            out.append(group_from_pb(g))
+        except ValueError:
+            continue
+    return out
+
+
+def domain_profiles(job: pb.Job) -> list[ProfileRecord]:
+    """The job's power profiles as domain records."""
+    return [profile_from_pb(p) for p in job.profiles]
+
+
 def latest_gpu_model(job: pb.Job) -> str | None:
     """The GPU model of the job's most recent run (``None`` without runs)."""
     groups = run_groups(job)
@@ -211,78 +191,27 @@ def latest_gpu_model(job: pb.Job) -> str | None:
 
 def max_limit_w(job: pb.Job, gpu_model: str) -> float | None:
     """The per-GPU maximum power limit of ``gpu_model`` as the job's runs reported it."""
-    limits = [g.max_power_limit_w for g in run_groups(job) if g.gpu_model == gpu_model and g.max_power_limit_w > 0]
-    return max(limits) if limits else None
+    return domain_savings.max_power_limit_w(domain_groups(run_groups(job)), gpu_model)
 
 
-def profile_point(job: pb.Job, gpu_model: str, batch_size: int, limit_w: float) -> pb.ProfilePoint | None:
+def profile_point(job: pb.Job, gpu_model: str, batch_size: int, limit_w: float) -> ProfilePoint | None:
     """The profile point of ``batch_size`` on ``gpu_model`` at ``limit_w`` (within 0.5 W), if measured."""
-    for profile in job.profiles:
-        if profile.gpu_model == gpu_model and profile.batch_size == batch_size:
-            for point in profile.points:
-                if abs(point.power_limit_w - limit_w) <= LIMIT_TOLERANCE_W:
-                    return point
-    return None
-
-
-def _mean_of(groups: Iterable[pb.RunGroup], field: str) -> tuple[float | None, int]:
-    """Mean of ``field`` per run over ``groups``, and how many runs (``None`` when none)."""
-    runs = total = 0.0
-    for g in groups:
-        runs += g.runs
-        total += getattr(g, field)
-    return (total / runs if runs else None), int(runs)
+    return domain_savings.profile_point(domain_profiles(job), gpu_model, batch_size, limit_w)
 
 
 def mean_epochs_to_target(job: pb.Job, batch_size: int) -> float | None:
     """Mean epochs of the runs at ``batch_size`` that reached the target (any GPU model)."""
-    return _mean_of((g for g in run_groups(job) if g.batch_size == batch_size and _succeeded(g)), "epochs")[0]
+    return domain_savings.mean_epochs_to_target(domain_groups(run_groups(job)), batch_size)
 
 
 def default_baseline(job: pb.Job, gpu_model: str) -> tuple[Baseline | None, str]:
     """The default configuration's expected successful run on ``gpu_model``, or ``None`` and why.
 
-    From the job's run groups (see :func:`run_groups`) and profiles. See the module docstring.
+    From the job's run groups (see :func:`run_groups`) and profiles; the definition is
+    :func:`powerbandit.domain.savings.default_baseline`.
     """
-    b0 = job.spec.default_batch_size
-    p_max = max_limit_w(job, gpu_model)
-    if p_max is None:
-        return None, f"no runs on {gpu_model}"
-    groups = run_groups(job)
-    at_default = [
-        g
-        for g in groups
-        if g.gpu_model == gpu_model
-        and g.batch_size == b0
-        and _succeeded(g)
-        and abs(g.power_limit_w - p_max) <= LIMIT_TOLERANCE_W
-    ]
-    energy, count = _mean_of(at_default, "energy_j")
-    if energy is not None:
-        return (
-            Baseline(
-                energy,
-                _mean_of(at_default, "time_s")[0] or 0.0,
-                "measured",
-                f"mean of {count} successful run(s) at batch size {b0}, {p_max:g} W on {gpu_model}",
-            ),
-            "",
-        )
-    epochs = mean_epochs_to_target(job, b0)
-    if epochs is None:
-        tried = sum(g.runs for g in groups if g.batch_size == b0 and _finished(g))
-        return None, f"default batch size {b0} has not reached the target yet ({tried} finished run(s) at it)"
-    point = profile_point(job, gpu_model, b0, p_max)
-    if point is None:
-        return None, f"default batch size {b0} was never measured at the maximum {p_max:g} W on {gpu_model}"
-    return (
-        Baseline(
-            point.average_power_w * point.time_per_epoch_s * epochs,
-            point.time_per_epoch_s * epochs,
-            "profile",
-            f"batch size {b0} profile at {p_max:g} W on {gpu_model} x {epochs:.3g} mean epochs to target",
-        ),
-        "",
+    return domain_savings.default_baseline(
+        job.spec.default_batch_size, domain_groups(run_groups(job)), domain_profiles(job), gpu_model
     )
 
 
@@ -315,8 +244,9 @@ def best_expectation(job: pb.Job) -> dict[str, Any]:
         out["detail"] = "no runs"
         return out
     out["gpu_model"] = model
-    epochs = mean_epochs_to_target(job, b)
-    point = profile_point(job, model, b, limit) if limit else None
+    groups = domain_groups(run_groups(job))
+    epochs = domain_savings.mean_epochs_to_target(groups, b)
+    point = domain_savings.profile_point(domain_profiles(job), model, b, limit) if limit else None
     if point is not None and epochs is not None:
         out.update(
             energy_j=point.average_power_w * point.time_per_epoch_s * epochs,
@@ -327,48 +257,23 @@ def best_expectation(job: pb.Job) -> dict[str, Any]:
         return out
     measured = [
         g
-        for g in run_groups(job)
+        for g in groups
         if g.gpu_model == model
         and g.batch_size == b
-        and _succeeded(g)
+        and domain_savings.is_success(g)
         and (not limit or abs(g.power_limit_w - limit) <= LIMIT_TOLERANCE_W)
     ]
-    energy, count = _mean_of(measured, "energy_j")
+    energy, count = domain_savings.mean_per_run(measured, "energy_j")
     if energy is not None:
         out.update(
             energy_j=energy,
-            time_s=_mean_of(measured, "time_s")[0],
+            time_s=domain_savings.mean_per_run(measured, "time_s")[0],
             source="measured",
             detail=f"mean of {count} successful run(s) at this configuration on {model}",
         )
     else:
         out["detail"] = f"batch size {b} at {limit:g} W has no profile or successful run on {model}"
     return out
-
-
-@dataclass
-class GroupUsage:
-    """Energy and time of a job's finished runs on one GPU model (in a time window)."""
-
-    gpu_model: str
-    runs: int = 0
-    successes: int = 0
-    energy_j: float = 0.0
-    time_s: float = 0.0
-
-
-def usage_by_gpu(groups: Iterable[pb.RunGroup]) -> dict[str, GroupUsage]:
-    """Finished runs in the window (``in_window`` groups) summed per GPU model."""
-    usage: dict[str, GroupUsage] = {}
-    for g in groups:
-        if not g.in_window:
-            continue
-        u = usage.setdefault(g.gpu_model, GroupUsage(g.gpu_model))
-        u.runs += g.runs
-        u.successes += g.runs if _succeeded(g) else 0
-        u.energy_j += g.energy_j
-        u.time_s += g.time_s
-    return usage
 
 
 def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
@@ -378,38 +283,38 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
     use the job's whole history. ``saved.energy_j`` is ``None`` with ``saved.reason`` when no GPU
     model has a baseline; when only some have, it covers those (listed in ``saved.uncovered``).
     """
-    groups = usage_by_gpu(run_groups(job, since_unix_s))
+    window = domain_groups(run_groups(job, since_unix_s))
+    history = domain_groups(run_groups(job))
+    usage = usage_by_gpu(window)
     per_gpu = []
     saved_e = saved_t = base_e = covered_used = 0.0
     covered, uncovered, reasons, methods, baselines = 0, [], [], set(), []
-    for model in sorted(groups):
-        g = groups[model]
-        baseline, reason = default_baseline(job, model)
-        row: dict[str, Any] = {
-            "gpu_model": model,
-            "runs": g.runs,
-            "successes": g.successes,
-            "energy_j": g.energy_j,
-            "time_s": g.time_s,
-            "baseline": baseline.to_dict() if baseline else None,
-            "saved_energy_j": None,
-            "saved_time_s": None,
-            "reason": reason or None,
-        }
+    for s in domain_savings.savings_by_gpu(job.spec.default_batch_size, window, history, domain_profiles(job)):
+        g, baseline = s.usage, s.baseline
+        per_gpu.append(
+            {
+                "gpu_model": g.gpu_model,
+                "runs": g.runs,
+                "successes": g.successes,
+                "energy_j": g.energy_j,
+                "time_s": g.time_s,
+                "baseline": baseline.to_dict() if baseline else None,
+                "saved_energy_j": s.saved_energy_j,
+                "saved_time_s": s.saved_time_s,
+                "reason": s.reason or None,
+            }
+        )
         if baseline is not None:
-            row["saved_energy_j"] = g.successes * baseline.energy_j - g.energy_j
-            row["saved_time_s"] = g.successes * baseline.time_s - g.time_s
-            saved_e += row["saved_energy_j"]
-            saved_t += row["saved_time_s"]
+            saved_e += s.saved_energy_j  # type: ignore[operator]
+            saved_t += s.saved_time_s  # type: ignore[operator]
             base_e += g.successes * baseline.energy_j
             covered_used += g.energy_j
             covered += 1
             methods.add(baseline.source)
             baselines.append(baseline.detail)
         else:
-            uncovered.append(model)
-            reasons.append(reason)
-        per_gpu.append(row)
+            uncovered.append(g.gpu_model)
+            reasons.append(s.reason)
     saved: dict[str, Any] = {
         "energy_j": None,
         "time_s": None,
@@ -430,7 +335,7 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
             baseline="; ".join(baselines),
             reason=("not counted: " + "; ".join(reasons)) if reasons else None,
         )
-    elif groups:
+    elif per_gpu:
         saved["reason"] = "; ".join(reasons)
     else:
         saved["reason"] = "no finished runs" + (" in the window" if since_unix_s > 0 else "")
@@ -439,10 +344,10 @@ def job_summary(job: pb.Job, since_unix_s: float = 0.0) -> dict[str, Any]:
         "completed_runs": job.completed_runs,
         "in_flight_runs": job.in_flight_runs,
         "failed_runs": job.failed_runs,
-        "finished_runs": sum(g.runs for g in groups.values()),
-        "successes": sum(g.successes for g in groups.values()),
-        "energy_j": sum(g.energy_j for g in groups.values()),
-        "time_s": sum(g.time_s for g in groups.values()),
+        "finished_runs": sum(u.runs for u in usage.values()),
+        "successes": sum(u.successes for u in usage.values()),
+        "energy_j": sum(u.energy_j for u in usage.values()),  # summed in the order the groups came
+        "time_s": sum(u.time_s for u in usage.values()),
         "best": best_expectation(job),
         "saved": saved,
         "per_gpu": per_gpu,
@@ -575,12 +480,7 @@ def job_detail(job: pb.Job, recent: int = 20) -> dict[str, Any]:
 
 #: How a run's limit was applied: "nvml" (directly), "agent" (node agent), "none" (not in force),
 #: "simulated" (replay or simulated GPU); "" = not reported (older SDK, run in flight).
-POWER_LIMIT_CONTROL_NAMES = {
-    pb.POWER_LIMIT_CONTROL_NVML: "nvml",
-    pb.POWER_LIMIT_CONTROL_AGENT: "agent",
-    pb.POWER_LIMIT_CONTROL_NONE: "none",
-    pb.POWER_LIMIT_CONTROL_SIMULATED: "simulated",
-}
+POWER_LIMIT_CONTROL_NAMES = {v: str(k) for k, v in POWER_LIMIT_CONTROL_TO_PB.items()}
 
 
 def run_outcome(run: pb.Run) -> str:
@@ -705,8 +605,7 @@ def _job_figure(plt: Any, job: pb.Job, figsize: tuple[float, float], dpi: int) -
         if baseline is not None:
             p_max = max_limit_w(job, model) or 0.0
             count = finished[-1].gpu_count or 1
-            eta = job.spec.eta
-            cost = eta * baseline.energy_j + (1 - eta) * p_max * count * baseline.time_s
+            cost = energy_time_cost(job.spec.eta, baseline.energy_j, baseline.time_s, p_max * count)
             handles.append(left.axhline(cost / factor, color="tab:red", linestyle="--",
                                         label=f"default config, estimated ({baseline.source})"))  # fmt: skip
     ran = [b for b in sizes if any(r.batch_size == b for r in finished)]
