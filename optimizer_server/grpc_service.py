@@ -1,5 +1,7 @@
 """The gRPC layer: validate, translate, call :class:`OptimizerService`, map errors to status codes.
 
+Records become messages through :mod:`powerbandit.proto_conversion` (the one conversion module).
+
 Domain errors become status codes in exactly one place (:data:`STATUS_OF`). Each handler runs on
 the server's event loop and awaits one ``*_async`` method of :class:`OptimizerService`, which
 decides how the work is executed (see :mod:`optimizer_server.service`); the servicer never sees
@@ -32,10 +34,19 @@ from optimizer_server.errors import (
     UnavailableError,
 )
 from optimizer_server.metrics import Metrics
-from optimizer_server.policy import JobSpec
 from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.service import JobView, OptimizerService
-from optimizer_server.store.base import ProfileRecord, RunGroup, RunRecord
+from optimizer_server.store.base import RunRecord
+from powerbandit.proto_conversion import (
+    arm_to_pb,
+    group_to_pb,
+    phase_to_pb,
+    power_limit_control_from_pb,
+    profile_to_pb,
+    run_to_pb,
+    spec_to_pb,
+    stop_reason_to_pb,
+)
 from powerbandit.v1 import optimizer_pb2 as pb
 from powerbandit.v1 import optimizer_pb2_grpc as pb_grpc
 
@@ -52,40 +63,16 @@ STATUS_OF: dict[type[OptimizerError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
-PHASE_TO_PB = {"explore": pb.PHASE_EXPLORE, "exploit": pb.PHASE_EXPLOIT, "fallback": pb.PHASE_FALLBACK}
-RUN_STATE_TO_PB = {
-    "in_flight": pb.RUN_STATE_IN_FLIGHT,
-    "completed": pb.RUN_STATE_COMPLETED,
-    "failed": pb.RUN_STATE_FAILED,
-    "expired": pb.RUN_STATE_EXPIRED,
-}
-POWER_LIMIT_CONTROL_TO_PB = {
-    "": pb.POWER_LIMIT_CONTROL_UNSPECIFIED,
-    "nvml": pb.POWER_LIMIT_CONTROL_NVML,
-    "agent": pb.POWER_LIMIT_CONTROL_AGENT,
-    "none": pb.POWER_LIMIT_CONTROL_NONE,
-    "simulated": pb.POWER_LIMIT_CONTROL_SIMULATED,
-}
-_POWER_LIMIT_CONTROL_FROM_PB = {v: k for k, v in POWER_LIMIT_CONTROL_TO_PB.items()}
-
-
 def power_limit_control_of(value: int) -> str:
     """The stored name of a ``PowerLimitControl`` value; an unknown number is INVALID_ARGUMENT."""
     try:
-        return _POWER_LIMIT_CONTROL_FROM_PB[value]
-    except KeyError:
+        return power_limit_control_from_pb(value).value
+    except ValueError:
         raise InvalidArgumentError(
             f"power_limit_control {value} is not a PowerLimitControl value (0-4); "
             "build requests from protos/powerbandit/v1/optimizer.proto"
         ) from None
 
-
-STOP_REASON_TO_PB = {
-    "": pb.STOP_REASON_UNSPECIFIED,
-    "target_reached": pb.STOP_REASON_TARGET_REACHED,
-    "cost_bound": pb.STOP_REASON_COST_BOUND,
-    "max_epochs": pb.STOP_REASON_MAX_EPOCHS,
-}
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -178,71 +165,6 @@ def rpc(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
-    """A domain spec as its message."""
-    return pb.JobSpec(
-        job_id=spec.job_id,
-        batch_sizes=list(spec.batch_sizes),
-        default_batch_size=spec.default_batch_size,
-        target_metric=spec.target_metric,
-        metric_direction=(
-            pb.METRIC_DIRECTION_HIGHER_IS_BETTER
-            if spec.higher_is_better
-            else pb.METRIC_DIRECTION_LOWER_IS_BETTER
-        ),
-        max_epochs=spec.max_epochs,
-        eta=spec.eta,
-        beta=spec.beta,
-        policy=spec.policy,
-        window=spec.window,
-        seed=spec.seed,
-        max_slowdown=spec.max_slowdown if spec.max_slowdown > 0 else None,
-    )
-
-
-def run_to_pb(run: RunRecord) -> pb.Run:
-    """A run record as its message."""
-    return pb.Run(
-        run_id=run.run_id,
-        job_id=run.job_id,
-        state=RUN_STATE_TO_PB[run.state],
-        batch_size=run.batch_size,
-        power_limit_w=run.power_limit_w,
-        gpu_model=run.gpu_model,
-        gpu_count=run.gpu_count,
-        energy_j=run.energy_j,
-        time_s=run.time_s,
-        epochs=run.epochs,
-        reached_target=run.reached_target,
-        cost=run.cost,
-        phase=PHASE_TO_PB.get(run.phase, pb.PHASE_UNSPECIFIED),
-        created_unix_s=run.created_unix_s,
-        finished_unix_s=run.finished_unix_s,
-        reason=run.reason,
-        max_power_w=run.max_power_w,
-        profiled=run.profiled,
-        power_limit_control=POWER_LIMIT_CONTROL_TO_PB.get(run.power_limit_control, pb.POWER_LIMIT_CONTROL_UNSPECIFIED),
-    )
-
-
-def group_to_pb(group: RunGroup) -> pb.RunGroup:
-    """A run group as its message."""
-    return pb.RunGroup(
-        gpu_model=group.gpu_model,
-        batch_size=group.batch_size,
-        power_limit_w=group.power_limit_w,
-        state=RUN_STATE_TO_PB[group.state],
-        reached_target=group.reached_target,
-        in_window=group.in_window,
-        runs=group.runs,
-        energy_j=group.energy_j,
-        time_s=group.time_s,
-        epochs=group.epochs,
-        max_power_limit_w=group.max_power_limit_w,
-        last_created_unix_s=group.last_created_unix_s,
-    )
-
-
 RUNS_PAGE_BYTES = 3 * 1024 * 1024
 """Serialized runs per GetJob answer at most: with the job's other fields, under the 4 MiB limit."""
 
@@ -264,39 +186,11 @@ def runs_page_to_pb(job: pb.Job, runs: list[RunRecord], *, newest: bool) -> bool
     return len(messages) == len(runs)
 
 
-def profile_to_pb(profile: ProfileRecord) -> pb.PowerProfile:
-    """A stored power profile as its message."""
-    return pb.PowerProfile(
-        gpu_model=profile.gpu_model,
-        batch_size=profile.batch_size,
-        points=[
-            pb.ProfilePoint(
-                power_limit_w=pt.power_limit_w,
-                average_power_w=pt.average_power_w,
-                time_per_epoch_s=pt.time_per_epoch_s,
-            )
-            for pt in profile.points.values()
-        ],
-    )
-
-
 def job_to_pb(view: JobView) -> pb.Job:
     """A job view as its message (without runs: see :func:`runs_page_to_pb`)."""
     return pb.Job(
         spec=spec_to_pb(view.record.spec),
-        arms=[
-            pb.Arm(
-                batch_size=a.batch_size,
-                status=a.status,
-                observations=a.observations,
-                successes=a.successes,
-                cost_mean=a.cost_mean,
-                cost_low=a.cost_low,
-                cost_high=a.cost_high,
-                epochs_mean=a.epochs_mean,
-            )
-            for a in view.arms
-        ],
+        arms=[arm_to_pb(a) for a in view.arms],
         best_batch_size=view.best_batch_size,
         best_power_limit_w=view.best_power_limit_w,
         profiles=[profile_to_pb(p) for p in view.profiles],
@@ -342,7 +236,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             batch_size=run.batch_size,
             power_limit_w=run.power_limit_w,
             profile_power_limits_w=list(run.profile_power_limits_w) if run.power_limit_w == 0 else [],
-            phase=PHASE_TO_PB.get(run.phase, pb.PHASE_UNSPECIFIED),
+            phase=phase_to_pb(run.phase),
             explanation=run.explanation,
             max_cost=suggestion.max_cost,
             max_epochs=spec.max_epochs,
@@ -375,7 +269,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         verdict = await self.service.report_progress_async(job_id, run_id, epochs, energy, time_s, metric)
         return pb.ReportProgressResponse(
             stop=verdict.stop,
-            reason=STOP_REASON_TO_PB[verdict.reason],
+            reason=stop_reason_to_pb(verdict.reason),
             message=verdict.message,
             cost=verdict.cost,
             max_cost=verdict.max_cost,
