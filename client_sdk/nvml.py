@@ -60,6 +60,7 @@ from client_sdk.devices.restore_guard import RestoreGuard
 from client_sdk.devices.selection import select_from_cuda_visible_devices
 from client_sdk.gpu import Gpu, GpuInfo, GpuUnavailableError
 from client_sdk.power_polling import PowerPoller
+from powerbandit.domain import DEFAULT_POWER_LIMIT_STEP_W, candidate_power_limits
 
 if TYPE_CHECKING:
     from client_sdk.devices.agent_lease import AgentLease
@@ -127,7 +128,7 @@ class NvmlGpu(Gpu):
         self,
         device_indices: Sequence[int] | None = None,
         power_limits_w: Sequence[float] | None = None,
-        power_limit_step_w: float = 25.0,
+        power_limit_step_w: float = DEFAULT_POWER_LIMIT_STEP_W,
         poll_interval_s: float = 0.1,
         energy_source: EnergySource = "auto",
         *,
@@ -287,13 +288,7 @@ class NvmlGpu(Gpu):
                     f"power_limits_w {outside} outside this GPU's allowed range [{lo:g}, {hi:g}] W"
                 )
             return tuple(sorted({min(max(w, lo), hi) for w in values}))
-        values = []
-        w = hi
-        while w > lo + _RANGE_TOL_W:
-            values.append(w)
-            w = hi - len(values) * step_w
-        values.append(lo)
-        return tuple(sorted(set(values)))
+        return candidate_power_limits(lo, hi, step_w, tolerance_w=_RANGE_TOL_W)
 
     def _choose_energy_source(self, requested: str) -> str:
         if requested == "polling":
