@@ -339,6 +339,15 @@ def git_commit() -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def uncommitted_changes() -> bool | None:
+    """Whether the checkout has changes ``HEAD`` does not hold (``None`` outside a git checkout)."""
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
 def as_json(
     measured: Sequence[Measured], target_sets: Mapping[str, Mapping[str, float]], quick: bool, wall_s: float
 ) -> dict[str, Any]:
@@ -346,6 +355,7 @@ def as_json(
     return {
         "format": JSON_FORMAT,
         "commit": git_commit(),
+        "uncommitted_changes": uncommitted_changes(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "wall_s": round(wall_s, 1),
