@@ -146,28 +146,38 @@ class ZeusPolicy:
         return best, "exploit", f"Thompson sample: batch size {best} has the lowest sampled cost"
 
     # -------------------------------------------------------------- observe
-    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
-        """Record the run's cost; advance pruning when it is the batch size pruning expected."""
+    def upgrade_state(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` as a new dict with the same content: version 1 is the only version so far."""
+        return dict(state)
+
+    def observe(self, spec: JobSpec, state: Mapping[str, Any], observation: Observation) -> dict[str, Any]:
+        """A new state with the run's cost recorded, and pruning advanced when it is the batch size
+        pruning expected (``state`` is not changed)."""
         b = int(observation.batch_size)
         key = str(b)
         cost = float(observation.cost)
         never_ran = observation.epochs <= 0 and not observation.reached_target
         if never_ran and state["min_recurrence_cost"] is not None:
             cost = 100.0 * spec.beta * float(state["min_recurrence_cost"])
-        state["costs"].setdefault(key, []).append(cost)
-        state["observations"] += 1
+        new = dict(state)
+        new["costs"] = {**state["costs"], key: [*state["costs"].get(key, []), cost]}
+        new["observations"] = state["observations"] + 1
         if observation.reached_target:
-            state["successes"][key] = state["successes"].get(key, 0) + 1
-            state["epochs_sum"][key] = state["epochs_sum"].get(key, 0.0) + float(observation.epochs)
-        fold_recurrence(state, observation)
+            new["successes"] = {**state["successes"], key: state["successes"].get(key, 0) + 1}
+            new["epochs_sum"] = {**state["epochs_sum"], key: state["epochs_sum"].get(key, 0.0) + float(observation.epochs)}
+        new["min_recurrence_cost_by_gpu"] = dict(state.get("min_recurrence_cost_by_gpu", {}))
+        fold_recurrence(new, observation)
 
-        if self._expecting(state) == b:
-            self._advance_pruning(state, b, cost, observation.reached_target)
-        return state
+        if self._expecting(new) == b:
+            prune = state["prune"]
+            new["prune"] = {**prune, "arms": list(prune["arms"]), "good": list(prune["good"])}
+            self._advance_pruning(new, b, cost, observation.reached_target)
+        return new
 
     @staticmethod
     def _advance_pruning(state: dict[str, Any], b: int, cost: float, reached: bool) -> None:
-        """One step of the published pruning generator for the result of batch size ``b``."""
+        """One step of the published pruning generator for the result of batch size ``b``, in place
+        (on the new state :meth:`observe` builds)."""
         prune = state["prune"]
         switch = True
         if reached:

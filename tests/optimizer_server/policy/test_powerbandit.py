@@ -14,7 +14,7 @@ from optimizer_server.policy.base import (
     SuggestContext,
     decision_rng,
 )
-from optimizer_server.policy.powerbandit import PowerBanditPolicy
+from optimizer_server.policy.powerbandit import Hyperparameters, PowerBanditPolicy, StateVersionError
 from optimizer_server.policy.registry import POLICY_NAMES, get_policy
 
 SPEC = JobSpec("j", (8, 16, 32, 64, 128), 32, 0.5, 100)
@@ -153,7 +153,12 @@ def test_summarize_statuses() -> None:
 
 
 def test_epoch_cost_extrapolation_is_convex_below_the_profiled_range() -> None:
-    from optimizer_server.policy.powerbandit import EC_DOWN_SLOPE, _extrapolate_ec
+    from optimizer_server.policy.powerbandit.model import extrapolate_epoch_cost
+
+    hp = Hyperparameters()
+
+    def _extrapolate_ec(points: dict[float, float], x: float) -> tuple[float, float]:
+        return extrapolate_epoch_cost(points, x, hp)
 
     # a cost that rises towards small batch sizes: below the profiled range it rises faster than
     # the straight line through the two nearest points, but never beyond 2x per halving
@@ -161,7 +166,7 @@ def test_epoch_cost_extrapolation_is_convex_below_the_profiled_range() -> None:
     y, dist = _extrapolate_ec(rising, 4.0)
     linear = math.log(2.0) + (math.log(2.0) - math.log(1.5))
     assert dist == 1.0
-    assert linear < y <= math.log(2.0) - EC_DOWN_SLOPE + 1e-12
+    assert linear < y <= math.log(2.0) - hp.ec_down_slope + 1e-12
     # a flat (saturated) curve stays flat, and inside the range it is an interpolation
     flat = {2.0: 0.0, 3.0: 0.01}
     assert _extrapolate_ec(flat, 1.0)[0] == pytest.approx(-0.01)
@@ -171,7 +176,7 @@ def test_epoch_cost_extrapolation_is_convex_below_the_profiled_range() -> None:
 
 
 def test_exploration_gate_weighs_gain_over_horizon_against_trial_loss() -> None:
-    from optimizer_server.policy.powerbandit import _worth_exploring
+    from optimizer_server.policy.powerbandit.model import worth_exploring as _worth_exploring
 
     best = 10.0
     # clearly cheaper: always worth it; far dearer and nearly certain: never
@@ -182,9 +187,7 @@ def test_exploration_gate_weighs_gain_over_horizon_against_trial_loss() -> None:
     assert _worth_exploring(math.log(12.0), 0.04, best, 1000.0)
 
 
-def test_untried_arm_that_cannot_pay_off_is_not_explored(monkeypatch: pytest.MonkeyPatch) -> None:
-    import optimizer_server.policy.powerbandit as pb
-
+def test_untried_arm_that_cannot_pay_off_is_not_explored() -> None:
     policy = PowerBanditPolicy()
     spec = JobSpec("g", (16, 32, 64), 64, 0.5, 100)
     state = policy.new_state(spec)
@@ -199,14 +202,14 @@ def test_untried_arm_that_cannot_pay_off_is_not_explored(monkeypatch: pytest.Mon
         )
     context = SuggestContext("v100", 250.0, LIMITS, profiles={64: profile(1.0), 32: profile(1.1)})
 
-    def chosen() -> list[int]:
+    def chosen(policy: PowerBanditPolicy) -> list[int]:
         return [policy.suggest(spec, state, context, decision_rng(1, i)).batch_size for i in range(500)]
 
-    gated = chosen()
+    gated = chosen(policy)
     assert 16 not in gated
     assert gated.count(64) > 400
-    monkeypatch.setattr(pb, "HORIZON_MIN", 1e12)  # an endless horizon: every chance is worth a trial
-    assert set(chosen()) == {16}  # ... and a trial that is worth it is run at once
+    endless = PowerBanditPolicy(Hyperparameters(horizon_min_runs=1e12))  # every chance is worth a trial
+    assert set(chosen(endless)) == {16}  # ... and a trial that is worth it is run at once
 
 
 def test_trial_that_passes_the_gate_is_run_at_once() -> None:
@@ -257,7 +260,8 @@ def test_state_stays_bounded_and_window_keeps_only_recent_samples() -> None:
 
 
 def test_version_1_state_is_upgraded_to_the_same_model() -> None:
-    """A state saved by an older server (every sample kept) is converted on first use."""
+    """A state saved by an older server (every sample kept) is converted where it is loaded
+    (``upgrade_state``), to the same model; a read path refuses it unconverted."""
     policy = PowerBanditPolicy()
     history = [obs(32, 10), obs(16, 12), obs(64, 30, reached=False), obs(16, 11), obs(8, 0, reached=False)]
     state = policy.new_state(SPEC)
@@ -279,12 +283,16 @@ def test_version_1_state_is_upgraded_to_the_same_model() -> None:
             arm["never_ran"] += 1
     c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
     old = json.loads(json.dumps(v1))
-    assert [policy.suggest(SPEC, old, c, decision_rng(5, i)) for i in range(20)] == [
+    loaded = policy.upgrade_state(SPEC, old)
+    assert old == v1  # the stored state is not changed
+    assert [policy.suggest(SPEC, loaded, c, decision_rng(5, i)) for i in range(20)] == [
         policy.suggest(SPEC, state, c, decision_rng(5, i)) for i in range(20)
     ]
-    assert policy.summarize(SPEC, json.loads(json.dumps(v1))) == policy.summarize(SPEC, state)
-    upgraded = policy.observe(SPEC, json.loads(json.dumps(v1)), obs(32, 9))
+    assert policy.summarize(SPEC, loaded) == policy.summarize(SPEC, state)
+    upgraded = policy.observe(SPEC, policy.upgrade_state(SPEC, json.loads(json.dumps(v1))), obs(32, 9))
     assert upgraded["version"] == 3 and upgraded == policy.observe(SPEC, state, obs(32, 9))
+    with pytest.raises(StateVersionError, match="version 1.*upgrade_state"):
+        policy.suggest(SPEC, old, c, decision_rng(5, 0))
 
 
 def _as_version_2(state: dict, window: int) -> dict:
@@ -321,11 +329,23 @@ def test_version_2_state_is_upgraded_to_the_same_model(window: int) -> None:
     for o in history:
         state = policy.observe(spec, state, o)
     v2 = json.loads(json.dumps(_as_version_2(state, window)))
+    stored = json.loads(json.dumps(v2))
+    loaded = policy.upgrade_state(spec, stored)
+    assert stored == v2  # the stored state is not changed
     c = ctx({32: 10.0, 16: 18.0, 64: 6.0})
-    assert [policy.suggest(spec, json.loads(json.dumps(v2)), c, decision_rng(5, i)) for i in range(20)] == [
+    assert [policy.suggest(spec, loaded, c, decision_rng(5, i)) for i in range(20)] == [
         policy.suggest(spec, state, c, decision_rng(5, i)) for i in range(20)
     ]
-    assert policy.summarize(spec, json.loads(json.dumps(v2))) == policy.summarize(spec, state)
-    assert policy.cost_bound(spec, json.loads(json.dumps(v2)), 128, "A40") == policy.cost_bound(spec, state, 128, "A40")
-    upgraded = policy.observe(spec, v2, obs(16, 13))
+    assert policy.summarize(spec, loaded) == policy.summarize(spec, state)
+    assert policy.cost_bound(spec, loaded, 128, "A40") == policy.cost_bound(spec, state, 128, "A40")
+    upgraded = policy.observe(spec, policy.upgrade_state(spec, v2), obs(16, 13))
     assert upgraded["version"] == 3 and upgraded == policy.observe(spec, state, obs(16, 13))
+    for read in (
+        lambda: policy.suggest(spec, v2, c, decision_rng(5, 0)),
+        lambda: policy.summarize(spec, v2),
+        lambda: policy.cost_bound(spec, v2, 128, "A40"),
+        lambda: policy.power_limit(spec, v2, c, 32),
+        lambda: policy.observe(spec, v2, obs(16, 13)),
+    ):
+        with pytest.raises(StateVersionError, match="version 2"):
+            read()

@@ -17,7 +17,8 @@ from optimizer_server.policy.base import (
     cluster_prior,
     decision_rng,
 )
-from optimizer_server.policy.powerbandit import PowerBanditPolicy, _utilisation_slopes
+from optimizer_server.policy.powerbandit import Hyperparameters, PowerBanditPolicy
+from optimizer_server.policy.powerbandit.model import utilisation_slopes
 from simulations.engine import simulate
 from simulations.scenarios import leave_one_out_prior, simulate_leave_one_out
 from simulations.traces import TraceSet
@@ -41,8 +42,8 @@ def after_default(epochs: float = 5.0) -> dict[str, object]:
 
 
 def test_utilisation_sets_the_slope_of_one_profile() -> None:
-    starved = _utilisation_slopes(context(45.0))[10.0]
-    busy = _utilisation_slopes(context(280.0))[10.0]
+    starved = utilisation_slopes(context(45.0), Hyperparameters())[10.0]
+    busy = utilisation_slopes(context(280.0), Hyperparameters())[10.0]
     assert starved == pytest.approx(-math.log(2.0) * (1 - 0.15 / 0.5))
     assert busy == 0.0
 

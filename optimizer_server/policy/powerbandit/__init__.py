@@ -1,0 +1,92 @@
+"""``powerbandit``: Thompson sampling on epochs-to-target times the measured epoch cost.
+
+The cost of a run factors as ``epochs_to_target(b) * epoch_cost(b, p)``. The epoch cost at the
+best power limit is a measurement (the power profile of ``b`` on the run's GPU model), so the
+policy only has to learn ``epochs_to_target(b)``, which does not depend on the GPU. Model:
+
+- ``log epochs_to_target(b) ~ N(mu_b, sigma^2)``, one noise precision shared by all batch sizes
+  with a Gamma prior (a Normal-Gamma model with a proper prior: one run never makes an arm
+  certain).
+- The prior of ``mu_b`` comes from the other batch sizes' data, weighted by distance in
+  ``log2(b)`` (neighbours share strength); the arm's own successes update it.
+- A run that failed (stopped, or did not reach the target) is censored evidence: it took more
+  than ``epochs`` epochs. It enters as a pseudo-observation a fixed factor above ``epochs``.
+- The epoch cost of a batch size not yet profiled on this GPU is extrapolated from the profiled
+  ones along ``log2(b)``, with an uncertainty that grows with the distance. Below the profiled
+  range a curve that already rises towards small batch sizes is steepened (convexity: the GPU
+  empties as the batch shrinks), which keeps the policy from trying small batch sizes whose
+  epochs are far dearer.
+
+A suggestion draws one sample of every candidate's cost and picks the cheapest (Thompson
+sampling). Candidates are the batch sizes already tried plus the untried neighbours of the ones
+that reached the target, so exploration grows outward from what works instead of sweeping. An
+untried neighbour must also be worth a trial (an expected-improvement gate): its expected saving
+per run over the best arm's mean cost, times a horizon (the job's age in runs, at least
+``horizon_min_runs``: the number of future recurrences is unknown), must exceed the excess cost the
+trial run is expected to have. A trial that passes the gate is run at once, before any tried batch
+size, rather than whenever its Thompson draw happens to win: the gate has already judged it worth
+its cost, and putting it off only puts off what it may save while the runs in between go to arms
+it may beat (with plain Thompson sampling an untried neighbour as likely as not cheaper than the
+best arm won only some of the draws, and the walk from the default batch size to the best one
+spent runs on arms already known to be dearer). When several trials pass the gate, the Thompson
+draw picks which, so no direction is favoured. The gate alone decides how much is explored, hence
+its short minimum horizon.
+
+A trial run is stopped once it costs ``explore_bound`` times the best arm's mean (see
+:meth:`PowerBanditPolicy.cost_bound`). A stop derived from the trial's predicted cost instead (stop
+once its chance of reaching the target in the next epochs no longer pays for restarting on the best
+arm) lost to this fixed bound in the simulations: most trials that cross the best mean still
+finish below the bound, and finishing them costs less than starting over. When nothing looks
+usable the policy still answers, with ``phase="fallback"``.
+
+The package:
+
+- :mod:`.hyperparameters`: :class:`Hyperparameters`, every constant in one frozen record (the
+  policy's constructor takes one; the defaults are the policy's).
+- :mod:`.state`: the stored state, typed (:class:`~.state.PowerBanditState`, one
+  :class:`~.state.ArmSums` per batch size), its JSON form (``encode``/``decode``) and the upgrade of
+  versions 1 and 2, done once where a state is loaded (:meth:`PowerBanditPolicy.upgrade_state`).
+- :mod:`.model`: per-arm statistics, the posterior of log epochs-to-target, the noise and trend
+  model, the extrapolation of epochs and epoch costs, the exploration gate.
+- :mod:`.policy`: :class:`PowerBanditPolicy` (suggest, observe, power_limit, cost_bound, summarize;
+  candidates and the slowdown budget).
+
+Where the functions of the former single module ``powerbandit.py`` went (module constants
+``NAME`` became fields ``hyperparameters.name`` in lower case, ``HORIZON_MIN`` is
+``horizon_min_runs``; the per-arm dicts ``d["ok"]``, ``d["max"]`` of ``_arm_data`` are
+:class:`~.model.ArmStats` records ``d.ok``, ``d.max_log_epochs``):
+
+================================  ==================================================================
+``powerbandit.py``                now
+================================  ==================================================================
+``_norm_cdf``                     ``model._norm_cdf``
+``_worth_exploring``              ``model.worth_exploring``
+``_extrapolate``                  ``model.extrapolate``
+``_extrapolate_ec``               ``model.extrapolate_epoch_cost`` (takes ``hp``)
+``_prior_slopes``                 ``model.prior_slopes``
+``_utilisation_slopes``           ``model.utilisation_slopes`` (takes ``hp``)
+``_observed``                     ``model.observed``
+``_posterior``                    ``model.posterior`` (takes ``hp`` before ``slopes``)
+``_exp``                          ``model.exp_capped``
+``_Z90``                          ``model.Z_90``
+``PowerBanditPolicy._arm_data``   ``model.arm_statistics`` (returns ``ArmStats`` records)
+``PowerBanditPolicy._noise``      ``model.noise_posterior``
+``PowerBanditPolicy._trend_var``  ``model.trend_var``
+``STATE_VERSION``, ``MIN_EPOCHS``  ``state.STATE_VERSION``, ``state.MIN_EPOCHS``
+``_new_arm``, ``_new_tails``      ``state.EMPTY_ARM``, ``state.EMPTY_TAILS``
+``_push``                         ``ArmSums.with_ok/with_fail/with_cost``, ``state.pushed``
+``_stats``                        ``state.tail_stats``, ``PowerBanditState.cost_sums``
+``_upgrade``                      ``state.upgrade`` (via ``PowerBanditPolicy.upgrade_state``)
+``suggest``, ``observe``, ...     ``policy.PowerBanditPolicy`` (same names; ``_candidates(data)``)
+================================  ==================================================================
+
+Dropped switches, each at the value it had: ``BRIDGE_FAILED`` (False), ``USE_PRIOR`` (True: a
+context without a prior already means none), ``PRIOR_WEIGHT`` (1.0), ``UTIL_SLOPES`` (True),
+``HORIZON_FRACTION`` (1.0). ``NEIGHBOUR_REACH`` is the hyperparameter ``neighbour_reach``.
+"""
+
+from optimizer_server.policy.powerbandit.hyperparameters import Hyperparameters
+from optimizer_server.policy.powerbandit.policy import PowerBanditPolicy
+from optimizer_server.policy.powerbandit.state import STATE_VERSION, StateVersionError
+
+__all__ = ["STATE_VERSION", "Hyperparameters", "PowerBanditPolicy", "StateVersionError"]

@@ -1,0 +1,63 @@
+"""The hyperparameters of ``powerbandit``: one frozen record, the same for every job.
+
+They are never tuned per workload. :class:`~optimizer_server.policy.powerbandit.PowerBanditPolicy`
+takes a :class:`Hyperparameters` in its constructor (the defaults below when none is given), so an
+experiment changes one field of one policy object instead of a module constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Every constant of the ``powerbandit`` model and policy (see the package docstring).
+
+    Slopes are per doubling of the batch size (per unit of ``log2(b)``), on the log scale of the
+    quantity they describe; standard deviations are on the log scale too.
+    """
+
+    noise_shape: float = 2.0
+    """Gamma prior shape of the log-epochs precision."""
+    noise_sd: float = 0.15
+    """Prior guess of the sd of log epochs-to-target between seeds."""
+    trend_sd: float = 0.35
+    """Prior sd of log epochs between batch sizes one doubling apart."""
+    trend_prior_n: float = 0.5
+    """Weight (in neighbour pairs) of that prior against the observed differences."""
+    ec_slope_prior: float = 0.0
+    """Slope of log epoch cost assumed from one profiled batch size (without a utilisation hint)."""
+    ec_slope_max: float = 1.2
+    """Extrapolated slopes of log epoch cost (and log epoch time) are clamped to +- this."""
+    epoch_slope_max: float = 1.5
+    """Extrapolated slopes of log epochs-to-target are clamped to +- this."""
+    epoch_slope_sd: float = 0.3
+    """Prior sd of that slope: a slope from noisy neighbours is shrunk towards the default slope."""
+    ec_down_slope: float = -math.log(2.0)
+    """Steepest plausible slope of log epoch cost going down: at most 2x per halving."""
+    ec_down_weight: float = 0.4
+    """Below the profiled range, an extrapolated slope moves this far towards ``ec_down_slope``."""
+    ec_flat_slope: float = 0.05
+    """A slope of log epoch cost flatter than this is not steepened below the profiled range."""
+    ec_sd: float = 0.1
+    """Sd of an extrapolated log epoch cost per doubling of distance from the profiled range."""
+    util_saturated: float = 0.5
+    """A GPU drawing this share of its highest power limit or more counts as busy (saturated)."""
+    ec_starved_slope: float = -math.log(2.0)
+    """Slope of log epoch cost of a starved GPU (doubling the batch halves the steps)."""
+    censor_factor: float = 1.2
+    """A failed run of ``e`` epochs counts as one that needed ``censor_factor * e``."""
+    explore_bound: float = 1.7
+    """An untried batch size's run is stopped at this multiple of the best arm's mean cost."""
+    ts_scale: float = 0.5
+    """Scale of the posterior sd of tried batch sizes in a Thompson draw."""
+    explore_scale: float = 1.0
+    """Scale of the posterior sd of untried batch sizes in a Thompson draw."""
+    fail_limit: int = 2
+    """This many failures without any success take a batch size out."""
+    neighbour_reach: int = 1
+    """Untried batch sizes up to this many steps beyond a successful one are candidates."""
+    horizon_min_runs: float = 20.0
+    """An exploration is weighed against at least this many future runs (else the job's age)."""

@@ -1,0 +1,279 @@
+"""The ``powerbandit`` model: what the state says about epochs-to-target and epoch costs.
+
+- :func:`arm_statistics`: per batch size, the log epochs of its runs (failed runs as censored
+  pseudo-observations ``log(censor_factor * epochs)``);
+- :func:`noise_posterior` and :func:`trend_var`: the noise between seeds (a Gamma posterior of the
+  shared precision) and how far log epochs move per doubling of the batch size;
+- :func:`posterior`: the posterior of ``mu_b = E[log epochs_to_target(b)]``, neighbours as prior;
+- :func:`extrapolate` and :func:`extrapolate_epoch_cost`: values at batch sizes not yet measured,
+  along ``log2(b)`` (epoch costs convex below the profiled range; :func:`utilisation_slopes` sets the
+  slope from a single profile);
+- :func:`worth_exploring`: the expected-improvement gate of an untried batch size.
+
+Pure functions of their arguments; the constants come from :class:`Hyperparameters`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from optimizer_server.policy.base import SuggestContext
+from optimizer_server.policy.powerbandit.hyperparameters import Hyperparameters
+from optimizer_server.policy.powerbandit.state import EMPTY_ARM, EMPTY_TAILS, PowerBanditState, tail_stats
+
+Z_90 = 1.6448536269514722
+"""The standard normal quantile of 0.95: a 90 % interval is the mean +- ``Z_90`` sd."""
+
+
+@dataclass(slots=True)
+class ArmStats:
+    """What one batch size's runs say about its log epochs-to-target (see :func:`arm_statistics`).
+
+    Built for one suggestion and only read after (not frozen: a frozen dataclass costs four times
+    as much to build, and a named tuple's fields three times as much to read, in the hottest loop).
+    """
+
+    ok: int
+    """Runs that reached the target."""
+    fails: int
+    """Runs that stopped before the target (after at least one epoch)."""
+    never_ran: int
+    """Runs that ended before their first epoch."""
+    n: int
+    """``ok + fails``: the observations of log epochs, failures censored."""
+    mean: float
+    """Mean of those observations (NaN without any)."""
+    ss: float
+    """Their sum of squared deviations from the mean."""
+    max_log_epochs: float
+    """The largest observation (``-inf`` without any)."""
+
+
+Observed = list[tuple[int, float, int, float]]
+"""``(batch size, log2 of it, n, mean)`` per batch size with observations (:func:`observed`)."""
+
+
+def exp_capped(x: float) -> float:
+    """``math.exp`` that saturates instead of overflowing (adversarial reports must not crash)."""
+    return math.exp(min(x, 700.0))
+
+
+def _norm_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def worth_exploring(log_mean: float, log_var: float, best: float, horizon: float) -> bool:
+    """Whether trying an arm whose cost is ``lognormal(log_mean, log_var)`` pays off against the
+    best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per run if it
+    is cheaper, times the horizon, against the expected excess cost of the one trial run."""
+    if not 0.0 < best < math.inf:
+        return False  # nothing measured can be beaten (or compared with)
+    s = math.sqrt(max(log_var, 1e-12))
+    d = (math.log(best) - log_mean) / s
+    mean = exp_capped(log_mean + 0.5 * log_var)
+    gain = best * _norm_cdf(d) - mean * _norm_cdf(d - s)
+    loss = mean * _norm_cdf(s - d) - best * _norm_cdf(-d)
+    return horizon * max(gain, 0.0) > max(loss, 0.0)
+
+
+def arm_statistics(
+    state: PowerBanditState, batch_sizes: tuple[int, ...], window: int, hp: Hyperparameters
+) -> dict[int, ArmStats]:
+    """Per batch size of the job (ascending): counts, mean, sum of squared deviations and maximum of
+    the log epochs, of the last ``window`` runs of each kind when ``window > 0`` (failed runs enter
+    as pseudo-observations ``log(epochs) + log(censor_factor)``)."""
+    arms = state.arms
+    data = {}
+    lc = math.log(hp.censor_factor)
+    all_tails = state.tails if window > 0 else {}
+    for b in sorted(map(int, batch_sizes)):
+        arm = arms.get(b, EMPTY_ARM)
+        if window > 0:
+            tails = all_tails.get(b, EMPTY_TAILS)
+            n_ok, s_ok, q_ok, max_ok = tail_stats(tails.ok)
+            n_f, s_f, q_f, max_f = tail_stats(tails.fail)
+        else:  # the running sums: this runs for every arm of every suggestion
+            n_ok, s_ok, q_ok, max_ok, n_f, s_f, q_f, max_f = arm[:8]
+            if max_ok is None:
+                max_ok = -math.inf
+            if max_f is None:
+                max_f = -math.inf
+        n = n_ok + n_f
+        if n:
+            total = s_ok + s_f + n_f * lc
+            mean = total / n
+            sumsq = q_ok + q_f + 2.0 * lc * s_f + n_f * lc * lc
+            ss = max(sumsq - n * mean * mean, 0.0)  # sum of squared deviations
+        else:
+            mean, ss = math.nan, 0.0
+        data[b] = ArmStats(n_ok, n_f, int(arm.never_ran), n, mean, ss, max(max_ok, max_f + lc))
+    return data
+
+
+def observed(data: Mapping[int, ArmStats]) -> Observed:
+    """``(batch size, log2 of it, n, mean)`` of the batch sizes with data, in ``data``'s order."""
+    return [(c, math.log2(c), d.n, d.mean) for c, d in data.items() if d.n]
+
+
+def noise_posterior(data: Mapping[int, ArmStats], hp: Hyperparameters) -> tuple[float, float]:
+    """Posterior Gamma ``(shape, rate)`` of the shared log-epochs precision."""
+    shape = hp.noise_shape
+    rate = hp.noise_shape * hp.noise_sd**2
+    for d in data.values():
+        if d.n > 1:
+            shape += 0.5 * (d.n - 1)
+            rate += 0.5 * d.ss
+    return shape, rate
+
+
+def trend_var(data: Mapping[int, ArmStats], noise_var: float, hp: Hyperparameters) -> float:
+    """Variance of log epochs per doubling of the batch size: the prior, updated with the
+    differences between neighbouring tried batch sizes (less their noise), so a job whose
+    batch sizes all need about the same epochs soon stops expecting big jumps."""
+    tried = [(math.log2(b), d) for b, d in sorted(data.items()) if d.ok]
+    total = hp.trend_prior_n * hp.trend_sd**2
+    count = hp.trend_prior_n
+    for (x0, d0), (x1, d1) in zip(tried, tried[1:], strict=False):
+        dx = x1 - x0
+        noise = noise_var * (1.0 / d0.n + 1.0 / d1.n)
+        total += max((d1.mean - d0.mean) ** 2 - noise, 0.0) / dx**2
+        count += 1.0
+    return total / count
+
+
+def extrapolate(
+    points: Mapping[float, float],
+    x: float,
+    slope_range: tuple[float, float],
+    default_slope: float,
+    shrink: float = 0.0,
+) -> tuple[float, float]:
+    """Value at ``x`` from known ``points`` (x -> y): linear between the nearest known neighbours,
+    linear extrapolation (slope clamped to ``slope_range``) from the two nearest on one side.
+
+    Returns ``(y, distance to the nearest known x)``.
+    """
+    left = sorted((px for px in points if px < x), reverse=True)
+    right = sorted(px for px in points if px > x)
+    if x in points:
+        return points[x], 0.0
+    if left and right:
+        x0, x1 = left[0], right[0]
+        t = (x - x0) / (x1 - x0)
+        return points[x0] + t * (points[x1] - points[x0]), min(x - x0, x1 - x)
+    side = left or right
+    x0 = side[0]
+    slope = default_slope
+    if len(side) > 1:
+        x1 = side[1]
+        dx2 = (x0 - x1) ** 2
+        # a slope between two noisy points close together is mostly noise: shrink it to the default
+        weight = dx2 / (dx2 + shrink) if shrink > 0 else 1.0
+        slope = default_slope + weight * ((points[x0] - points[x1]) / (x0 - x1) - default_slope)
+    slope = min(max(slope, slope_range[0]), slope_range[1])
+    return points[x0] + slope * (x - x0), abs(x - x0)
+
+
+def extrapolate_epoch_cost(
+    points: Mapping[float, float],
+    x: float,
+    hp: Hyperparameters,
+    single_slopes: Mapping[float, float] | None = None,
+) -> tuple[float, float]:
+    """Log epoch cost at ``x = log2(b)`` from the profiled ``points`` (``log2(b) -> log cost``).
+
+    Inside the profiled range: linear interpolation. Outside it, linear extrapolation from the two
+    nearest points, except that the curve is convex (an epoch's cost rises ever faster as the
+    batch size shrinks and the GPU empties, but never more than ``2x`` per halving): going down,
+    a slope that already rises is steepened towards ``hp.ec_down_slope``. From a single point, the
+    slope is ``single_slopes[x0]`` (:func:`utilisation_slopes`), else ``hp.ec_slope_prior``.
+    Returns ``(log cost, distance to the nearest profiled x)``.
+    """
+    if x in points:
+        return points[x], 0.0
+    left = sorted((px for px in points if px < x), reverse=True)
+    right = sorted(px for px in points if px > x)
+    if left and right:
+        return extrapolate(points, x, (-hp.ec_slope_max, hp.ec_slope_max), hp.ec_slope_prior)
+    down = bool(right)
+    side = right if down else left
+    x0 = side[0]
+    if len(side) > 1:
+        local = (points[x0] - points[side[1]]) / (x0 - side[1])
+        if down:
+            # only a curve that already rises towards small batch sizes is steepened: a flat one
+            # (the GPU saturated even there) stays flat
+            weight = hp.ec_down_weight * min(1.0, max(0.0, -local) / hp.ec_flat_slope)
+            slope = local + weight * (hp.ec_down_slope - local)
+        else:
+            slope = local
+    else:
+        slope = (single_slopes or {}).get(x0, hp.ec_slope_prior)
+    slope = min(max(slope, -hp.ec_slope_max), hp.ec_slope_max)
+    return points[x0] + slope * (x - x0), abs(x - x0)
+
+
+def prior_slopes(context: SuggestContext) -> tuple[float, float]:
+    """Log epochs per doubling below and above the tried batch sizes: the cluster prior's, else 0."""
+    prior = context.prior
+    if prior is None:
+        return (0.0, 0.0)
+    return (prior.epochs_slope_down, prior.epochs_slope_up)
+
+
+def utilisation_slopes(context: SuggestContext, hp: Hyperparameters) -> dict[float, float]:
+    """Per profiled batch size (``log2(b)``): the slope of log epoch cost per doubling its profile
+    suggests. A GPU that draws little of its power at the highest limit is starved (each step costs
+    about the same whatever the batch): doubling the batch nearly halves an epoch. One near its limit
+    is saturated: an epoch costs about the same at any batch size."""
+    out: dict[float, float] = {}
+    if context.max_power_w <= 0:
+        return out
+    for b, profile in context.profiles.items():
+        if not profile or int(b) <= 0:
+            continue
+        top = profile[max(profile)]
+        util = top.average_power_w / context.max_power_w
+        starved = min(max(1.0 - util / hp.util_saturated, 0.0), 1.0)
+        out[math.log2(int(b))] = hp.ec_starved_slope * starved
+    return out
+
+
+def posterior(
+    observed: Observed,
+    own: ArmStats,
+    b: int,
+    noise_var: float,
+    trend_var: float,
+    hp: Hyperparameters,
+    slopes: tuple[float, float] = (0.0, 0.0),
+) -> tuple[float, float]:
+    """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data (``own``, the
+    arm's :class:`ArmStats`) as likelihood. ``observed`` is :func:`observed` of the arms.
+    ``slopes`` (below, above the observed range) extrapolate log epochs of an untried batch size
+    from one neighbour: 0 without a cluster prior."""
+    x = math.log2(b)
+    prec0 = 0.0
+    mean0 = 0.0
+    for c, log2_c, n_c, mean_c in observed:
+        if c == b:
+            continue
+        var = noise_var / n_c + trend_var * (x - log2_c) ** 2
+        prec0 += 1.0 / var
+        mean0 += mean_c / var
+    n = own.n
+    if n == 0 and prec0 > 0.0:
+        points = {log2_c: mean_c for _, log2_c, _, mean_c in observed}
+        shrink = 2.0 * noise_var / hp.epoch_slope_sd**2
+        default_slope = slopes[0] if x < min(points) else slopes[1] if x > max(points) else 0.0
+        y, dist = extrapolate(points, x, (-hp.epoch_slope_max, hp.epoch_slope_max), default_slope, shrink)
+        return y, noise_var + trend_var * dist**2
+    if prec0 == 0.0:
+        if n == 0:
+            return math.nan, math.inf
+        return own.mean, noise_var / n
+    prec = prec0 + n / noise_var
+    mean = (mean0 + (n * own.mean / noise_var if n else 0.0)) / prec
+    return mean, 1.0 / prec

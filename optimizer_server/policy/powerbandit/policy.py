@@ -1,0 +1,419 @@
+"""``PowerBanditPolicy``: candidates, the Thompson draw, the exploration gate, the slowdown budget,
+early-stop bounds and summaries (the model is in :mod:`.model`, the state in :mod:`.state`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from optimizer_server.policy.base import (
+    ArmSummary,
+    Decision,
+    JobSpec,
+    Observation,
+    SuggestContext,
+    best_recurrence,
+    budget_power_limit,
+    choose_power_limit,
+    epoch_cost,
+    fold_recurrence,
+    new_recurrence_state,
+)
+from optimizer_server.policy.powerbandit import state as states
+from optimizer_server.policy.powerbandit.hyperparameters import Hyperparameters
+from optimizer_server.policy.powerbandit.model import (
+    Z_90,
+    ArmStats,
+    Observed,
+    arm_statistics,
+    exp_capped,
+    extrapolate,
+    extrapolate_epoch_cost,
+    noise_posterior,
+    observed,
+    posterior,
+    prior_slopes,
+    trend_var,
+    utilisation_slopes,
+    worth_exploring,
+)
+from optimizer_server.policy.powerbandit.state import (
+    PowerBanditState,
+)
+
+
+class PowerBanditPolicy:
+    """Structured Thompson sampling over batch sizes (see the package docstring).
+
+    Pure: every method is a function of its arguments and never changes the state it is handed.
+    Read paths (:meth:`suggest`, :meth:`power_limit`, :meth:`cost_bound`, :meth:`summarize`) take
+    a state in the current version only; :meth:`upgrade_state` converts an older one where it is
+    loaded.
+    """
+
+    name = "powerbandit"
+
+    def __init__(self, hyperparameters: Hyperparameters | None = None) -> None:
+        self.hyperparameters = hyperparameters if hyperparameters is not None else Hyperparameters()
+
+    # ---------------------------------------------------------------- state
+    def new_state(self, spec: JobSpec) -> dict[str, Any]:
+        """Nothing observed: every batch size unexplored."""
+        return states.encode(states.new_state(spec.batch_sizes, new_recurrence_state()))
+
+    def upgrade_state(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` in the current version, as a new dict (a copy of a current one); ``state`` is
+        not changed. Raises :class:`~.state.StateVersionError` for a version it does not know."""
+        return states.upgrade(state, spec.window)
+
+    def observe(self, spec: JobSpec, state: Mapping[str, Any], observation: Observation) -> dict[str, Any]:
+        """A new state with one finished run folded in: its epochs (exact or censored), epoch cost
+        and recurrence (``state`` is not changed)."""
+        epochs = float(observation.epochs)
+        ec = observation.epoch_cost
+        if ec is None and epochs > 0 and observation.cost > 0:
+            ec = observation.cost / epochs
+        if not (ec is not None and math.isfinite(ec) and ec > 0):
+            ec = None
+        out = states.with_run(
+            state,
+            int(observation.batch_size),
+            observation.reached_target,
+            epochs,
+            float(observation.cost),
+            ec,
+            observation.gpu_model,
+            spec.window,
+        )
+        # fold_recurrence writes into the new dict and into its cheapest-recurrence-per-GPU map:
+        # that map is still the old state's, so it gets its own copy first
+        out["min_recurrence_cost_by_gpu"] = dict(out.get("min_recurrence_cost_by_gpu", {}))
+        fold_recurrence(out, observation)
+        return out
+
+    def cost_bound(
+        self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
+    ) -> float:
+        """Largest cost a run may spend before it is told to stop.
+
+        ``beta`` times the cheapest finished recurrence (``inf`` before the first). When the run's
+        ``batch_size`` is given and it has never reached the target, the run is an exploration: it
+        is stopped sooner, at ``explore_bound`` times the best arm's mean cost, since by then it
+        is already known to be worse than what we have. With ``gpu_model``, only costs measured on
+        that GPU model are compared (the cost's scale differs between models).
+        """
+        states.require_current(state)
+        explore_bound = self.hyperparameters.explore_bound
+        best = best_recurrence(state, gpu_model)
+        bound = math.inf if best is None else spec.beta * float(best)
+        if batch_size is None:
+            return bound
+        current = states.decode(state)
+        b = int(batch_size)
+        if b in current.arms and current.cost_sums(b, spec.window)[0]:
+            return bound
+        seen_models = set(current.min_recurrence_cost_by_gpu) | set(current.epoch_cost)
+        if gpu_model is not None and seen_models - {gpu_model}:
+            # several GPU models: mean costs of other models are on another scale; use this one's
+            # cheapest recurrence only
+            return bound if best is None else min(bound, explore_bound * float(best))
+        means = [total / n for n, total in (current.cost_sums(a, spec.window) for a in current.arms) if n]
+        if means:
+            bound = min(bound, explore_bound * min(means))
+        return bound
+
+    # -------------------------------------------------------------- helpers
+    def _budget_applies(self, spec: JobSpec, data: Mapping[int, ArmStats]) -> bool:
+        """Whether the job's slowdown budget constrains the choice: a default batch size that never
+        reaches the target has no expected time to compare with, so no budget then."""
+        default = data.get(int(spec.default_batch_size))
+        ruled_out = default is not None and default.ok == 0 and default.fails >= self.hyperparameters.fail_limit
+        return spec.max_slowdown > 0 and not ruled_out
+
+    def _epoch_costs(self, spec: JobSpec, state: PowerBanditState, context: SuggestContext) -> dict[int, float]:
+        """Known epoch cost per batch size on this GPU (profile first, then reported runs)."""
+        known: dict[int, float] = {}
+        if context.profiles:
+            eta, mp = spec.eta, context.max_power_w
+            batch_sizes = spec.batch_sizes
+            for b, profile in context.profiles.items():
+                if profile and int(b) in batch_sizes:
+                    best = math.inf
+                    for pt in profile.values():
+                        # the cost formula in this order of operations (the simulations' figures
+                        # depend on the last bit): not base.epoch_cost, which groups it differently
+                        cost = (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s
+                        if cost < best:
+                            best = cost
+                    if 0.0 < best < math.inf:  # an unusable profile (a 0 W reading) is skipped
+                        known[int(b)] = best
+        for b, ec in state.epoch_cost.get(context.gpu_model, {}).items():
+            if 0.0 < ec < math.inf:
+                known.setdefault(b, ec)
+        return known
+
+    def _candidates(self, data: Mapping[int, ArmStats]) -> list[int]:
+        """Tried batch sizes that are not ruled out, plus untried neighbours of successful ones."""
+        fail_limit = self.hyperparameters.fail_limit
+        reach = self.hyperparameters.neighbour_reach
+        arms = sorted(data)
+        out: set[int] = set()
+        for i, b in enumerate(arms):
+            d = data[b]
+            if d.never_ran and d.ok == 0:
+                continue
+            if d.ok == 0 and d.fails >= fail_limit:
+                continue
+            if d.ok or d.fails:
+                out.add(b)
+            if d.ok:
+                for step in (-1, 1):
+                    for hop in range(1, reach + 1):
+                        j = i + step * hop
+                        if not 0 <= j < len(arms):
+                            break
+                        nb = data[arms[j]]
+                        if nb.ok or nb.fails or nb.never_ran:
+                            break
+                        out.add(arms[j])
+        return sorted(out)
+
+    # -------------------------------------------------------------- suggest
+    def suggest(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
+    ) -> Decision:
+        """Thompson sample of every candidate's cost; the cheapest wins."""
+        hp = self.hyperparameters
+        current = states.decode(state)
+        data = arm_statistics(current, spec.batch_sizes, spec.window, hp)
+        if not any(d.ok or d.fails or d.never_ran for d in data.values()):
+            b = int(spec.default_batch_size)
+            return self._decision(spec, context, b, "explore", f"first run: the default batch size {b}")
+        candidates = self._candidates(data)
+        in_flight = {int(b) for b in context.in_flight}
+        untried_busy = {b for b in candidates if b in in_flight and not (data[b].ok or data[b].fails)}
+        if untried_busy and len(untried_busy) < len(candidates):
+            candidates = [b for b in candidates if b not in untried_busy]
+        if not candidates:
+            return self._fallback(spec, data, context)
+
+        shape, rate = noise_posterior(data, hp)
+        noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else hp.noise_sd**2
+        known = self._epoch_costs(spec, current, context)
+        trend = trend_var(data, noise_var, hp)
+        slopes = prior_slopes(context)
+        observed_arms = observed(data)
+        limits: dict[int, float] = {}
+        budget = self._budget_applies(spec, data)
+        if budget:
+            limits, fitting = self._budget(spec, data, context, observed_arms, noise_var, trend)
+            for b, p in limits.items():
+                known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
+            candidates = [b for b in candidates if b in fitting] or [int(spec.default_batch_size)]
+        ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
+        single_slopes: dict[float, float] | None = None  # computed when first needed
+        costs: dict[int, float] = {}
+        draws = rng.standard_normal(2 * len(candidates)).tolist()
+        moments: dict[int, tuple[float, float]] = {}
+        for i, b in enumerate(candidates):
+            own = data[b]
+            mean, var = posterior(observed_arms, own, b, noise_var, trend, hp, slopes)
+            if not math.isfinite(mean):
+                mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
+            scale = hp.ts_scale if own.ok else hp.explore_scale
+            mu = mean + scale * math.sqrt(var) * draws[2 * i]
+            ec_var = 0.0
+            if b in known:
+                log_ec = ec_mean = math.log(known[b])
+            elif known:
+                if single_slopes is None:
+                    single_slopes = utilisation_slopes(context, hp)
+                ec_mean, dist = extrapolate_epoch_cost(ec_points, math.log2(b), hp, single_slopes)
+                ec_var = (hp.ec_sd * dist) ** 2
+                log_ec = ec_mean + hp.explore_scale * hp.ec_sd * dist * draws[2 * i + 1]
+            else:
+                log_ec = ec_mean = 0.0
+            costs[b] = mu + 0.5 * noise_var + log_ec
+            moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
+        # an untried batch size is only worth a run when what it may save over the remaining runs
+        # (unknown: the job's age is the proxy) outweighs what the trial run is expected to waste
+        tried_ok = [b for b in candidates if data[b].ok and b in known]
+        if tried_ok:
+            best_mean = min(exp_capped(moments[b][0] + 0.5 * moments[b][1]) for b in tried_ok)
+            horizon = max(hp.horizon_min_runs, float(current.observations))
+            keep = [
+                b
+                for b in candidates
+                if data[b].ok or data[b].fails or worth_exploring(*moments[b], best_mean, horizon)
+            ]
+            if keep:
+                candidates = keep
+            # a trial that passed the gate is run now rather than whenever its Thompson draw
+            # happens to win: what it may save starts sooner, and the runs spent meanwhile on
+            # arms it might beat are saved (several such trials: the Thompson draw picks one)
+            untried = [b for b in keep if not (data[b].ok or data[b].fails)]
+            if untried:
+                candidates = untried
+        best = min(candidates, key=lambda b: (costs[b], b))
+        tried = data[best].ok or data[best].fails
+        phase = "exploit" if tried else "explore"
+        explanation = (
+            f"Thompson sample over {len(candidates)} batch sizes: {best} has the lowest sampled cost"
+            if tried
+            else f"exploring batch size {best}, a neighbour of one that reached the target"
+        )
+        if budget:
+            explanation += f" within the slowdown budget {spec.max_slowdown:g}x"
+        return self._decision(spec, context, best, phase, explanation, limits.get(best))
+
+    def power_limit(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int
+    ) -> float | None:
+        """The power limit a run of ``batch_size`` gets on this GPU (``None``: it profiles first).
+
+        What :meth:`suggest` applies, at the posterior mean noise instead of a draw: with a
+        slowdown budget, the cheapest limit expected to fit the whole run's budget.
+        """
+        hp = self.hyperparameters
+        data = arm_statistics(states.decode(state), spec.batch_sizes, spec.window, hp)
+        if self._budget_applies(spec, data) and context.profiles.get(batch_size) and int(batch_size) in data:
+            shape, rate = noise_posterior(data, hp)
+            noise_var = rate / shape if shape > 0 else hp.noise_sd**2
+            limits, _ = self._budget(
+                spec, data, context, observed(data), noise_var, trend_var(data, noise_var, hp)
+            )
+            if int(batch_size) in limits:
+                return limits[int(batch_size)]
+        return choose_power_limit(spec, context, batch_size)[0]
+
+    def _budget(
+        self,
+        spec: JobSpec,
+        data: Mapping[int, ArmStats],
+        context: SuggestContext,
+        observed_arms: Observed,
+        noise_var: float,
+        trend: float,
+    ) -> tuple[dict[int, float], set[int]]:
+        """The slowdown budget on this GPU: the power limit of each profiled batch size expected to fit
+        it, and the batch sizes expected to fit it at all.
+
+        A run of ``(b, p)`` is expected to take ``epochs(b) / epochs(b0) * time_per_epoch(b, p)`` over
+        ``time_per_epoch(b0, p_max)`` times the default's time, with the posterior mean epochs ratio.
+        An unprofiled batch size fits when its extrapolated epoch time at the highest limit does. The
+        default batch size always fits (at the highest limit); before its profile nothing else is
+        judged, so only it fits.
+        """
+        hp = self.hyperparameters
+        b0 = int(spec.default_batch_size)
+        profiles = {int(b): pr for b, pr in context.profiles.items() if pr and int(b) in data}
+        if b0 not in profiles:
+            return {}, {b0}
+        budget = spec.max_slowdown
+        ref = profiles[b0][max(profiles[b0])].time_per_epoch_s
+
+        def log_epochs(b: int) -> float:
+            # a batch size's own runs, when it has some: the posterior leans on the neighbours, which
+            # is optimistic for a budget (a batch size that needed 3x the epochs must not look fine)
+            if data[b].n:
+                return float(data[b].mean)
+            return posterior(observed_arms, data[b], b, noise_var, trend, hp, prior_slopes(context))[0]
+
+        mean0 = log_epochs(b0)
+        t_points = {
+            math.log2(b): math.log(pr[max(pr)].time_per_epoch_s)
+            for b, pr in profiles.items()
+            if pr[max(pr)].time_per_epoch_s > 0
+        }
+        limits: dict[int, float] = {}
+        fitting: set[int] = set()
+        for b in data:
+            mean_b = log_epochs(b)
+            ratio = exp_capped(mean_b - mean0) if b != b0 and math.isfinite(mean_b) and math.isfinite(mean0) else 1.0
+            if b in profiles:
+                pr = profiles[b]
+                scaled = ratio * pr[max(pr)].time_per_epoch_s / ref
+                p = budget_power_limit(spec.eta, pr, context.max_power_w, budget, scaled)
+                if b == b0 and p is None:
+                    p = max(pr)
+                if p is not None:
+                    limits[b] = p
+                    fitting.add(b)
+            elif t_points:
+                log_t, _ = extrapolate(t_points, math.log2(b), (-hp.ec_slope_max, hp.ec_slope_max), 0.0)
+                if ratio * exp_capped(log_t) <= budget * ref:
+                    fitting.add(b)
+        return limits, fitting
+
+    def _fallback(self, spec: JobSpec, data: Mapping[int, ArmStats], context: SuggestContext) -> Decision:
+        """Every batch size looks bad: pick the most promising anyway and say so."""
+
+        def score(b: int) -> tuple[float, ...]:
+            d = data[b]
+            furthest = exp_capped(d.max_log_epochs) if d.n else 0.0
+            return (-d.ok, d.never_ran, d.fails, -furthest, abs(b - spec.default_batch_size))
+
+        b = min(data, key=score)
+        return self._decision(
+            spec,
+            context,
+            b,
+            "fallback",
+            f"every batch size failed to reach the target so far; retrying {b}, the most promising",
+        )
+
+    @staticmethod
+    def _decision(
+        spec: JobSpec,
+        context: SuggestContext,
+        b: int,
+        phase: str,
+        explanation: str,
+        power_limit_w: float | None = None,
+    ) -> Decision:
+        if power_limit_w is not None:
+            return Decision(b, power_limit_w, (), phase, explanation)
+        power_limit, profile = choose_power_limit(spec, context, b)
+        if power_limit is None:
+            explanation += "; profiling power limits during the first epoch"
+        return Decision(b, power_limit, profile, phase, explanation)
+
+    # -------------------------------------------------------------- summary
+    def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
+        """Per batch size: epochs-to-target posterior, and a run's cost where an epoch cost is known."""
+        hp = self.hyperparameters
+        current = states.decode(state)
+        data = arm_statistics(current, spec.batch_sizes, spec.window, hp)
+        shape, rate = noise_posterior(data, hp)
+        noise_var = rate / shape
+        ec_any: dict[int, float] = {}
+        for per_gpu in current.epoch_cost.values():
+            for b, ec in per_gpu.items():
+                if 0.0 < ec < math.inf:
+                    ec_any.setdefault(b, ec)
+        observed_arms = observed(data)
+        trend = trend_var(data, noise_var, hp)
+        out = []
+        for b in sorted(data):
+            d = data[b]
+            tried = d.ok + d.fails + d.never_ran
+            if not tried:
+                status = "unexplored"
+            elif d.ok == 0 and (d.fails >= hp.fail_limit or d.never_ran):
+                status = "pruned"
+            else:
+                status = "active"
+            mean, var = posterior(observed_arms, d, b, noise_var, trend, hp)
+            epochs = exp_capped(mean + 0.5 * noise_var) if math.isfinite(mean) else math.nan
+            if b in ec_any and math.isfinite(mean):
+                sd = math.sqrt(var)
+                cost_mean = epochs * ec_any[b]
+                low = exp_capped(mean - Z_90 * sd + 0.5 * noise_var) * ec_any[b]
+                high = exp_capped(mean + Z_90 * sd + 0.5 * noise_var) * ec_any[b]
+            else:
+                cost_mean = low = high = math.nan
+            out.append(ArmSummary(b, status, tried, d.ok, cost_mean, low, high, epochs))
+        return out

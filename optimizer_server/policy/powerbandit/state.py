@@ -1,0 +1,344 @@
+"""The ``powerbandit`` policy state: typed records, their JSON form, and upgrades of old versions.
+
+The store keeps a job's state as a JSON dict (:func:`encode` writes it, :func:`decode` reads it):
+
+.. code-block:: text
+
+    {"version": 3,
+     "arms": {"32": [ok_n, ok_sum, ok_sumsq, ok_max, fail_n, fail_sum, fail_sumsq, fail_max,
+                     cost_n, cost_sum, never_ran], ...},     # one ArmSums per batch size
+     "epoch_cost": {"V100": {"32": 41.5, ...}, ...},          # GPU model -> batch size -> cost
+     "observations": 12,
+     "recurrence_cost": 0.0, "min_recurrence_cost": 812.0, "min_recurrence_cost_by_gpu": {...},
+     "tails": {"32": [[ok...], [fail...], [cost...]], ...}}   # only with a window, once filled
+
+The policy works on the decoded form (:class:`PowerBanditState`, batch sizes as ``int``, one
+:class:`ArmSums` and :class:`ArmTails` record per batch size). The records are named tuples: the
+state is decoded on every suggestion, and a named tuple is built from its JSON list at the cost of
+a tuple. Every record is immutable; a change makes a new one (:meth:`ArmSums.with_ok` ...).
+
+Version 3 keeps one flat list of running sums per batch size (bounded, and cheap to encode, which
+the server does after every run); version 2 kept the same sums as nested objects; version 1 kept
+every sample. :func:`upgrade` converts versions 1 and 2; only the current version is ever decoded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+STATE_VERSION = 3
+"""The version :func:`encode` writes and :func:`decode` reads."""
+
+MIN_EPOCHS = 1e-3
+"""Epoch counts are floored here before taking logs (a report of 1e-200 epochs must not dominate)."""
+
+
+class StateVersionError(ValueError):
+    """A state that is not in the current version reached code that reads only the current one."""
+
+
+class ArmSums(NamedTuple):
+    """Running sums of one batch size (the state keeps sums, not samples: its size stays bounded).
+
+    ``ok_*``: log epochs of the runs that reached the target (count, sum, sum of squares, maximum);
+    ``fail_*``: the same for the runs that did not; ``cost_*``: count and sum of the costs of the runs
+    that reached the target; ``never_ran``: runs that ended before their first epoch.
+    """
+
+    ok_n: int = 0
+    ok_sum: float = 0.0
+    ok_sumsq: float = 0.0
+    ok_max: float | None = None
+    fail_n: int = 0
+    fail_sum: float = 0.0
+    fail_sumsq: float = 0.0
+    fail_max: float | None = None
+    cost_n: int = 0
+    cost_sum: float = 0.0
+    never_ran: int = 0
+
+    # each update builds the new tuple in one go (``_replace`` costs several times as much, and
+    # these run after every run)
+
+    def with_ok(self, log_epochs: float) -> ArmSums:
+        """The sums with one more run that reached the target after ``exp(log_epochs)`` epochs."""
+        top = self.ok_max
+        return ArmSums(
+            self.ok_n + 1,
+            self.ok_sum + log_epochs,
+            self.ok_sumsq + log_epochs * log_epochs,
+            log_epochs if top is None else max(top, log_epochs),
+            *self[4:],
+        )
+
+    def with_fail(self, log_epochs: float) -> ArmSums:
+        """The sums with one more run that stopped after ``exp(log_epochs)`` epochs short of the target."""
+        top = self.fail_max
+        return ArmSums(
+            *self[:4],
+            self.fail_n + 1,
+            self.fail_sum + log_epochs,
+            self.fail_sumsq + log_epochs * log_epochs,
+            log_epochs if top is None else max(top, log_epochs),
+            *self[8:],
+        )
+
+    def with_cost(self, cost: float) -> ArmSums:
+        """The sums with the cost of one more run that reached the target."""
+        return ArmSums(*self[:8], self.cost_n + 1, self.cost_sum + cost, self.never_ran)
+
+    def with_never_ran(self) -> ArmSums:
+        """The sums with one more run that never ran an epoch."""
+        return ArmSums(*self[:10], self.never_ran + 1)
+
+
+_arm = ArmSums._make
+"""An :class:`ArmSums` from its 11 values in order (its JSON list)."""
+
+EMPTY_ARM = ArmSums()
+"""The sums of a batch size with nothing observed."""
+
+
+def pushed(values: tuple[float, ...], value: float, window: int) -> tuple[float, ...]:
+    """The last ``window`` (> 0) values of ``values`` followed by ``value``."""
+    return (*values[-(window - 1) :], value) if window > 1 else (value,)
+
+
+class ArmTails(NamedTuple):
+    """The last ``window`` values of one batch size's series (kept only for a job with a window):
+    log epochs of the runs that reached the target, of those that did not, and the costs of the
+    former."""
+
+    ok: tuple[float, ...] = ()
+    fail: tuple[float, ...] = ()
+    cost: tuple[float, ...] = ()
+
+
+EMPTY_TAILS = ArmTails()
+"""The tails of a batch size with nothing observed."""
+
+
+def tail_stats(values: tuple[float, ...]) -> tuple[int, float, float, float]:
+    """``(n, sum, sum of squares, max)`` of a tail (``(0, 0.0, 0.0, -inf)`` when empty)."""
+    if not values:
+        return 0, 0.0, 0.0, -math.inf
+    return len(values), math.fsum(values), math.fsum(x * x for x in values), max(values)
+
+
+class PowerBanditState(NamedTuple):
+    """A job's ``powerbandit`` state, decoded (see the module docstring for its JSON form).
+
+    ``arms`` and ``tails`` are keyed by batch size, ``epoch_cost`` by GPU model and then batch size
+    (the cost of one epoch at the power limit a run settled on); the recurrence fields are the
+    bookkeeping every policy keeps (:func:`optimizer_server.policy.base.fold_recurrence`).
+    Treat the mappings as read-only: a change builds a new state.
+    """
+
+    arms: Mapping[int, ArmSums]
+    tails: Mapping[int, ArmTails]
+    epoch_cost: Mapping[str, Mapping[int, float]]
+    observations: int
+    recurrence_cost: float
+    min_recurrence_cost: float | None
+    min_recurrence_cost_by_gpu: Mapping[str, float]
+
+    def cost_sums(self, batch_size: int, window: int) -> tuple[int, float]:
+        """Count and sum of the costs of ``batch_size``'s runs that reached the target: of the last
+        ``window`` of them when ``window > 0``."""
+        if window > 0:
+            tail = self.tails.get(batch_size, EMPTY_TAILS).cost
+            return (len(tail), math.fsum(tail)) if tail else (0, 0.0)
+        arm = self.arms.get(batch_size, EMPTY_ARM)
+        return int(arm.cost_n), float(arm.cost_sum)
+
+
+def new_state(batch_sizes: Iterable[int], recurrence: Mapping[str, Any]) -> PowerBanditState:
+    """Nothing observed: every batch size unexplored; ``recurrence`` is
+    :func:`~optimizer_server.policy.base.new_recurrence_state`."""
+    return PowerBanditState(
+        arms={int(b): EMPTY_ARM for b in sorted(batch_sizes)},
+        tails={},
+        epoch_cost={},
+        observations=0,
+        recurrence_cost=recurrence["recurrence_cost"],
+        min_recurrence_cost=recurrence["min_recurrence_cost"],
+        min_recurrence_cost_by_gpu=dict(recurrence["min_recurrence_cost_by_gpu"]),
+    )
+
+
+def state_version(state: Mapping[str, Any]) -> Any:
+    """The version a stored state says it has (states of version 1 did not say)."""
+    return state.get("version", 1)
+
+
+def require_current(state: Mapping[str, Any]) -> None:
+    """Raise :class:`StateVersionError` unless ``state`` is in the current version."""
+    version = state_version(state)
+    if version != STATE_VERSION:
+        raise StateVersionError(
+            f"a powerbandit state of version {version!r} reached code that reads version {STATE_VERSION} "
+            "only: load stored states through PowerBanditPolicy.upgrade_state"
+        )
+
+
+def decode(state: Mapping[str, Any]) -> PowerBanditState:
+    """The typed form of a current-version JSON state, for reading (``state`` is not changed).
+
+    Raises :class:`StateVersionError` for any other version: old states are converted once, where
+    they are loaded (:func:`upgrade`), never on a read path.
+    """
+    if state.get("version") != STATE_VERSION:
+        require_current(state)
+    arms = state["arms"]
+    tails = state.get("tails")
+    return PowerBanditState(
+        dict(zip(map(int, arms), map(_arm, arms.values()), strict=True)),
+        {int(key): ArmTails(tuple(ok), tuple(fail), tuple(cost)) for key, (ok, fail, cost) in tails.items()}
+        if tails
+        else {},
+        # the costs are floats already: with_run and upgrade store them so
+        {gpu: dict(zip(map(int, per_gpu), per_gpu.values(), strict=True)) for gpu, per_gpu in state["epoch_cost"].items()},
+        state["observations"],
+        state["recurrence_cost"],
+        state["min_recurrence_cost"],
+        state.get("min_recurrence_cost_by_gpu", {}),
+    )
+
+
+def encode(state: PowerBanditState) -> dict[str, Any]:
+    """The JSON form the store keeps (new containers throughout; ``tails`` only when there are any)."""
+    out: dict[str, Any] = {
+        "version": STATE_VERSION,
+        "arms": {str(b): list(arm) for b, arm in state.arms.items()},
+        "epoch_cost": {
+            gpu: {str(b): cost for b, cost in per_gpu.items()} for gpu, per_gpu in state.epoch_cost.items()
+        },
+        "observations": state.observations,
+        "recurrence_cost": state.recurrence_cost,
+        "min_recurrence_cost": state.min_recurrence_cost,
+        "min_recurrence_cost_by_gpu": dict(state.min_recurrence_cost_by_gpu),
+    }
+    if state.tails:
+        out["tails"] = {str(b): [list(t.ok), list(t.fail), list(t.cost)] for b, t in state.tails.items()}
+    return out
+
+
+def with_run(
+    state: Mapping[str, Any],
+    batch_size: int,
+    reached_target: bool,
+    epochs: float,
+    cost: float,
+    epoch_cost: float | None,
+    gpu_model: str,
+    window: int,
+) -> dict[str, Any]:
+    """A new current-version JSON state with one finished run of ``batch_size`` added: its log
+    epochs (to the target, or short of it when ``epochs > 0``; else a run that never ran), the
+    ``cost`` of a run that reached the target, and the ``epoch_cost`` on ``gpu_model`` when known.
+    The recurrence fields are left to the caller.
+
+    ``state`` is not changed. Only the batch size the run used is decoded and encoded again: the
+    new state shares the other batch sizes' lists with ``state`` (this runs after every run; no
+    policy changes a state in place).
+    """
+    if state.get("version") != STATE_VERSION:
+        require_current(state)
+    key = str(int(batch_size))
+    old_arm = state["arms"].get(key)
+    arm = EMPTY_ARM if old_arm is None else _arm(old_arm)
+    all_tails = state.get("tails", {})
+    keep_tails = window > 0 and (reached_target or epochs > 0)
+    tails = EMPTY_TAILS
+    if keep_tails and key in all_tails:
+        ok, fail, costs = all_tails[key]
+        tails = ArmTails(tuple(ok), tuple(fail), tuple(costs))
+    if reached_target:
+        log_epochs = math.log(max(epochs, MIN_EPOCHS))
+        arm = arm.with_ok(log_epochs).with_cost(cost)
+        if keep_tails:
+            tails = tails._replace(ok=pushed(tails.ok, log_epochs, window), cost=pushed(tails.cost, cost, window))
+    elif epochs > 0:
+        log_epochs = math.log(max(epochs, MIN_EPOCHS))
+        arm = arm.with_fail(log_epochs)
+        if keep_tails:
+            tails = tails._replace(fail=pushed(tails.fail, log_epochs, window))
+    else:
+        arm = arm.with_never_ran()
+    out = dict(state)
+    out["arms"] = {**state["arms"], key: list(arm)}
+    if epoch_cost is not None:
+        per_gpu = state["epoch_cost"]
+        out["epoch_cost"] = {**per_gpu, gpu_model: {**per_gpu.get(gpu_model, {}), key: float(epoch_cost)}}
+    out["observations"] = state["observations"] + 1
+    if keep_tails:
+        out["tails"] = {**all_tails, key: [list(tails.ok), list(tails.fail), list(tails.cost)]}
+    return out
+
+
+def upgrade(state: Mapping[str, Any], window: int) -> dict[str, Any]:
+    """``state`` in the current version, as a new dict (``state`` is not changed).
+
+    A current state comes back as a copy with the same content (a new top-level dict; the values
+    are shared, and no policy changes a state in place). Version 1 (every sample kept) is replayed
+    into running sums, keeping the last ``window`` values of each series when ``window > 0``;
+    version 2 (the same sums as nested objects) is re-laid out. Other versions raise
+    :class:`StateVersionError`.
+    """
+    version = state_version(state)
+    if version == STATE_VERSION:
+        return dict(state)
+    if version not in (1, 2):
+        raise StateVersionError(
+            f"a powerbandit state of version {version!r}: this server reads versions 1 to {STATE_VERSION}"
+        )
+    arms: dict[int, ArmSums] = {}
+    all_tails: dict[int, ArmTails] = {}
+    for key, old in state["arms"].items():
+        arm, tails = _upgrade_arm_v1(old, window) if version == 1 else _upgrade_arm_v2(old)
+        arms[int(key)] = arm._replace(never_ran=int(old.get("never_ran", 0)))
+        if any(tails):
+            all_tails[int(key)] = tails
+    current = PowerBanditState(
+        arms=arms,
+        tails=all_tails,
+        epoch_cost={gpu: {int(k): float(v) for k, v in per.items()} for gpu, per in state["epoch_cost"].items()},
+        observations=state["observations"],
+        recurrence_cost=state["recurrence_cost"],
+        min_recurrence_cost=state["min_recurrence_cost"],
+        min_recurrence_cost_by_gpu=dict(state.get("min_recurrence_cost_by_gpu", {})),
+    )
+    return encode(current)
+
+
+def _upgrade_arm_v1(old: Mapping[str, Any], window: int) -> tuple[ArmSums, ArmTails]:
+    """A version-1 arm (every sample) replayed into running sums, in the order it was observed."""
+    arm, tails = EMPTY_ARM, EMPTY_TAILS
+    for value in old.get("log_epochs", []):
+        arm = arm.with_ok(float(value))
+        if window > 0:
+            tails = tails._replace(ok=pushed(tails.ok, float(value), window))
+    for epochs in old.get("fail_epochs", []):
+        log_epochs = math.log(max(float(epochs), MIN_EPOCHS))
+        arm = arm.with_fail(log_epochs)
+        if window > 0:
+            tails = tails._replace(fail=pushed(tails.fail, log_epochs, window))
+    for cost in old.get("ok_costs", []):
+        arm = arm.with_cost(float(cost))
+        if window > 0:
+            tails = tails._replace(cost=pushed(tails.cost, float(cost), window))
+    return arm, tails
+
+
+def _upgrade_arm_v2(old: Mapping[str, Any]) -> tuple[ArmSums, ArmTails]:
+    """A version-2 arm (nested running sums) in the current layout."""
+    ok, fail, cost = old["ok"], old["fail"], old["cost"]
+    arm = ArmSums(
+        int(ok["n"]), float(ok["sum"]), float(ok.get("sumsq", 0.0)), ok.get("max"),
+        int(fail["n"]), float(fail["sum"]), float(fail.get("sumsq", 0.0)), fail.get("max"),
+        int(cost["n"]), float(cost["sum"]),
+    )  # fmt: skip
+    tails = ArmTails(*(tuple(float(x) for x in series.get("tail", ())) for series in (ok, fail, cost)))
+    return arm, tails
