@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from optimizer_server.policy.base import JobSpec  # noqa: E402
 from optimizer_server.service import OptimizerService, RunGpu  # noqa: E402
-from optimizer_server.store.base import open_store  # noqa: E402
+from optimizer_server.store.open import open_store  # noqa: E402
 from powerbandit.cli.demo import synthetic_job  # noqa: E402
 
 

@@ -5,6 +5,7 @@ should never meet a value it cannot handle; but a database written by an older v
 met by one unlucky state, must not turn every ``Suggest``, ``GetJob`` and ``ListJobs`` touching the
 job into ``INTERNAL`` for every caller. :class:`SafePolicy` wraps a policy so that:
 
+* ``upgrade_state`` (applied once where a state is loaded) leaves a state it cannot upgrade as is;
 * ``suggest`` falls back to the job's default batch size (phase ``fallback``, saying why);
 * ``cost_bound`` falls back to no bound (``inf``); ``summarize`` to arms marked ``unknown``;
 * ``observe`` reports failure (``None``) instead of raising, and :meth:`SafePolicy.replay`
@@ -15,7 +16,6 @@ Every fallback is logged at ERROR with the job id and the traceback, so the defe
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -45,6 +45,15 @@ class SafePolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.name = policy.name
+
+    def upgrade_state(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` in the policy's current version (a new dict; ``state`` is not changed), or
+        ``state`` as it is when the policy cannot upgrade it (the other methods then fall back)."""
+        try:
+            return self.policy.upgrade_state(spec, state)
+        except Exception:
+            self._failed("upgrade the stored state", spec)
+            return dict(state)
 
     def new_state(self, spec: JobSpec) -> dict[str, Any]:
         """The state of a new job (a failure here is a bug in the policy: it raises)."""
@@ -108,10 +117,11 @@ class SafePolicy:
             nan = math.nan
             return [ArmSummary(int(b), UNKNOWN_ARM, 0, 0, nan, nan, nan, nan) for b in sorted(spec.batch_sizes)]
 
-    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any] | None:
+    def observe(self, spec: JobSpec, state: Mapping[str, Any], observation: Observation) -> dict[str, Any] | None:
         """The state with ``observation`` folded in, or ``None`` when the policy failed.
 
-        After a failure ``state`` may be half-changed: rebuild it with :meth:`replay`.
+        Policies never change the state they are handed; after a failure the service rebuilds the
+        state from the run log with :meth:`replay`, skipping what the policy cannot fold in.
         """
         try:
             return self.policy.observe(spec, state, observation)
@@ -124,7 +134,7 @@ class SafePolicy:
         state = self.policy.new_state(spec)
         for observation in observations:
             try:
-                state = self.policy.observe(spec, copy.deepcopy(state), observation)
+                state = self.policy.observe(spec, state, observation)  # a new state: ``state`` is kept
             except Exception:
                 log.warning(
                     "skipped an unusable run of batch size %s (energy %r J, time %r s, epochs %r) "

@@ -32,7 +32,8 @@ from optimizer_server.grpc_service import OptimizerServicer, add_servicer_to_ser
 from optimizer_server.metrics import Metrics
 from optimizer_server.policy import PolicyRegistry, default_registry
 from optimizer_server.service import DEFAULT_LEASE_S, DEFAULT_MAX_RUNS_IN_FLIGHT, OptimizerService
-from optimizer_server.store.base import Store, open_store
+from optimizer_server.store.base import Store
+from optimizer_server.store.open import open_store
 from powerbandit.v1 import optimizer_pb2
 
 log = logging.getLogger("powerbandit.server")

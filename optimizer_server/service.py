@@ -15,7 +15,6 @@ that they never hold up suggestions and reports.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import secrets
@@ -169,6 +168,7 @@ class OptimizerService:
         self.store = store
         self.policies = policies if policies is not None else default_registry()
         self._safe_policies = {name: SafePolicy(self.policies.get(name)) for name in self.policies.names}
+        store.policy_state_upgrade = self._upgraded_state  # once, where the store decodes a state
         self.lease_s = lease_s
         self.max_runs_in_flight = max_runs_in_flight
         self.clock = clock
@@ -459,7 +459,7 @@ class OptimizerService:
             tx.update_run(run)
             policy = self._policy(spec.policy)
             state = policy.observe(spec, tx.job.policy_state, observation_of(run))
-            if state is None:  # logged; the state may be half-changed: rebuild it from the run log
+            if state is None:  # logged; rebuild the state from the run log, skipping what cannot fold in
                 state = self._replayed_state(policy, spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
         if self.run_observer is not None:
@@ -541,7 +541,7 @@ class OptimizerService:
             spec = tx.job.spec
             state = self._replayed_state(self._policy(spec.policy), spec, tx.list_runs())
             tx.save_job(state, tx.job.decisions)
-            return copy.deepcopy(tx.job)  # the store may keep using its own
+            return tx.job
 
     # ------------------------------------------------------------ execution: what the loop awaits
     async def register_job_async(self, spec: JobSpec) -> tuple[JobSpec, bool]:
@@ -654,6 +654,12 @@ class OptimizerService:
         return await self.store.submit(self.expire_lapsed_runs)
 
     # -------------------------------------------------------------------------------- helpers
+    def _upgraded_state(self, spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
+        """A state just loaded from the store, in its policy's current version (a policy this
+        service does not know leaves it as it is: using the job then fails as before)."""
+        safe = self._safe_policies.get(spec.policy)
+        return state if safe is None else safe.upgrade_state(spec, state)
+
     def _policy(self, name: str) -> SafePolicy:
         """The job's policy, wrapped; a name the registry does not know raises ``KeyError``."""
         safe = self._safe_policies.get(name)

@@ -4,7 +4,16 @@ Runs, their reports and power profiles are the source of truth; a job's policy s
 from them and saved in the same transaction as the change that produced it. Every change to one
 job happens inside :meth:`Store.job_transaction`, which serialises writers of that job (SQLite:
 one writer at a time; PostgreSQL: a row lock on the job), so concurrent reports are never lost or
-counted twice. Records are passed by value.
+counted twice.
+
+Records are passed by value: every record (and policy state, and profile) a store returns is the
+caller's own, so changing it changes nothing stored until it is handed back through
+:meth:`JobTransaction.update_run`, :meth:`~JobTransaction.save_job` or
+:meth:`~JobTransaction.put_profile`; and a record handed in is stored as it was at that moment, so
+changing it afterwards changes nothing either. ``tests/optimizer_server/store/store_contract.py``
+holds every store to this and the rest of the interface.
+
+This module knows no implementation: :func:`optimizer_server.store.open.open_store` opens one by URL.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ RUN_EXPIRED = "expired"
 RUN_STATES = (RUN_IN_FLIGHT, RUN_COMPLETED, RUN_FAILED, RUN_EXPIRED)
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobRecord:
     """A stored job: its spec, derived policy state, and how many suggestions it has made."""
 
@@ -108,7 +117,10 @@ class JobTransaction(ABC):
     back when it raises.
     """
 
-    job: JobRecord
+    @property
+    @abstractmethod
+    def job(self) -> JobRecord:
+        """The job as this transaction sees it (after :meth:`save_job`: with what was saved)."""
 
     @abstractmethod
     def get_run(self, run_id: str) -> RunRecord:
@@ -136,7 +148,7 @@ class JobTransaction(ABC):
 
     @abstractmethod
     def insert_run(self, run: RunRecord) -> RunRecord:
-        """Add a new run; returns it with ``seq`` assigned."""
+        """Add a new run; returns a copy of it with ``seq`` assigned (``run`` itself is unchanged)."""
 
     @abstractmethod
     def update_run(self, run: RunRecord) -> None:
@@ -256,6 +268,11 @@ class Store(ABC):
     transaction_observer: Callable[[float], None] | None = None
     """Called with the duration in seconds of every job transaction, when set (metrics)."""
 
+    policy_state_upgrade: Callable[[JobSpec, dict[str, Any]], dict[str, Any]] | None = None
+    """Applied to every policy state decoded from the database, once per load, when set: the
+    service sets it so that its policies bring states of older versions up to date before any
+    policy reads them."""
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. Further use is an error."""
@@ -263,29 +280,3 @@ class Store(ABC):
 
 DATABASE_UNAVAILABLE = "database unavailable; retry later (the server log has the details)"
 """What callers are told when the database cannot be reached: driver text stays in the log."""
-
-
-def open_store(url: str, *, timeout_s: float | None = None) -> Store:
-    """Open the store named by ``url``: ``sqlite:///PATH`` or ``postgresql://...``.
-
-    ``timeout_s``: how long a call waits for a PostgreSQL connection (default: the store's).
-    """
-    from optimizer_server.errors import InvalidArgumentError
-
-    if url.startswith("sqlite:///"):
-        from optimizer_server.store.sqlite import SqliteStore
-
-        # SQLAlchemy's convention: sqlite:///relative/path.db and sqlite:////absolute/path.db
-        path = url.removeprefix("sqlite:///")
-        if not path:
-            raise InvalidArgumentError("sqlite URL without a path: use sqlite:///PATH")
-        return SqliteStore(path)
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from optimizer_server.store.postgres import PostgresStore
-        except ImportError as exc:  # psycopg is an optional extra
-            raise InvalidArgumentError(
-                "PostgreSQL support needs the 'postgres' extra: pip install 'powerbandit[postgres]'"
-            ) from exc
-        return PostgresStore(url) if timeout_s is None else PostgresStore(url, timeout_s=timeout_s)
-    raise InvalidArgumentError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")

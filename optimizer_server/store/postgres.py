@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.store.base import DATABASE_UNAVAILABLE
+from optimizer_server.store.schema import SCHEMA_VERSION, VERSION_TABLE, migration_statements
 from optimizer_server.store.sql import Cursor, SqlStore
 
 log = logging.getLogger("powerbandit.store.postgres")
@@ -30,65 +31,6 @@ DEFAULT_TIMEOUT_S = 3.0
 database outage callers get UNAVAILABLE (and retry) rather than a deadline of their own."""
 
 _MIGRATION_LOCK = 0x70B4  # advisory lock key: one migrator at a time
-
-MIGRATIONS: list[str] = [
-    # 1: initial schema
-    """
-    CREATE TABLE jobs (
-        job_id TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        policy_state TEXT NOT NULL,
-        created_unix_s DOUBLE PRECISION NOT NULL,
-        decisions BIGINT NOT NULL DEFAULT 0
-    );
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        state TEXT NOT NULL,
-        batch_size INTEGER NOT NULL,
-        power_limit_w DOUBLE PRECISION NOT NULL,
-        profile_power_limits_w TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        explanation TEXT NOT NULL,
-        gpu_model TEXT NOT NULL,
-        gpu_count INTEGER NOT NULL,
-        max_power_w DOUBLE PRECISION NOT NULL,
-        request_id TEXT NOT NULL,
-        created_unix_s DOUBLE PRECISION NOT NULL,
-        lease_expires_unix_s DOUBLE PRECISION NOT NULL,
-        finished_unix_s DOUBLE PRECISION NOT NULL,
-        energy_j DOUBLE PRECISION NOT NULL,
-        time_s DOUBLE PRECISION NOT NULL,
-        epochs DOUBLE PRECISION NOT NULL,
-        reached_target INTEGER NOT NULL,
-        cost DOUBLE PRECISION NOT NULL,
-        final_metric DOUBLE PRECISION,
-        reason TEXT NOT NULL,
-        profiled INTEGER NOT NULL,
-        epoch_cost DOUBLE PRECISION
-    );
-    CREATE UNIQUE INDEX runs_job_seq ON runs (job_id, seq);
-    CREATE INDEX runs_job_request ON runs (job_id, request_id);
-    CREATE INDEX runs_state_lease ON runs (state, lease_expires_unix_s);
-    CREATE TABLE profiles (
-        job_id TEXT NOT NULL,
-        gpu_model TEXT NOT NULL,
-        batch_size INTEGER NOT NULL,
-        power_limit_w DOUBLE PRECISION NOT NULL,
-        average_power_w DOUBLE PRECISION NOT NULL,
-        time_per_epoch_s DOUBLE PRECISION NOT NULL,
-        run_id TEXT NOT NULL,
-        PRIMARY KEY (job_id, gpu_model, batch_size, power_limit_w)
-    );
-    """,
-    # 2: a revision token per job, changed by every write to the job (see store/sql.py)
-    "ALTER TABLE jobs ADD COLUMN revision TEXT NOT NULL DEFAULT ''",
-    # 3: how each run's power limit was applied ("" = not reported, "nvml", "agent", "none", "simulated")
-    "ALTER TABLE runs ADD COLUMN power_limit_control TEXT NOT NULL DEFAULT ''",
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
 
 class PostgresStore(SqlStore):
     """A :class:`~optimizer_server.store.base.Store` in PostgreSQL (psycopg 3, pooled)."""
@@ -124,7 +66,7 @@ class PostgresStore(SqlStore):
     def _migrate(self) -> None:
         with self.pool.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            cur.execute(VERSION_TABLE)
             cur.execute("SELECT MAX(version) FROM schema_version")
             current = int(cur.fetchone()[0] or 0)
             if current > SCHEMA_VERSION:
@@ -133,7 +75,8 @@ class PostgresStore(SqlStore):
                     f"understands ({SCHEMA_VERSION}); upgrade powerbandit"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                cur.execute(MIGRATIONS[version - 1])
+                for statement in migration_statements(version, "postgresql"):
+                    cur.execute(statement)
                 cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                 log.info("applied schema migration %d", version)
 

@@ -2,9 +2,14 @@
 
 Durability settings: WAL journal with ``synchronous=FULL`` (every commit is fsynced before it is
 acknowledged, so a completion the client saw survives a crash or power cut), ``busy_timeout``
-5 s, and ``BEGIN IMMEDIATE`` so writers are serialised. In the server, operations run on the
-event loop's thread, and those that arrive together share one COMMIT made on a committer thread
-(group commit, see :meth:`SqliteStore.submit`), so the fsync is paid once per batch.
+5 s, and ``BEGIN IMMEDIATE`` so writers are serialised.
+
+Which thread runs what, in the server: changes (:meth:`SqliteStore.submit`) run on the event
+loop's thread on the writer connection, and those that arrive together share one COMMIT made on
+a committer thread (group commit, :mod:`optimizer_server.store.group_commit`), so the fsync is
+paid once per batch. Plain reads (:meth:`Store.read`, the metrics endpoint) run on worker threads,
+each on its own read-only connection, and never wait for the writer. Outside a server (the CLI,
+tests) every call is its own transaction on the writer connection, on the caller's thread.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -23,185 +27,22 @@ from typing import Any, TypeVar
 from optimizer_server.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from optimizer_server.rate_limited_log import RateLimitedLog
 from optimizer_server.store.base import DATABASE_UNAVAILABLE
+from optimizer_server.store.group_commit import GroupCommitBatcher
+from optimizer_server.store.schema import SCHEMA_VERSION, VERSION_TABLE, migration_statements
 from optimizer_server.store.sql import Cursor, SqlStore
 
 log = logging.getLogger("powerbandit.store.sqlite")
 _outage_log = RateLimitedLog(log, interval_s=10.0)
 
-MIGRATIONS: list[str] = [
-    # 1: initial schema
-    """
-    CREATE TABLE jobs (
-        job_id TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        policy_state TEXT NOT NULL,
-        created_unix_s REAL NOT NULL,
-        decisions INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        batch_size INTEGER NOT NULL,
-        power_limit_w REAL NOT NULL,
-        profile_power_limits_w TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        explanation TEXT NOT NULL,
-        gpu_model TEXT NOT NULL,
-        gpu_count INTEGER NOT NULL,
-        max_power_w REAL NOT NULL,
-        request_id TEXT NOT NULL,
-        created_unix_s REAL NOT NULL,
-        lease_expires_unix_s REAL NOT NULL,
-        finished_unix_s REAL NOT NULL,
-        energy_j REAL NOT NULL,
-        time_s REAL NOT NULL,
-        epochs REAL NOT NULL,
-        reached_target INTEGER NOT NULL,
-        cost REAL NOT NULL,
-        final_metric REAL,
-        reason TEXT NOT NULL,
-        profiled INTEGER NOT NULL,
-        epoch_cost REAL
-    );
-    CREATE UNIQUE INDEX runs_job_seq ON runs (job_id, seq);
-    CREATE INDEX runs_job_request ON runs (job_id, request_id);
-    CREATE INDEX runs_state_lease ON runs (state, lease_expires_unix_s);
-    CREATE TABLE profiles (
-        job_id TEXT NOT NULL,
-        gpu_model TEXT NOT NULL,
-        batch_size INTEGER NOT NULL,
-        power_limit_w REAL NOT NULL,
-        average_power_w REAL NOT NULL,
-        time_per_epoch_s REAL NOT NULL,
-        run_id TEXT NOT NULL,
-        PRIMARY KEY (job_id, gpu_model, batch_size, power_limit_w)
-    );
-    """,
-    # 2: a revision token per job, changed by every write to the job (see store/sql.py)
-    "ALTER TABLE jobs ADD COLUMN revision TEXT NOT NULL DEFAULT ''",
-    # 3: how each run's power limit was applied ("" = not reported, "nvml", "agent", "none", "simulated")
-    "ALTER TABLE runs ADD COLUMN power_limit_control TEXT NOT NULL DEFAULT ''",
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
 T = TypeVar("T")
-
-
-class _LoopBatcher:
-    """Group commit on the event loop: operations run on the loop's thread, COMMIT on another.
-
-    The first operation of a batch opens a transaction (``BEGIN IMMEDIATE``) and schedules the
-    COMMIT for the end of the current loop iteration, so every operation that runs in that
-    iteration joins the batch (each in its own savepoint). The COMMIT (the fsync) runs on a
-    committer thread while the loop goes on serving; operations that arrive meanwhile wait for it
-    and then form the next batch. Callers get their results only once their batch is on disk.
-    Running the operations on the loop's own thread avoids handing every call to another thread
-    and back, which costs more than the operations themselves.
-    """
-
-    def __init__(self, store: SqliteStore, loop: asyncio.AbstractEventLoop) -> None:
-        self.store = store
-        self.loop = loop
-        self.thread_id = threading.get_ident()
-        self.open = False  # a batch transaction is open on the loop's thread
-        self.pending: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        self.committing: asyncio.Future[None] | None = None
-        self.commits: queue.SimpleQueue[tuple[list[Any], asyncio.Future[None]] | None] = queue.SimpleQueue()
-        self.committer = threading.Thread(target=self._committer, name="powerbandit-sqlite-commit", daemon=True)
-        self.committer.start()
-
-    def in_batch(self) -> bool:
-        """True while an operation of the open batch runs (on the loop's thread)."""
-        return self.open and threading.get_ident() == self.thread_id
-
-    async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        while self.committing is not None:
-            await self.committing  # the previous batch is being made durable
-        if not self.open:
-            self.store._lock.acquire()  # released by the committer once the batch is committed
-            try:
-                self.store._conn.execute("BEGIN IMMEDIATE")
-                self.store._check_data_version(self.store._conn)
-            except sqlite3.OperationalError as exc:
-                if self.store._conn.in_transaction:  # BEGIN went through, the PRAGMA did not
-                    with contextlib.suppress(sqlite3.Error):
-                        self.store._conn.execute("ROLLBACK")
-                self.store._lock.release()
-                raise self.store.unavailable("is busy", exc) from exc
-            self.open = True
-            self.loop.call_soon(self._commit)
-        future: asyncio.Future[T] = self.loop.create_future()
-        try:
-            self.pending.append((future, True, fn(*args, **kwargs)))
-        except Exception as exc:  # delivered to this caller only, after the batch commits
-            self.pending.append((future, False, exc))
-        return await future
-
-    def _commit(self) -> None:
-        if not self.open:  # already committed by close()
-            return
-        batch, self.pending = self.pending, []
-        self.open = False
-        done: asyncio.Future[None] = self.loop.create_future()
-        self.committing = done
-        self.commits.put((batch, done))
-
-    def _committer(self) -> None:
-        """The committer thread: COMMIT each batch handed over, then deliver it on the loop."""
-        while (item := self.commits.get()) is not None:
-            batch, done = item
-            error = self._commit_and_unlock()
-            self.loop.call_soon_threadsafe(self._deliver, batch, error, done)
-
-    def _commit_and_unlock(self) -> Exception | None:
-        """COMMIT the batch transaction (ROLLBACK if that fails) and release the connection."""
-        try:
-            self.store._conn.execute("COMMIT")
-            return None
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self.store._conn.execute("ROLLBACK")
-            self.store._cache_clear()  # the batch's jobs were cached as if it had committed
-            return self.store.unavailable("could not commit", exc)
-        finally:
-            self.store._lock.release()
-
-    def _deliver(
-        self, batch: list[tuple[asyncio.Future[Any], bool, Any]], error: Exception | None, done: asyncio.Future[None]
-    ) -> None:
-        for future, ok, value in batch:
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            elif ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-        self.committing = None
-        done.set_result(None)
-
-    def close(self) -> None:
-        """Stop the committer once it has committed what it was handed; commit a batch still open."""
-        self.commits.put(None)
-        self.committer.join(timeout=10)
-        if self.open:  # closed from the loop before the batch's COMMIT callback ran
-            self.open = False
-            batch, self.pending = self.pending, []
-            error = self._commit_and_unlock()
-            if threading.get_ident() == self.thread_id and not self.loop.is_closed():
-                done: asyncio.Future[None] = self.loop.create_future()
-                self._deliver(batch, error, done)
 
 
 class SqliteStore(SqlStore):
     """A :class:`~optimizer_server.store.base.Store` in one SQLite file.
 
-    One connection, used by one thread at a time (the server calls the store from worker
-    threads); writers take SQLite's write lock with ``BEGIN IMMEDIATE``.
+    One writer connection, used by one thread at a time (guarded by a lock; in the server, the
+    event loop's thread and the committer thread), plus a read-only connection per reading thread.
+    Writers take SQLite's write lock with ``BEGIN IMMEDIATE``.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -219,7 +60,7 @@ class SqliteStore(SqlStore):
             raise InvalidArgumentError(f"cannot open SQLite database {path}: {exc}") from exc
         self._lock = threading.Lock()  # guards the connection
         self._data_version: int | None = None  # PRAGMA data_version at the last write transaction
-        self._batcher: _LoopBatcher | None = None  # made by the first submit(), on its event loop
+        self._batcher: GroupCommitBatcher | None = None  # made by the first submit(), on its event loop
         # Plain reads from other threads (read(), the metrics endpoint) use their own read-only
         # connections: WAL lets them read committed data while the writer goes on.
         self._readers = threading.local()
@@ -235,7 +76,7 @@ class SqliteStore(SqlStore):
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                self._conn.execute(VERSION_TABLE)
                 row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
                 current = int(row[0] or 0)
                 if current > SCHEMA_VERSION:
@@ -244,9 +85,8 @@ class SqliteStore(SqlStore):
                         f"understands ({SCHEMA_VERSION}); upgrade powerbandit"
                     )
                 for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[version - 1].split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
+                    for statement in migration_statements(version, "sqlite"):
+                        self._conn.execute(statement)
                     self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                     log.info("applied schema migration %d to %s", version, self.path)
                 self._conn.execute("COMMIT")
@@ -256,7 +96,7 @@ class SqliteStore(SqlStore):
 
     @contextmanager
     def _session(self, lock_job_id: str | None = None, *, readonly: bool = False) -> Iterator[Cursor]:
-        """One store operation as one transaction, or as a savepoint of the worker's open batch."""
+        """One store operation as one transaction, or as a savepoint of the open group-commit batch."""
         if self._batcher is not None and self._batcher.in_batch():
             # Inside a batch on the event loop: the batch holds the lock and the transaction.
             cur = self._conn.cursor()
@@ -317,7 +157,7 @@ class SqliteStore(SqlStore):
         return True
 
     def _on_loop_thread(self) -> bool:
-        return self._batcher is not None and threading.get_ident() == self._batcher.thread_id
+        return self._batcher is not None and self._batcher.on_loop_thread()
 
     @contextmanager
     def _read_session(self) -> Iterator[Cursor]:
@@ -345,10 +185,47 @@ class SqliteStore(SqlStore):
         finally:
             cur.close()
 
+    # --------------------------------------------------------- group commit (the batcher's interface)
+    def begin_batch(self) -> None:
+        """Take the writer connection and open a batch transaction (see :class:`GroupCommitBatcher`).
+
+        Raises ``UnavailableError`` when the database is locked or unusable, with the writer released.
+        """
+        self._lock.acquire()  # released by end_batch once the batch is committed
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._check_data_version(self._conn)
+        except sqlite3.OperationalError as exc:
+            if self._conn.in_transaction:  # BEGIN went through, the PRAGMA did not
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            self._lock.release()
+            raise self.unavailable("is busy", exc) from exc
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def end_batch(self) -> Exception | None:
+        """COMMIT the batch transaction (ROLLBACK if that fails) and release the writer connection.
+
+        Returns the error the batch's callers get when the COMMIT failed; the jobs the batch cached
+        as if it had committed are forgotten then.
+        """
+        try:
+            self._conn.execute("COMMIT")
+            return None
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            self._cache_clear()
+            return self.unavailable("could not commit", exc)
+        finally:
+            self._lock.release()
+
     async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the event loop's thread, batched with concurrent calls into one COMMIT.
 
-        Group commit (see :class:`_LoopBatcher`): calls in the same loop iteration share one
+        Group commit (see :mod:`~optimizer_server.store.group_commit`): calls in the same loop iteration share one
         transaction, each inside its own savepoint, and one COMMIT (one fsync, on a committer
         thread) makes all of them durable. A call's result is delivered only after that COMMIT
         succeeded, so nothing is acknowledged before it is on disk; a call that raises is rolled
@@ -359,7 +236,7 @@ class SqliteStore(SqlStore):
         if self._batcher is None or self._batcher.loop is not loop:
             if self._batcher is not None:
                 self._batcher.close()
-            self._batcher = _LoopBatcher(self, loop)
+            self._batcher = GroupCommitBatcher(self, loop)
         return await self._batcher.submit(fn, *args, **kwargs)
 
     def close(self) -> None:

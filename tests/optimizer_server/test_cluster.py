@@ -11,7 +11,7 @@ from client_sdk.client import OptimizerClient, OptimizerClientError
 from client_sdk.gpu import GpuInfo
 from optimizer_server.server import EmbeddedServer
 from optimizer_server.service import OptimizerService
-from optimizer_server.store.base import open_store
+from optimizer_server.store.open import open_store
 from powerbandit.v1 import optimizer_pb2 as pb
 from tests.helpers import PostgresServer, small_job
 

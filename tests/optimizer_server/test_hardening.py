@@ -401,14 +401,14 @@ def test_runs_in_flight_are_bounded_per_job_with_a_clear_message(tmp_path: Path)
 def test_in_flight_index_answers_what_a_suggestion_needs(tmp_path: Path) -> None:
     """Busy batch sizes, counts and request ids come from the index, consistent with the run log."""
     from optimizer_server.service import OptimizerService, RunGpu
-    from optimizer_server.store.base import open_store
+    from optimizer_server.store.open import open_store
     from optimizer_server.validation import job_spec
 
     store = open_store(f"sqlite:///{tmp_path / 'idx.db'}")
     now = [1000.0]
     service = OptimizerService(store, lease_s=10.0, clock=lambda: now[0])
     try:
-        service.register_job(job_spec(spec_pb("j")))
+        service.register_job(job_spec(spec_pb("j"), service.policies))
         gpu = RunGpu("A40", 1, 100.0, 300.0, (100.0, 300.0))
         runs = [service.suggest("j", gpu, request_id=f"q{i}").run for i in range(4)]
         with store.job_transaction("j") as tx:

@@ -20,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from optimizer_server.metrics import Metrics
-from optimizer_server.store.base import open_store
+from optimizer_server.store.open import open_store
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "powerbandit.json"

@@ -85,7 +85,7 @@ def test_serve_jobs_and_graceful_sigterm(tmp_path: Path) -> None:
 
 
 def test_db_upgrade(tmp_path: Path) -> None:
-    from optimizer_server.store.base import open_store
+    from optimizer_server.store.open import open_store
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     open_store(url).close()  # the database a server created

@@ -24,7 +24,7 @@ import pytest
 
 from client_sdk.client import OptimizerClient
 from optimizer_server.server import EmbeddedServer
-from optimizer_server.store.base import open_store
+from optimizer_server.store.open import open_store
 from powerbandit.cli.errors import EXIT_BROKEN_PIPE
 from powerbandit.cli.main import build_parser, main
 from simulations.progress import Progress
