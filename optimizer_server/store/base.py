@@ -251,17 +251,19 @@ class Store(ABC):
         """``{"jobs": N, "runs": {state: count}}`` over the whole store (for metrics)."""
 
     async def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store-using call off the event loop (the server calls everything so).
+        """Run a call that changes the store, for the event loop to await (the service's changes).
 
-        The default runs it on a worker thread; a store may batch concurrent calls (SQLite does).
+        The default runs it on a worker thread, off the loop (PostgreSQL). A store may execute it
+        otherwise: SQLite runs it on the loop's own thread, batched with the calls that arrive
+        with it into one COMMIT (see :mod:`optimizer_server.store.group_commit`).
         """
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a read-only call (it changes nothing) off the event loop, beside the writers.
+        """Run a read-only call (it changes nothing) on a worker thread, beside the writers.
 
-        For reads that may be large (a job with its whole run log, a page of jobs): they run on a
-        worker thread so they never hold up suggestions and reports.
+        For reads that may be large (a job with its whole run log, a page of jobs), so that they
+        never hold up suggestions and reports on the event loop.
         """
         return await asyncio.to_thread(fn, *args, **kwargs)
 
