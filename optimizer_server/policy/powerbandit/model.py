@@ -89,13 +89,12 @@ def arm_statistics(
     lc = math.log(hp.censor_factor)
     all_tails = state.tails if window > 0 else {}
     for b in sorted(map(int, batch_sizes)):
-        arm = arms.get(b, EMPTY_ARM)
+        n_ok, s_ok, q_ok, max_ok, n_f, s_f, q_f, max_f, _, _, never_ran = arms.get(b, EMPTY_ARM)
         if window > 0:
             tails = all_tails.get(b, EMPTY_TAILS)
             n_ok, s_ok, q_ok, max_ok = tail_stats(tails.ok)
             n_f, s_f, q_f, max_f = tail_stats(tails.fail)
-        else:  # the running sums: this runs for every arm of every suggestion
-            n_ok, s_ok, q_ok, max_ok, n_f, s_f, q_f, max_f = arm[:8]
+        else:  # the running sums (this runs for every arm of every suggestion)
             if max_ok is None:
                 max_ok = -math.inf
             if max_f is None:
@@ -108,7 +107,7 @@ def arm_statistics(
             ss = max(sumsq - n * mean * mean, 0.0)  # sum of squared deviations
         else:
             mean, ss = math.nan, 0.0
-        data[b] = ArmStats(n_ok, n_f, int(arm.never_ran), n, mean, ss, max(max_ok, max_f + lc))
+        data[b] = ArmStats(n_ok, n_f, int(never_ran), n, mean, ss, max(max_ok, max_f + lc))
     return data
 
 

@@ -88,9 +88,10 @@ class PowerBanditPolicy:
             observation.gpu_model,
             spec.window,
         )
-        # fold_recurrence writes into the new dict and into its cheapest-recurrence-per-GPU map:
-        # that map is still the old state's, so it gets its own copy first
-        out["min_recurrence_cost_by_gpu"] = dict(out.get("min_recurrence_cost_by_gpu", {}))
+        if observation.reached_target:
+            # fold_recurrence then writes into the cheapest-recurrence-per-GPU map, which is still
+            # the old state's: the new state gets its own copy first
+            out["min_recurrence_cost_by_gpu"] = dict(out.get("min_recurrence_cost_by_gpu", {}))
         fold_recurrence(out, observation)
         return out
 

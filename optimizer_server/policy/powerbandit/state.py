@@ -25,7 +25,8 @@ every sample. :func:`upgrade` converts versions 1 and 2; only the current versio
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 STATE_VERSION = 3
@@ -60,67 +61,66 @@ class ArmSums(NamedTuple):
     never_ran: int = 0
 
     # each update builds the new tuple in one go (``_replace`` costs several times as much, and
-    # these run after every run)
+    # one of these runs after every run)
 
-    def with_ok(self, log_epochs: float) -> ArmSums:
-        """The sums with one more run that reached the target after ``exp(log_epochs)`` epochs."""
-        top = self.ok_max
-        return ArmSums(
-            self.ok_n + 1,
-            self.ok_sum + log_epochs,
-            self.ok_sumsq + log_epochs * log_epochs,
+    def with_ok(self, log_epochs: float, cost: float) -> ArmSums:
+        """The sums with one more run that reached the target after ``exp(log_epochs)`` epochs, at ``cost``."""
+        ok_n, ok_sum, ok_sumsq, top, fail_n, fail_sum, fail_sumsq, fail_max, cost_n, cost_sum, never_ran = self
+        return _arm((
+            ok_n + 1, ok_sum + log_epochs, ok_sumsq + log_epochs * log_epochs,
             log_epochs if top is None else max(top, log_epochs),
-            *self[4:],
-        )
+            fail_n, fail_sum, fail_sumsq, fail_max,
+            cost_n + 1, cost_sum + cost,
+            never_ran,
+        ))  # fmt: skip
 
     def with_fail(self, log_epochs: float) -> ArmSums:
         """The sums with one more run that stopped after ``exp(log_epochs)`` epochs short of the target."""
-        top = self.fail_max
-        return ArmSums(
-            *self[:4],
-            self.fail_n + 1,
-            self.fail_sum + log_epochs,
-            self.fail_sumsq + log_epochs * log_epochs,
+        ok_n, ok_sum, ok_sumsq, ok_max, fail_n, fail_sum, fail_sumsq, top, cost_n, cost_sum, never_ran = self
+        return _arm((
+            ok_n, ok_sum, ok_sumsq, ok_max,
+            fail_n + 1, fail_sum + log_epochs, fail_sumsq + log_epochs * log_epochs,
             log_epochs if top is None else max(top, log_epochs),
-            *self[8:],
-        )
-
-    def with_cost(self, cost: float) -> ArmSums:
-        """The sums with the cost of one more run that reached the target."""
-        return ArmSums(*self[:8], self.cost_n + 1, self.cost_sum + cost, self.never_ran)
+            cost_n, cost_sum,
+            never_ran,
+        ))  # fmt: skip
 
     def with_never_ran(self) -> ArmSums:
         """The sums with one more run that never ran an epoch."""
-        return ArmSums(*self[:10], self.never_ran + 1)
+        return _arm((*self[:10], self.never_ran + 1))
 
 
-_arm = ArmSums._make
-"""An :class:`ArmSums` from its 11 values in order (its JSON list)."""
+_arm = partial(tuple.__new__, ArmSums)
+"""An :class:`ArmSums` from its 11 values in order (its JSON list): the cheapest way to build one
+(no length check: a malformed list fails where a field is first read)."""
 
 EMPTY_ARM = ArmSums()
 """The sums of a batch size with nothing observed."""
 
 
-def pushed(values: tuple[float, ...], value: float, window: int) -> tuple[float, ...]:
-    """The last ``window`` (> 0) values of ``values`` followed by ``value``."""
-    return (*values[-(window - 1) :], value) if window > 1 else (value,)
+def pushed(values: Sequence[float], value: float, window: int) -> list[float]:
+    """The last ``window`` (> 0) values of ``values`` followed by ``value`` (a new list)."""
+    return [*values[-(window - 1) :], value] if window > 1 else [value]
 
 
 class ArmTails(NamedTuple):
     """The last ``window`` values of one batch size's series (kept only for a job with a window):
     log epochs of the runs that reached the target, of those that did not, and the costs of the
-    former."""
+    former. Decoding keeps the stored lists as they are (read-only, like every part of a state)."""
 
-    ok: tuple[float, ...] = ()
-    fail: tuple[float, ...] = ()
-    cost: tuple[float, ...] = ()
+    ok: Sequence[float] = ()
+    fail: Sequence[float] = ()
+    cost: Sequence[float] = ()
 
 
 EMPTY_TAILS = ArmTails()
 """The tails of a batch size with nothing observed."""
 
+_tails = partial(tuple.__new__, ArmTails)
+"""An :class:`ArmTails` from its stored ``[ok, fail, cost]`` (the lists themselves, not copies)."""
 
-def tail_stats(values: tuple[float, ...]) -> tuple[int, float, float, float]:
+
+def tail_stats(values: Sequence[float]) -> tuple[int, float, float, float]:
     """``(n, sum, sum of squares, max)`` of a tail (``(0, 0.0, 0.0, -inf)`` when empty)."""
     if not values:
         return 0, 0.0, 0.0, -math.inf
@@ -194,12 +194,10 @@ def decode(state: Mapping[str, Any]) -> PowerBanditState:
     arms = state["arms"]
     tails = state.get("tails")
     return PowerBanditState(
-        dict(zip(map(int, arms), map(_arm, arms.values()), strict=True)),
-        {int(key): ArmTails(tuple(ok), tuple(fail), tuple(cost)) for key, (ok, fail, cost) in tails.items()}
-        if tails
-        else {},
+        {int(key): _arm(arm) for key, arm in arms.items()},
+        {int(key): _tails(series) for key, series in tails.items()} if tails else {},
         # the costs are floats already: with_run and upgrade store them so
-        {gpu: dict(zip(map(int, per_gpu), per_gpu.values(), strict=True)) for gpu, per_gpu in state["epoch_cost"].items()},
+        {gpu: {int(key): cost for key, cost in per_gpu.items()} for gpu, per_gpu in state["epoch_cost"].items()},
         state["observations"],
         state["recurrence_cost"],
         state["min_recurrence_cost"],
@@ -249,22 +247,11 @@ def with_run(
     key = str(int(batch_size))
     old_arm = state["arms"].get(key)
     arm = EMPTY_ARM if old_arm is None else _arm(old_arm)
-    all_tails = state.get("tails", {})
-    keep_tails = window > 0 and (reached_target or epochs > 0)
-    tails = EMPTY_TAILS
-    if keep_tails and key in all_tails:
-        ok, fail, costs = all_tails[key]
-        tails = ArmTails(tuple(ok), tuple(fail), tuple(costs))
+    log_epochs = math.log(max(epochs, MIN_EPOCHS)) if reached_target or epochs > 0 else 0.0
     if reached_target:
-        log_epochs = math.log(max(epochs, MIN_EPOCHS))
-        arm = arm.with_ok(log_epochs).with_cost(cost)
-        if keep_tails:
-            tails = tails._replace(ok=pushed(tails.ok, log_epochs, window), cost=pushed(tails.cost, cost, window))
+        arm = arm.with_ok(log_epochs, cost)
     elif epochs > 0:
-        log_epochs = math.log(max(epochs, MIN_EPOCHS))
         arm = arm.with_fail(log_epochs)
-        if keep_tails:
-            tails = tails._replace(fail=pushed(tails.fail, log_epochs, window))
     else:
         arm = arm.with_never_ran()
     out = dict(state)
@@ -273,8 +260,15 @@ def with_run(
         per_gpu = state["epoch_cost"]
         out["epoch_cost"] = {**per_gpu, gpu_model: {**per_gpu.get(gpu_model, {}), key: float(epoch_cost)}}
     out["observations"] = state["observations"] + 1
-    if keep_tails:
-        out["tails"] = {**all_tails, key: [list(tails.ok), list(tails.fail), list(tails.cost)]}
+    if window > 0 and (reached_target or epochs > 0):
+        all_tails = state.get("tails", {})
+        old_tails = all_tails.get(key)
+        tails = EMPTY_TAILS if old_tails is None else _tails(old_tails)
+        if reached_target:
+            series = [pushed(tails.ok, log_epochs, window), list(tails.fail), pushed(tails.cost, cost, window)]
+        else:
+            series = [list(tails.ok), pushed(tails.fail, log_epochs, window), list(tails.cost)]
+        out["tails"] = {**all_tails, key: series}
     return out
 
 
@@ -317,7 +311,7 @@ def _upgrade_arm_v1(old: Mapping[str, Any], window: int) -> tuple[ArmSums, ArmTa
     """A version-1 arm (every sample) replayed into running sums, in the order it was observed."""
     arm, tails = EMPTY_ARM, EMPTY_TAILS
     for value in old.get("log_epochs", []):
-        arm = arm.with_ok(float(value))
+        arm = arm.with_ok(float(value), 0.0)  # the costs are summed below, in the order they were kept
         if window > 0:
             tails = tails._replace(ok=pushed(tails.ok, float(value), window))
     for epochs in old.get("fail_epochs", []):
@@ -325,11 +319,12 @@ def _upgrade_arm_v1(old: Mapping[str, Any], window: int) -> tuple[ArmSums, ArmTa
         arm = arm.with_fail(log_epochs)
         if window > 0:
             tails = tails._replace(fail=pushed(tails.fail, log_epochs, window))
+    cost_n, cost_sum = 0, 0.0
     for cost in old.get("ok_costs", []):
-        arm = arm.with_cost(float(cost))
+        cost_n, cost_sum = cost_n + 1, cost_sum + float(cost)
         if window > 0:
             tails = tails._replace(cost=pushed(tails.cost, float(cost), window))
-    return arm, tails
+    return arm._replace(cost_n=cost_n, cost_sum=cost_sum), tails
 
 
 def _upgrade_arm_v2(old: Mapping[str, Any]) -> tuple[ArmSums, ArmTails]:
@@ -340,5 +335,5 @@ def _upgrade_arm_v2(old: Mapping[str, Any]) -> tuple[ArmSums, ArmTails]:
         int(fail["n"]), float(fail["sum"]), float(fail.get("sumsq", 0.0)), fail.get("max"),
         int(cost["n"]), float(cost["sum"]),
     )  # fmt: skip
-    tails = ArmTails(*(tuple(float(x) for x in series.get("tail", ())) for series in (ok, fail, cost)))
+    tails = ArmTails(*([float(x) for x in series.get("tail", ())] for series in (ok, fail, cost)))
     return arm, tails

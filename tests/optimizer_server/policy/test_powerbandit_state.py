@@ -106,7 +106,7 @@ def test_state_round_trips_through_its_typed_form(spec: JobSpec) -> None:
     assert typed.epoch_cost["a40"] == {16: 100.0} and set(typed.epoch_cost["v100"]) == {8, 16, 32, 64, 128}
     assert typed.observations == len(HISTORY)
     if spec.window:
-        assert typed.tails[16] == ArmTails((math.log(11), math.log(13)), (), (1100.0, 1300.0))
+        assert typed.tails[16] == ArmTails([math.log(11), math.log(13)], [], [1100.0, 1300.0])
     else:
         assert typed.tails == {} and "tails" not in state
     with pytest.raises(AttributeError):
