@@ -61,7 +61,7 @@ class Column:
         elif not self.nullable:
             parts.append("NOT NULL")
         if self.default is not None:
-            literal = f"'{self.default}'" if isinstance(self.default, str) else str(self.default)
+            literal = "'" + self.default.replace("'", "''") + "'" if isinstance(self.default, str) else str(self.default)
             parts.append(f"DEFAULT {literal}")
         return " ".join(parts)
 
