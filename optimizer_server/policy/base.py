@@ -141,12 +141,23 @@ class SuggestContext:
 
 
 class Policy(Protocol):
-    """A bandit policy: pure functions over a JSON-serialisable state dict."""
+    """A bandit policy: pure functions over a JSON-serialisable state dict.
+
+    No method changes the state it is handed (:meth:`observe` returns a new one). A state loaded
+    from storage goes through :meth:`upgrade_state` once; the other methods may refuse a state that
+    is not in the policy's current version.
+    """
 
     name: str
 
     def new_state(self, spec: JobSpec) -> dict[str, Any]:
         """The state of a job that has seen nothing yet."""
+        ...
+
+    def upgrade_state(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` (as loaded, of any version this policy knows) in the current version, as a new
+        dict; ``state`` is not changed, and a current state comes back with the same content.
+        Raises ``ValueError`` for a version the policy does not know."""
         ...
 
     def suggest(
@@ -155,8 +166,8 @@ class Policy(Protocol):
         """Choose the configuration of the next run. Never raises for a valid job."""
         ...
 
-    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
-        """Fold one finished run into the state and return the new state."""
+    def observe(self, spec: JobSpec, state: Mapping[str, Any], observation: Observation) -> dict[str, Any]:
+        """A new state: ``state`` with one finished run folded in (``state`` is not changed)."""
         ...
 
     def cost_bound(

@@ -56,29 +56,27 @@ Where the functions of the former single module ``powerbandit.py`` went (module 
 ``horizon_min_runs``; the per-arm dicts ``d["ok"]``, ``d["max"]`` of ``_arm_data`` are
 :class:`~.model.ArmStats` records ``d.ok``, ``d.max_log_epochs``):
 
-================================  ==================================================================
-``powerbandit.py``                now
-================================  ==================================================================
-``_norm_cdf``                     ``model._norm_cdf``
-``_worth_exploring``              ``model.worth_exploring``
-``_extrapolate``                  ``model.extrapolate``
-``_extrapolate_ec``               ``model.extrapolate_epoch_cost`` (takes ``hp``)
-``_prior_slopes``                 ``model.prior_slopes``
-``_utilisation_slopes``           ``model.utilisation_slopes`` (takes ``hp``)
-``_observed``                     ``model.observed``
-``_posterior``                    ``model.posterior`` (takes ``hp`` before ``slopes``)
-``_exp``                          ``model.exp_capped``
-``_Z90``                          ``model.Z_90``
-``PowerBanditPolicy._arm_data``   ``model.arm_statistics`` (returns ``ArmStats`` records)
-``PowerBanditPolicy._noise``      ``model.noise_posterior``
-``PowerBanditPolicy._trend_var``  ``model.trend_var``
-``STATE_VERSION``, ``MIN_EPOCHS``  ``state.STATE_VERSION``, ``state.MIN_EPOCHS``
-``_new_arm``, ``_new_tails``      ``state.EMPTY_ARM``, ``state.EMPTY_TAILS``
-``_push``                         ``ArmSums.with_ok/with_fail/with_cost``, ``state.pushed``
-``_stats``                        ``state.tail_stats``, ``PowerBanditState.cost_sums``
-``_upgrade``                      ``state.upgrade`` (via ``PowerBanditPolicy.upgrade_state``)
-``suggest``, ``observe``, ...     ``policy.PowerBanditPolicy`` (same names; ``_candidates(data)``)
-================================  ==================================================================
+- ``_norm_cdf`` -> ``model._norm_cdf``
+- ``_worth_exploring`` -> ``model.worth_exploring``
+- ``_extrapolate`` -> ``model.extrapolate``
+- ``_extrapolate_ec`` -> ``model.extrapolate_epoch_cost`` (takes ``hp``)
+- ``_prior_slopes`` -> ``model.prior_slopes``
+- ``_utilisation_slopes`` -> ``model.utilisation_slopes`` (takes ``hp``)
+- ``_observed`` -> ``model.observed``
+- ``_posterior`` -> ``model.posterior`` (takes ``hp`` before ``slopes``)
+- ``_exp`` -> ``model.exp_capped``
+- ``_Z90`` -> ``model.Z_90``
+- ``PowerBanditPolicy._arm_data`` -> ``model.arm_statistics`` (returns ``ArmStats`` records)
+- ``PowerBanditPolicy._noise`` -> ``model.noise_posterior``
+- ``PowerBanditPolicy._trend_var`` -> ``model.trend_var``
+- ``STATE_VERSION``, ``MIN_EPOCHS`` -> ``state.STATE_VERSION``, ``state.MIN_EPOCHS``
+- ``_new_arm``, ``_new_tails`` -> ``state.EMPTY_ARM``, ``state.EMPTY_TAILS``
+- ``_push`` -> ``ArmSums.with_ok/with_fail/with_never_ran``, ``state.pushed``
+- ``_stats`` -> ``state.tail_stats``, ``PowerBanditState.cost_sums``
+- ``_upgrade`` -> ``state.upgrade`` (via ``PowerBanditPolicy.upgrade_state``)
+- ``observe``'s in-place updates -> ``state.with_run`` (a new state) + ``fold_recurrence``
+- ``suggest``, ``observe``, ... -> ``policy.PowerBanditPolicy`` (same names; ``_candidates(data)``)
+- inline cost in ``_epoch_costs`` -> ``powerbandit.domain.cost_rate(eta, p, max_p) * time`` (same bits)
 
 Dropped switches, each at the value it had: ``BRIDGE_FAILED`` (False), ``USE_PRIOR`` (True: a
 context without a prior already means none), ``PRIOR_WEIGHT`` (1.0), ``UTIL_SLOPES`` (True),

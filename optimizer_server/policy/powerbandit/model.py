@@ -154,8 +154,8 @@ def extrapolate(
 
     Returns ``(y, distance to the nearest known x)``.
     """
-    left = sorted((px for px in points if px < x), reverse=True)
-    right = sorted(px for px in points if px > x)
+    left = sorted([px for px in points if px < x], reverse=True)
+    right = sorted([px for px in points if px > x])
     if x in points:
         return points[x], 0.0
     if left and right:
@@ -192,8 +192,8 @@ def extrapolate_epoch_cost(
     """
     if x in points:
         return points[x], 0.0
-    left = sorted((px for px in points if px < x), reverse=True)
-    right = sorted(px for px in points if px > x)
+    left = sorted([px for px in points if px < x], reverse=True)
+    right = sorted([px for px in points if px > x])
     if left and right:
         return extrapolate(points, x, (-hp.ec_slope_max, hp.ec_slope_max), hp.ec_slope_prior)
     down = bool(right)

@@ -43,6 +43,7 @@ from optimizer_server.policy.powerbandit.model import (
 from optimizer_server.policy.powerbandit.state import (
     PowerBanditState,
 )
+from powerbandit.domain import cost_rate
 
 
 class PowerBanditPolicy:
@@ -144,9 +145,9 @@ class PowerBanditPolicy:
                 if profile and int(b) in batch_sizes:
                     best = math.inf
                     for pt in profile.values():
-                        # the cost formula in this order of operations (the simulations' figures
-                        # depend on the last bit): not base.epoch_cost, which groups it differently
-                        cost = (eta * pt.average_power_w + (1.0 - eta) * mp) * pt.time_per_epoch_s
+                        # grouped as the cost rate times the time (the simulations' figures depend on
+                        # the last bit): not epoch_cost, which groups the formula differently
+                        cost = cost_rate(eta, pt.average_power_w, mp) * pt.time_per_epoch_s
                         if cost < best:
                             best = cost
                     if 0.0 < best < math.inf:  # an unusable profile (a 0 W reading) is skipped
