@@ -107,7 +107,7 @@ def arm_statistics(
             ss = max(sumsq - n * mean * mean, 0.0)  # sum of squared deviations
         else:
             mean, ss = math.nan, 0.0
-        data[b] = ArmStats(n_ok, n_f, int(never_ran), n, mean, ss, max(max_ok, max_f + lc))
+        data[b] = ArmStats(n_ok, n_f, never_ran, n, mean, ss, max(max_ok, max_f + lc))
     return data
 
 

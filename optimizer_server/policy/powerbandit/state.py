@@ -124,7 +124,7 @@ def tail_stats(values: Sequence[float]) -> tuple[int, float, float, float]:
     """``(n, sum, sum of squares, max)`` of a tail (``(0, 0.0, 0.0, -inf)`` when empty)."""
     if not values:
         return 0, 0.0, 0.0, -math.inf
-    return len(values), math.fsum(values), math.fsum(x * x for x in values), max(values)
+    return len(values), math.fsum(values), math.fsum([x * x for x in values]), max(values)
 
 
 class PowerBanditState(NamedTuple):
