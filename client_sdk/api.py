@@ -66,7 +66,7 @@ class ApiClient:
     ``tls``: use TLS, verifying the server with the system roots, or with ``root_cert`` (a PEM
     file path) when given (``root_cert`` implies TLS; default from ``POWERBANDIT_TLS_ROOT_CERT``).
     ``fail_open``: let runs train at the job's default configuration when the server cannot be
-    reached (see the module docstring; default from ``POWERBANDIT_FAIL_OPEN``, else off).
+    reached (see :mod:`client_sdk.client`; default from ``POWERBANDIT_FAIL_OPEN``, else off).
     """
 
     def __init__(
