@@ -40,9 +40,7 @@ from optimizer_server.policy.powerbandit.model import (
     utilisation_slopes,
     worth_exploring,
 )
-from optimizer_server.policy.powerbandit.state import (
-    PowerBanditState,
-)
+from optimizer_server.policy.powerbandit.state import PowerBanditState
 from powerbandit.domain import cost_rate
 
 
@@ -113,16 +111,14 @@ class PowerBanditPolicy:
         bound = math.inf if best is None else spec.beta * float(best)
         if batch_size is None:
             return bound
-        current = states.decode(state)
-        b = int(batch_size)
-        if b in current.arms and current.cost_sums(b, spec.window)[0]:
+        own = states.success_costs(state, spec.window, batch_size)
+        if own and own[0][0]:
             return bound
-        seen_models = set(current.min_recurrence_cost_by_gpu) | set(current.epoch_cost)
-        if gpu_model is not None and seen_models - {gpu_model}:
+        if gpu_model is not None and states.gpu_models(state) - {gpu_model}:
             # several GPU models: mean costs of other models are on another scale; use this one's
             # cheapest recurrence only
             return bound if best is None else min(bound, explore_bound * float(best))
-        means = [total / n for n, total in (current.cost_sums(a, spec.window) for a in current.arms) if n]
+        means = [total / n for n, total in states.success_costs(state, spec.window) if n]
         if means:
             bound = min(bound, explore_bound * min(means))
         return bound

@@ -144,14 +144,6 @@ class PowerBanditState(NamedTuple):
     min_recurrence_cost: float | None
     min_recurrence_cost_by_gpu: Mapping[str, float]
 
-    def cost_sums(self, batch_size: int, window: int) -> tuple[int, float]:
-        """Count and sum of the costs of ``batch_size``'s runs that reached the target: of the last
-        ``window`` of them when ``window > 0``."""
-        if window > 0:
-            tail = self.tails.get(batch_size, EMPTY_TAILS).cost
-            return (len(tail), math.fsum(tail)) if tail else (0, 0.0)
-        arm = self.arms.get(batch_size, EMPTY_ARM)
-        return int(arm.cost_n), float(arm.cost_sum)
 
 
 def new_state(batch_sizes: Iterable[int], recurrence: Mapping[str, Any]) -> PowerBanditState:
@@ -221,6 +213,36 @@ def encode(state: PowerBanditState) -> dict[str, Any]:
     if state.tails:
         out["tails"] = {str(b): [list(t.ok), list(t.fail), list(t.cost)] for b, t in state.tails.items()}
     return out
+
+
+def success_costs(state: Mapping[str, Any], window: int, batch_size: int | None = None) -> list[tuple[int, float]]:
+    """Count and sum of the costs of the runs that reached the target, per batch size of a
+    current-version JSON state in its order (of the last ``window`` of them when ``window > 0``);
+    with ``batch_size``, of that batch size alone (``[]`` when the state has no arm for it).
+
+    Reads those arms only: the early-stop bound asks after every run (no full :func:`decode`).
+    """
+    if state.get("version") != STATE_VERSION:
+        require_current(state)
+    arms = state["arms"]
+    if batch_size is None:
+        keys = list(arms)
+    else:
+        key = str(int(batch_size))
+        keys = [key] if key in arms else []
+    if window > 0:
+        all_tails = state.get("tails", {})
+        out = []
+        for key in keys:
+            tail = _tails(all_tails[key]).cost if key in all_tails else ()
+            out.append((len(tail), math.fsum(tail)) if tail else (0, 0.0))
+        return out
+    return [(int(arm.cost_n), float(arm.cost_sum)) for arm in (_arm(arms[key]) for key in keys)]
+
+
+def gpu_models(state: Mapping[str, Any]) -> set[str]:
+    """The GPU models a JSON state has a finished recurrence or an epoch cost of."""
+    return set(state.get("min_recurrence_cost_by_gpu", {})) | set(state.get("epoch_cost", {}))
 
 
 def with_run(
