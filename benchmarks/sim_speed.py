@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from simulations.cli import build_tasks, parse_seeds, run_tasks
+from simulations.cli import add_arguments, build_tasks, parse_seeds, run_tasks
 from simulations.traces import TraceSet
 
 
@@ -20,10 +20,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=parse_seeds, default=list(range(1, 11)))
     parser.add_argument("--trace-dir", default=None)
     opts = parser.parse_args()
-    args = argparse.Namespace(
-        gpu=None, workload=None, target=[], eta=0.5, beta=2.0, seeds=opts.seeds,
-        policy=["zeus", "powerbandit"], scenario="trace", recurrences=None,
-    )
+    # the simulator's own parser, so that this script follows its options
+    sim_parser = argparse.ArgumentParser()
+    add_arguments(sim_parser)
+    args = sim_parser.parse_args(["--policy", "zeus", "powerbandit", "--seeds", ",".join(map(str, opts.seeds))])
     start = time.perf_counter()
     tasks = build_tasks(args, TraceSet(opts.trace_dir))
     results = run_tasks(tasks, jobs=opts.jobs, quiet=True)

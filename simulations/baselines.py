@@ -31,18 +31,30 @@ class _Recorder:
     def new_state(self, spec: JobSpec) -> dict[str, Any]:
         return {"costs": {}, "successes": {}, "min_recurrence_cost": None, "recurrence_cost": 0.0}
 
-    def observe(self, spec: JobSpec, state: dict[str, Any], observation: Observation) -> dict[str, Any]:
+    def upgrade_state(self, spec: JobSpec, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy: the baselines have one state version."""
+        return {
+            "costs": {k: list(v) for k, v in state["costs"].items()},
+            "successes": dict(state["successes"]),
+            "min_recurrence_cost": state["min_recurrence_cost"],
+            "recurrence_cost": state["recurrence_cost"],
+        }
+
+    def observe(self, spec: JobSpec, state: Mapping[str, Any], observation: Observation) -> dict[str, Any]:
+        """A new state with ``observation`` folded in (``state`` is left as it is)."""
         key = str(observation.batch_size)
-        state["costs"].setdefault(key, []).append(float(observation.cost))
+        costs = dict(state["costs"])
+        costs[key] = [*costs.get(key, []), float(observation.cost)]
+        new = {**state, "costs": costs, "successes": dict(state["successes"])}
         if observation.reached_target:
-            state["successes"][key] = state["successes"].get(key, 0) + 1
+            new["successes"][key] = new["successes"].get(key, 0) + 1
             total = state["recurrence_cost"] + float(observation.cost)
             best = state["min_recurrence_cost"]
-            state["min_recurrence_cost"] = total if best is None else min(best, total)
-            state["recurrence_cost"] = 0.0
+            new["min_recurrence_cost"] = total if best is None else min(best, total)
+            new["recurrence_cost"] = 0.0
         else:
-            state["recurrence_cost"] += float(observation.cost)
-        return state
+            new["recurrence_cost"] = state["recurrence_cost"] + float(observation.cost)
+        return new
 
     def cost_bound(
         self, spec: JobSpec, state: Mapping[str, Any], batch_size: int | None = None, gpu_model: str | None = None
