@@ -19,25 +19,29 @@ policy only has to learn ``epochs_to_target(b)``, which does not depend on the G
 
 A suggestion draws one sample of every candidate's cost and picks the cheapest (Thompson
 sampling). Candidates are the batch sizes already tried plus the untried neighbours of the ones
-that reached the target, so exploration grows outward from what works instead of sweeping. An
-untried neighbour must also be worth a trial (an expected-improvement gate): its expected saving
-per run over the best arm's mean cost, times a horizon (the job's age in runs, at least
-``horizon_min_runs``: the number of future recurrences is unknown), must exceed the excess cost the
-trial run is expected to have. A trial that passes the gate is run at once, before any tried batch
-size, rather than whenever its Thompson draw happens to win: the gate has already judged it worth
-its cost, and putting it off only puts off what it may save while the runs in between go to arms
-it may beat (with plain Thompson sampling an untried neighbour as likely as not cheaper than the
-best arm won only some of the draws, and the walk from the default batch size to the best one
-spent runs on arms already known to be dearer). When several trials pass the gate, the Thompson
-draw picks which, so no direction is favoured. The gate alone decides how much is explored, hence
-its short minimum horizon.
+that reached the target, so exploration grows outward from what works instead of sweeping.
+Towards larger batch sizes it may jump: beyond the untried neighbour above a successful batch
+size, the next larger one is a candidate too as long as the last is expected to cost less than
+the one before it. Going up, what a run saves is mostly the epoch cost of a GPU the batch does
+not fill, which the profile's power draw tells, so a saving that keeps growing is worth a longer
+jump (on the starved GPUs of the traces the walk from the default to the best batch size took
+four trials); going down, the saving rests on extrapolated epochs and the walk stays one
+neighbour at a time.
 
-A trial run is stopped once it costs ``explore_bound`` times the best arm's mean (see
-:meth:`PowerBanditPolicy.cost_bound`). A stop derived from the trial's predicted cost instead (stop
-once its chance of reaching the target in the next epochs no longer pays for restarting on the best
-arm) lost to this fixed bound in the simulations: most trials that cross the best mean still
-finish below the bound, and finishing them costs less than starting over. When nothing looks
-usable the policy still answers, with ``phase="fallback"``.
+An untried candidate must be worth a trial (an expected-improvement gate, :func:`.model.trial_value`):
+its expected saving per run over the best arm's mean cost, times a horizon (the job's age in runs,
+at least ``horizon_min_runs``: the number of future recurrences is unknown), must exceed the excess
+cost the trial run is expected to have. That excess counts a trial stopped at its bound (its
+early-stop bound, or ``max_epochs`` epochs) as wholly wasted, since the recurrence then runs again
+on the best arm. A trial that passes the gate is run at once, before any tried batch size, rather
+than whenever its Thompson draw happens to win: the gate has already judged it worth its cost, and
+putting it off only puts off what it may save while the runs in between go to arms it may beat.
+When several trials pass the gate, the one worth most runs first (the Thompson draw breaks ties);
+a coin flip between them wasted runs on the one the model could already tell was worse. With only
+one batch size tried, a larger one is expected to need a little more epochs
+(``first_step_epochs_slope_up``: a larger batch never needs fewer epochs, the critical batch size),
+so on a saturated GPU, where an epoch costs about the same at any batch size, the smaller
+neighbour goes first. The gate alone decides how much is explored, hence its short minimum horizon.
 
 The package:
 
@@ -57,7 +61,7 @@ Where the functions of the former single module ``powerbandit.py`` went (module 
 :class:`~.model.ArmStats` records ``d.ok``, ``d.max_log_epochs``):
 
 - ``_norm_cdf`` -> ``model._norm_cdf``
-- ``_worth_exploring`` -> ``model.worth_exploring``
+- ``_worth_exploring`` -> ``model.worth_exploring`` (on ``model.trial_value``)
 - ``_extrapolate`` -> ``model.extrapolate``
 - ``_extrapolate_ec`` -> ``model.extrapolate_epoch_cost`` (takes ``hp``)
 - ``_prior_slopes`` -> ``model.prior_slopes``

@@ -58,6 +58,12 @@ class Hyperparameters:
     fail_limit: int = 2
     """This many failures without any success take a batch size out."""
     neighbour_reach: int = 1
-    """Untried batch sizes up to this many steps beyond a successful one are candidates."""
+    """Untried batch sizes up to this many steps beyond a successful one are candidates (larger
+    batch sizes further still while each is expected to cost less than the one before it)."""
+    first_step_epochs_slope_up: float = 0.1
+    """With one batch size tried, the slope of log epochs-to-target assumed towards larger batch
+    sizes (added to the cluster prior's): a larger batch never needs fewer epochs (the critical
+    batch size), so where an epoch costs about the same at any batch size (a saturated GPU) the
+    smaller neighbour is tried first. Its sign matters, not its size: 0.05 to 0.2 score the same."""
     horizon_min_runs: float = 20.0
     """An exploration is weighed against at least this many future runs (else the job's age)."""

@@ -8,7 +8,8 @@
 - :func:`extrapolate` and :func:`extrapolate_epoch_cost`: values at batch sizes not yet measured,
   along ``log2(b)`` (epoch costs convex below the profiled range; :func:`utilisation_slopes` sets the
   slope from a single profile);
-- :func:`worth_exploring`: the expected-improvement gate of an untried batch size.
+- :func:`trial_value` and :func:`worth_exploring`: what trying an untried batch size is expected to
+  be worth (a trial stopped at its bound wastes all it cost), and the gate built on it.
 
 Pure functions of their arguments; the constants come from :class:`Hyperparameters`.
 """
@@ -64,18 +65,34 @@ def _norm_cdf(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def worth_exploring(log_mean: float, log_var: float, best: float, horizon: float) -> bool:
-    """Whether trying an arm whose cost is ``lognormal(log_mean, log_var)`` pays off against the
-    best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per run if it
-    is cheaper, times the horizon, against the expected excess cost of the one trial run."""
+def trial_value(log_mean: float, log_var: float, best: float, horizon: float, stop: float = math.inf) -> float:
+    """What trying an arm whose cost is ``lognormal(log_mean, log_var)`` is expected to be worth
+    against the best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per
+    run if it is cheaper, times the horizon, less the expected excess cost of the one trial run.
+
+    A trial run is stopped once it has cost ``stop`` (its early-stop bound): one that would cost
+    more wastes all of ``stop``, since the recurrence then runs again on the best arm. ``-inf``
+    when nothing measured can be beaten (or compared with).
+    """
     if not 0.0 < best < math.inf:
-        return False  # nothing measured can be beaten (or compared with)
+        return -math.inf
     s = math.sqrt(max(log_var, 1e-12))
     d = (math.log(best) - log_mean) / s
     mean = exp_capped(log_mean + 0.5 * log_var)
     gain = best * _norm_cdf(d) - mean * _norm_cdf(d - s)
-    loss = mean * _norm_cdf(s - d) - best * _norm_cdf(-d)
-    return horizon * max(gain, 0.0) > max(loss, 0.0)
+    if best < stop < math.inf:
+        d_stop = (math.log(stop) - log_mean) / s
+        # a cost between best and stop is the excess of a finished trial; above stop, all is lost
+        loss = mean * (_norm_cdf(d_stop - s) - _norm_cdf(d - s)) - best * (_norm_cdf(d_stop) - _norm_cdf(d))
+        loss += stop * _norm_cdf(-d_stop)
+    else:
+        loss = mean * _norm_cdf(s - d) - best * _norm_cdf(-d)
+    return horizon * max(gain, 0.0) - max(loss, 0.0)
+
+
+def worth_exploring(log_mean: float, log_var: float, best: float, horizon: float, stop: float = math.inf) -> bool:
+    """Whether that trial pays off: :func:`trial_value` above 0 (the expected-improvement gate)."""
+    return trial_value(log_mean, log_var, best, horizon, stop) > 0.0
 
 
 def arm_statistics(
@@ -248,11 +265,14 @@ def posterior(
     trend_var: float,
     hp: Hyperparameters,
     slopes: tuple[float, float] = (0.0, 0.0),
+    one_point_slope_up: float = 0.0,
 ) -> tuple[float, float]:
     """Mean and variance of ``mu_b``: neighbours' estimates as the prior, own data (``own``, the
     arm's :class:`ArmStats`) as likelihood. ``observed`` is :func:`observed` of the arms.
     ``slopes`` (below, above the observed range) extrapolate log epochs of an untried batch size
-    from one neighbour: 0 without a cluster prior."""
+    from one neighbour: 0 without a cluster prior. ``one_point_slope_up`` is added to the slope
+    above while only one batch size has observations (``hp.first_step_epochs_slope_up`` where the
+    policy chooses its first exploration)."""
     x = math.log2(b)
     prec0 = 0.0
     mean0 = 0.0
@@ -267,6 +287,8 @@ def posterior(
         points = {log2_c: mean_c for _, log2_c, _, mean_c in observed}
         shrink = 2.0 * noise_var / hp.epoch_slope_sd**2
         default_slope = slopes[0] if x < min(points) else slopes[1] if x > max(points) else 0.0
+        if len(points) == 1 and x > max(points):
+            default_slope += one_point_slope_up
         y, dist = extrapolate(points, x, (-hp.epoch_slope_max, hp.epoch_slope_max), default_slope, shrink)
         return y, noise_var + trend_var * dist**2
     if prec0 == 0.0:

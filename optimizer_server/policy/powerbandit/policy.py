@@ -4,7 +4,7 @@ early-stop bounds and summaries (the model is in :mod:`.model`, the state in :mo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,8 @@ from optimizer_server.policy.powerbandit.model import (
     posterior,
     prior_slopes,
     trend_var,
+    trial_value,
     utilisation_slopes,
-    worth_exploring,
 )
 from optimizer_server.policy.powerbandit.state import PowerBanditState
 from powerbandit.domain import cost_rate
@@ -179,6 +179,42 @@ class PowerBanditPolicy:
                         out.add(arms[j])
         return sorted(out)
 
+    @staticmethod
+    def _reach_up(
+        data: Mapping[int, ArmStats],
+        candidates: list[int],
+        moments: Mapping[int, tuple[float, float]],
+        best_mean: float,
+        fitting: set[int] | None,
+    ) -> Iterator[int]:
+        """Larger untried batch sizes that become candidates beyond the untried neighbour above a
+        successful batch size: the next one up as long as the last is expected to cost less than
+        the one before it (the neighbour: less than ``best_mean``, the best arm's mean cost).
+
+        Going up, a run saves mostly on the epoch cost of a GPU the batch does not fill, which its
+        power draw tells, so an expected saving that keeps growing is worth a longer jump; going
+        down the saving rests on extrapolated epochs, and exploration walks one neighbour at a time.
+        ``fitting``, when given, holds the batch sizes a slowdown budget allows. The caller
+        evaluates each yielded batch size into ``moments`` before asking for the next.
+        """
+        arms = sorted(data)
+        for b in [c for c in candidates if not (data[c].ok or data[c].fails)]:
+            i = arms.index(b)
+            if not (i > 0 and data[arms[i - 1]].ok):
+                continue  # below the successful arm: no jump downwards
+            previous = best_mean
+            while True:
+                expected = exp_capped(moments[b][0] + 0.5 * moments[b][1])
+                i += 1
+                if not (expected < previous and i < len(arms)):
+                    break
+                nxt = arms[i]
+                d = data[nxt]
+                if d.ok or d.fails or d.never_ran or nxt in moments or (fitting is not None and nxt not in fitting):
+                    break
+                yield nxt
+                previous, b = expected, nxt
+
     # -------------------------------------------------------------- suggest
     def suggest(
         self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
@@ -205,6 +241,7 @@ class PowerBanditPolicy:
         slopes = prior_slopes(context)
         observed_arms = observed(data)
         limits: dict[int, float] = {}
+        fitting: set[int] = set()  # with a slowdown budget: the batch sizes expected to fit it
         budget = self._budget_applies(spec, data)
         if budget:
             limits, fitting = self._budget(spec, data, context, observed_arms, noise_var, trend)
@@ -214,15 +251,19 @@ class PowerBanditPolicy:
         ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         single_slopes: dict[float, float] | None = None  # computed when first needed
         costs: dict[int, float] = {}
-        draws = rng.standard_normal(2 * len(candidates)).tolist()
         moments: dict[int, tuple[float, float]] = {}
-        for i, b in enumerate(candidates):
+        log_epoch_costs: dict[int, float] = {}
+
+        def evaluate(b: int, z_epochs: float, z_epoch_cost: float) -> None:
+            """A Thompson sample of ``b``'s log cost into ``costs``, its mean and variance into
+            ``moments``, its expected log epoch cost (when any is known) into ``log_epoch_costs``."""
+            nonlocal single_slopes
             own = data[b]
-            mean, var = posterior(observed_arms, own, b, noise_var, trend, hp, slopes)
+            mean, var = posterior(observed_arms, own, b, noise_var, trend, hp, slopes, hp.first_step_epochs_slope_up)
             if not math.isfinite(mean):
                 mean, var = math.log(max(spec.max_epochs, 1) / 2.0), 1.0
             scale = hp.ts_scale if own.ok else hp.explore_scale
-            mu = mean + scale * math.sqrt(var) * draws[2 * i]
+            mu = mean + scale * math.sqrt(var) * z_epochs
             ec_var = 0.0
             if b in known:
                 log_ec = ec_mean = math.log(known[b])
@@ -231,30 +272,48 @@ class PowerBanditPolicy:
                     single_slopes = utilisation_slopes(context, hp)
                 ec_mean, dist = extrapolate_epoch_cost(ec_points, math.log2(b), hp, single_slopes)
                 ec_var = (hp.ec_sd * dist) ** 2
-                log_ec = ec_mean + hp.explore_scale * hp.ec_sd * dist * draws[2 * i + 1]
+                log_ec = ec_mean + hp.explore_scale * hp.ec_sd * dist * z_epoch_cost
             else:
                 log_ec = ec_mean = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
             moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
+            if known:
+                log_epoch_costs[b] = ec_mean
+
+        draws = rng.standard_normal(2 * len(candidates)).tolist()
+        for i, b in enumerate(candidates):
+            evaluate(b, draws[2 * i], draws[2 * i + 1])
         # an untried batch size is only worth a run when what it may save over the remaining runs
         # (unknown: the job's age is the proxy) outweighs what the trial run is expected to waste
         tried_ok = [b for b in candidates if data[b].ok and b in known]
+        jumps: set[int] = set()
         if tried_ok:
             best_mean = min(exp_capped(moments[b][0] + 0.5 * moments[b][1]) for b in tried_ok)
+            for b in self._reach_up(data, candidates, moments, best_mean, fitting if budget else None):
+                z_epochs, z_epoch_cost = rng.standard_normal(2).tolist()
+                evaluate(b, z_epochs, z_epoch_cost)
+                candidates.append(b)
+                jumps.add(b)
             horizon = max(hp.horizon_min_runs, float(current.observations))
-            keep = [
-                b
-                for b in candidates
-                if data[b].ok or data[b].fails or worth_exploring(*moments[b], best_mean, horizon)
-            ]
+            values: dict[int, float] = {}
+            for b in candidates:
+                if not (data[b].ok or data[b].fails):
+                    # the trial stops at its early-stop bound, or at max_epochs
+                    stop = self.cost_bound(spec, state, b, context.gpu_model)
+                    if b in log_epoch_costs:
+                        stop = min(stop, spec.max_epochs * exp_capped(log_epoch_costs[b]))
+                    values[b] = trial_value(*moments[b], best_mean, horizon, stop)
+            keep = [b for b in candidates if data[b].ok or data[b].fails or values[b] > 0.0]
             if keep:
                 candidates = keep
             # a trial that passed the gate is run now rather than whenever its Thompson draw
             # happens to win: what it may save starts sooner, and the runs spent meanwhile on
-            # arms it might beat are saved (several such trials: the Thompson draw picks one)
+            # arms it might beat are saved. Of several such trials the one worth most goes first
+            # (the Thompson draw breaks ties): a coin flip between two neighbours wasted runs on
+            # the one a model could already tell was worse.
             untried = [b for b in keep if not (data[b].ok or data[b].fails)]
             if untried:
-                candidates = untried
+                candidates = [max(untried, key=lambda b: (values[b], -costs[b]))]
         best = min(candidates, key=lambda b: (costs[b], b))
         tried = data[best].ok or data[best].fails
         phase = "exploit" if tried else "explore"
@@ -262,6 +321,8 @@ class PowerBanditPolicy:
             f"Thompson sample over {len(candidates)} batch sizes: {best} has the lowest sampled cost"
             if tried
             else f"exploring batch size {best}, a neighbour of one that reached the target"
+            if best not in jumps
+            else f"exploring batch size {best}: each larger batch size up to it is expected to cost less"
         )
         if budget:
             explanation += f" within the slowdown budget {spec.max_slowdown:g}x"

@@ -217,11 +217,12 @@ def test_trial_that_passes_the_gate_is_run_at_once() -> None:
     state = policy.new_state(SPEC)
     for k in (10, 11, 10):
         state = policy.observe(SPEC, state, obs(32, k))
-    # 16 and 64 are untried neighbours of 32, as likely as not cheaper: each is worth a trial.
+    # 16 and 64 are untried neighbours of 32, about as likely as not cheaper: each is worth a trial.
     # Thompson sampling alone would keep running 32 about half the time; every suggestion is one
-    # of the two trials instead, the Thompson draw choosing which
+    # of the trials instead, the one worth most: 16 (an epoch costs the same at any batch size on
+    # this saturated GPU, and a larger batch is not expected to need fewer epochs)
     picks = [policy.suggest(SPEC, state, ctx({32: 10.0}), decision_rng(4, i)) for i in range(200)]
-    assert {d.batch_size for d in picks} == {16, 64}
+    assert {d.batch_size for d in picks} == {16}
     assert all(d.phase == "explore" for d in picks)
     # 64 tried, at twice the cost: 16 is the one trial left (128, beyond the dearer 64, is not
     # worth one), and it is still worth it

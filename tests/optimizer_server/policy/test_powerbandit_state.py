@@ -168,7 +168,15 @@ def test_neighbour_reach_sets_how_far_exploration_reaches_beyond_a_success() -> 
             state = policy.observe(spec, state, obs(32, 10))
         hp = replace(policy.hyperparameters, horizon_min_runs=1e12)  # every untried candidate passes the gate
         gated = PowerBanditPolicy(hp)
-        return {gated.suggest(spec, state, context, decision_rng(7, i)).batch_size for i in range(200)}
+        # the trial worth most runs first; with it in flight the next one is offered, and so on
+        # until only tried batch sizes are left
+        busy: list[int] = []
+        while True:
+            running = replace(context, in_flight=tuple(busy))
+            b = gated.suggest(spec, state, running, decision_rng(7, len(busy))).batch_size
+            if b == 32 or b in busy:
+                return set(busy)
+            busy.append(b)
 
     assert explored(PowerBanditPolicy()) == {16, 64}
     assert explored(PowerBanditPolicy(Hyperparameters(neighbour_reach=2))) == {8, 16, 64, 128}

@@ -52,10 +52,15 @@ def test_a_starved_gpu_explores_larger_batches_first() -> None:
     state = after_default()
     policy = PowerBanditPolicy()
     first = {policy.suggest(SPEC, state, context(45.0), decision_rng(s, 1)).batch_size for s in range(30)}
-    assert first == {2048}
-    # a busy GPU gives no such hint: both neighbours get explored first for some seeds
+    # ... and further than the neighbour: 2048 is expected to cost less than the default and 4096
+    # less than 2048, so the trial worth most is 4096, two doublings up
+    assert first == {4096}
+    jump = policy.suggest(SPEC, state, context(45.0), decision_rng(0, 1))
+    assert jump.phase == "explore" and "each larger batch size up to it is expected to cost less" in jump.explanation
+    # a busy GPU: an epoch costs about the same at any batch size, and a larger batch is not expected
+    # to need fewer epochs, so the smaller neighbour is tried first (and nothing further)
     busy = {policy.suggest(SPEC, state, context(280.0), decision_rng(s, 1)).batch_size for s in range(30)}
-    assert busy == {512, 2048}
+    assert busy == {512}
 
 
 def test_cluster_prior_slopes_per_direction() -> None:
@@ -111,3 +116,62 @@ def cli_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_a_trial_stopped_at_its_bound_wastes_all_it_cost() -> None:
+    from optimizer_server.policy.powerbandit.model import trial_value, worth_exploring
+
+    best, dear, uncertain = 10.0, math.log(12.0), 0.25
+    # without a stop, a trial that turns out dear costs only its excess over the best arm; stopped at
+    # 17, one that would cost more wastes all 17 (the recurrence then runs again on the best arm)
+    assert worth_exploring(dear, uncertain, best, 5.0)
+    assert not worth_exploring(dear, uncertain, best, 5.0, stop=17.0)
+    assert trial_value(dear, uncertain, best, 5.0, stop=17.0) < trial_value(dear, uncertain, best, 5.0)
+    assert trial_value(dear, uncertain, best, 5.0, stop=math.inf) == trial_value(dear, uncertain, best, 5.0)
+    # a trial that is all but sure to finish under its stop is worth what it was worth before
+    cheap = trial_value(math.log(5.0), 0.01, best, 5.0)
+    assert trial_value(math.log(5.0), 0.01, best, 5.0, stop=17.0) == pytest.approx(cheap)
+    assert trial_value(dear, uncertain, math.inf, 5.0) == -math.inf  # nothing measured to beat
+
+
+def test_one_tried_batch_size_expects_larger_batches_to_need_no_fewer_epochs() -> None:
+    from optimizer_server.policy.powerbandit.model import ArmStats, posterior
+
+    hp = Hyperparameters()
+    untried = ArmStats(0, 0, 0, 0, math.nan, 0.0, -math.inf)
+    one = [(1024, 10.0, 3, math.log(50.0))]
+    slope = hp.first_step_epochs_slope_up
+    up, _ = posterior(one, untried, 4096, 0.02, 0.1, hp, (0.0, 0.0), slope)
+    down, _ = posterior(one, untried, 256, 0.02, 0.1, hp, (0.0, 0.0), slope)
+    assert slope > 0 and up == pytest.approx(math.log(50.0) + 2 * slope) and down == pytest.approx(math.log(50.0))
+    # added to a cluster prior's slope; with two tried batch sizes their own trend speaks instead
+    with_prior, _ = posterior(one, untried, 2048, 0.02, 0.1, hp, (0.0, 0.3), slope)
+    assert with_prior == pytest.approx(math.log(50.0) + 0.3 + slope)
+    two = [*one, (2048, 11.0, 3, math.log(50.0))]
+    assert posterior(two, untried, 4096, 0.02, 0.1, hp, (0.0, 0.0), slope)[0] == pytest.approx(math.log(50.0))
+
+
+def test_exploration_jumps_only_upwards_and_only_while_each_step_is_expected_cheaper() -> None:
+    from optimizer_server.policy.powerbandit.model import ArmStats
+
+    sizes = (128, 256, 512, 1024, 2048, 4096, 8192)
+    tried = ArmStats(3, 0, 0, 3, math.log(5.0), 0.0, math.log(5.0))
+    untried = ArmStats(0, 0, 0, 0, math.nan, 0.0, -math.inf)
+    data = {b: tried if b == 1024 else untried for b in sizes}
+    # expected log cost per batch size (variance 0): falling up to 4096, rising after; 512 cheaper still
+    expected = {512: -2.0, 2048: -0.5, 4096: -0.8, 8192: -0.7}
+
+    def chain(fitting: set[int] | None = None) -> list[int]:
+        moments = {1024: (0.0, 0.0), 512: (expected[512], 0.0), 2048: (expected[2048], 0.0)}
+        out = []
+        for b in PowerBanditPolicy._reach_up(data, [512, 1024, 2048], moments, 1.0, fitting):
+            moments[b] = (expected[b], 0.0)  # the caller evaluates each hop before the next is judged
+            out.append(b)
+        return out
+
+    # 2048 < the best mean, 4096 < 2048: 4096 and (judged on 4096's cost) 8192 become candidates;
+    # nothing below 512 although it looks cheapest: downwards exploration walks
+    assert chain() == [4096, 8192]
+    assert chain(fitting={1024, 2048}) == []  # a slowdown budget's limits hold for jumps too
+    expected[4096] = -0.4  # 4096 dearer than 2048: it is still a candidate, nothing beyond it
+    assert chain() == [4096]

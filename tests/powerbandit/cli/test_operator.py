@@ -38,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer
     db = tmp_path_factory.mktemp("operator") / "op.db"
     with EmbeddedServer(f"sqlite:///{db}") as server, OptimizerClient(server.address, timeout_s=10) as client:
         replay(client, SYNTH, TRACE, 16, "Replay A")
-        replay(client, SYNTH, TRACE, 3, "Replay B")
+        replay(client, SYNTH, TRACE, 5, "Replay B")  # 5: the best batch size runs on B too
         replay(client, NO_DEFAULT, TRACE, 6, "Replay A")
         replay(client, PINNED, TRACE, 6, "Replay A", can_set=False)
         client.register_job(FRESH)
@@ -155,7 +155,7 @@ def test_show_text(cluster: EmbeddedServer, capsys: pytest.CaptureFixture[str]) 
     assert code == 0
     assert "outlook: next run on Replay B:" in out
     assert "90% interval" in out and "power profiles" in out and "Replay A b512:" in out
-    assert "recent runs (5 of 19" in out and "reached target" in out
+    assert "recent runs (5 of 21" in out and "reached target" in out
     for b in SYNTH.batch_sizes:
         assert any(line.strip().startswith(str(b)) for line in out.splitlines())
 
