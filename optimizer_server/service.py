@@ -56,11 +56,11 @@ from optimizer_server.store.base import (
     RunRecord,
     Store,
 )
+from powerbandit.domain import candidate_power_limits
 
 log = logging.getLogger("powerbandit.server")
 
 DEFAULT_LEASE_S = 300.0
-DEFAULT_POWER_LIMIT_STEP_W = 25.0
 RUNS_PAGE_SIZE = 5000
 """Runs per ``GetJob`` page at most (the gRPC layer may cut a page shorter to fit a message)."""
 DEFAULT_MAX_RUNS_IN_FLIGHT = 1000
@@ -92,15 +92,11 @@ class RunGpu:
         return self.max_power_limit_w * self.count
 
     def candidate_power_limits(self) -> tuple[float, ...]:
-        """The limits a profile tries: the given ones, or 25 W steps down from the maximum."""
+        """The limits a profile tries: the given ones, or the domain's default ladder (25 W steps
+        down from the maximum, and the minimum)."""
         if self.power_limits_w:
             return tuple(sorted(set(self.power_limits_w)))
-        limits = {self.min_power_limit_w, self.max_power_limit_w}
-        limit = self.max_power_limit_w - DEFAULT_POWER_LIMIT_STEP_W
-        while limit > self.min_power_limit_w:
-            limits.add(limit)
-            limit -= DEFAULT_POWER_LIMIT_STEP_W
-        return tuple(sorted(limits))
+        return candidate_power_limits(self.min_power_limit_w, self.max_power_limit_w)
 
 
 @dataclass(frozen=True)

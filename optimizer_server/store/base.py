@@ -22,18 +22,19 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from optimizer_server.policy.base import JobSpec, ProfilePoint
+from powerbandit.domain import JobSpec, ProfilePoint, ProfileRecord, RunGroup, RunState
 
 T = TypeVar("T")
 
-RUN_IN_FLIGHT = "in_flight"
-RUN_COMPLETED = "completed"
-RUN_FAILED = "failed"
-RUN_EXPIRED = "expired"
-RUN_STATES = (RUN_IN_FLIGHT, RUN_COMPLETED, RUN_FAILED, RUN_EXPIRED)
+# the run states as the plain strings the database keeps (the domain's RunState values)
+RUN_IN_FLIGHT: str = RunState.IN_FLIGHT.value
+RUN_COMPLETED: str = RunState.COMPLETED.value
+RUN_FAILED: str = RunState.FAILED.value
+RUN_EXPIRED: str = RunState.EXPIRED.value
+RUN_STATES: tuple[str, ...] = tuple(state.value for state in RunState)
 
 
 @dataclass(frozen=True)
@@ -76,38 +77,6 @@ class RunRecord:
     epoch_cost: float | None = None
     seq: int = 0  # order of creation within the job, assigned by the store
     power_limit_control: str = ""  # "", "nvml", "agent", "none", "simulated" (as the SDK reported it)
-
-
-@dataclass
-class ProfileRecord:
-    """A measured power profile of one batch size on one GPU model."""
-
-    gpu_model: str
-    batch_size: int
-    points: dict[float, ProfilePoint] = field(default_factory=dict)
-    run_id: str = ""
-
-
-@dataclass(frozen=True)
-class RunGroup:
-    """A job's runs with the same GPU model, batch size, power limit, state and outcome, summed.
-
-    ``in_window``: finished at or after the window start asked for. ``max_power_limit_w`` is per
-    GPU (the largest ``max_power_w / gpu_count`` among them).
-    """
-
-    gpu_model: str
-    batch_size: int
-    power_limit_w: float
-    state: str
-    reached_target: bool
-    in_window: bool
-    runs: int
-    energy_j: float
-    time_s: float
-    epochs: float
-    max_power_limit_w: float
-    last_created_unix_s: float
 
 
 class JobTransaction(ABC):
