@@ -31,9 +31,9 @@ neighbour at a time.
 An untried candidate must be worth a trial (an expected-improvement gate, :func:`.model.trial_value`):
 its expected saving per run over the best arm's mean cost, times a horizon (the job's age in runs,
 at least ``horizon_min_runs``: the number of future recurrences is unknown), must exceed the excess
-cost the trial run is expected to have. That excess counts a trial stopped at its bound (its
-early-stop bound, or ``max_epochs`` epochs) as wholly wasted, since the recurrence then runs again
-on the best arm. A trial that passes the gate is run at once, before any tried batch size, rather
+cost the trial run is expected to have. That excess counts a trial stopped at its early-stop bound
+(:meth:`PowerBanditPolicy.cost_bound`) as wholly wasted, since the recurrence then runs again on
+the best arm. A trial that passes the gate is run at once, before any tried batch size, rather
 than whenever its Thompson draw happens to win: the gate has already judged it worth its cost, and
 putting it off only puts off what it may save while the runs in between go to arms it may beat.
 When several trials pass the gate, the one worth most runs first (the Thompson draw breaks ties);

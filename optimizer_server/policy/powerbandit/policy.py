@@ -252,11 +252,9 @@ class PowerBanditPolicy:
         single_slopes: dict[float, float] | None = None  # computed when first needed
         costs: dict[int, float] = {}
         moments: dict[int, tuple[float, float]] = {}
-        log_epoch_costs: dict[int, float] = {}
 
         def evaluate(b: int, z_epochs: float, z_epoch_cost: float) -> None:
-            """A Thompson sample of ``b``'s log cost into ``costs``, its mean and variance into
-            ``moments``, its expected log epoch cost (when any is known) into ``log_epoch_costs``."""
+            """A Thompson sample of ``b``'s log cost into ``costs``, its mean and variance into ``moments``."""
             nonlocal single_slopes
             own = data[b]
             mean, var = posterior(observed_arms, own, b, noise_var, trend, hp, slopes, hp.first_step_epochs_slope_up)
@@ -277,8 +275,6 @@ class PowerBanditPolicy:
                 log_ec = ec_mean = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
             moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
-            if known:
-                log_epoch_costs[b] = ec_mean
 
         draws = rng.standard_normal(2 * len(candidates)).tolist()
         for i, b in enumerate(candidates):
@@ -295,14 +291,11 @@ class PowerBanditPolicy:
                 candidates.append(b)
                 jumps.add(b)
             horizon = max(hp.horizon_min_runs, float(current.observations))
-            values: dict[int, float] = {}
-            for b in candidates:
-                if not (data[b].ok or data[b].fails):
-                    # the trial stops at its early-stop bound, or at max_epochs
-                    stop = self.cost_bound(spec, state, b, context.gpu_model)
-                    if b in log_epoch_costs:
-                        stop = min(stop, spec.max_epochs * exp_capped(log_epoch_costs[b]))
-                    values[b] = trial_value(*moments[b], best_mean, horizon, stop)
+            values = {
+                b: trial_value(*moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model))
+                for b in candidates
+                if not (data[b].ok or data[b].fails)
+            }
             keep = [b for b in candidates if data[b].ok or data[b].fails or values[b] > 0.0]
             if keep:
                 candidates = keep
