@@ -20,9 +20,9 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from optimizer_server.errors import (
     AlreadyExistsError,
@@ -143,6 +143,36 @@ def spec_differences(stored: JobSpec, requested: JobSpec) -> list[str]:
     if requested.seed == 0:
         b["seed"] = a["seed"]
     return [name for name in a if a[name] != b[name]]
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _as_change(
+    operation: Callable[Concatenate[OptimizerService, _P], _T],
+) -> Callable[Concatenate[OptimizerService, _P], Awaitable[_T]]:
+    """``operation`` as a coroutine that runs it through the store's :meth:`Store.submit`."""
+
+    async def submitted(self: OptimizerService, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self.store.submit(operation, self, *args, **kwargs)
+
+    submitted.__name__ = f"{operation.__name__}_async"
+    submitted.__doc__ = f":meth:`{operation.__name__}`, as a change (:meth:`Store.submit`)."
+    return submitted
+
+
+def _as_read(
+    operation: Callable[Concatenate[OptimizerService, _P], _T],
+) -> Callable[Concatenate[OptimizerService, _P], Awaitable[_T]]:
+    """``operation`` as a coroutine that runs it through the store's :meth:`Store.read`."""
+
+    async def read(self: OptimizerService, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self.store.read(operation, self, *args, **kwargs)
+
+    read.__name__ = f"{operation.__name__}_async"
+    read.__doc__ = f":meth:`{operation.__name__}`, as a read on a worker thread (:meth:`Store.read`)."
+    return read
 
 
 class OptimizerService:
@@ -540,114 +570,20 @@ class OptimizerService:
             return tx.job
 
     # ------------------------------------------------------------ execution: what the loop awaits
-    async def register_job_async(self, spec: JobSpec) -> tuple[JobSpec, bool]:
-        """:meth:`register_job`, as a change."""
-        return await self.store.submit(self.register_job, spec)
-
-    async def delete_job_async(self, job_id: str) -> None:
-        """:meth:`delete_job`, as a change."""
-        await self.store.submit(self.delete_job, job_id)
-
-    async def get_job_async(
-        self,
-        job_id: str,
-        max_runs: int = 0,
-        *,
-        with_runs: bool = True,
-        after_seq: int = -1,
-        window_start_unix_s: float = 0.0,
-    ) -> JobView:
-        """:meth:`get_job`, as a read on a worker thread."""
-        return await self.store.read(
-            self.get_job,
-            job_id,
-            max_runs,
-            with_runs=with_runs,
-            after_seq=after_seq,
-            window_start_unix_s=window_start_unix_s,
-        )
-
-    async def list_jobs_async(
-        self,
-        prefix: str = "",
-        page_size: int = 100,
-        page_token: str = "",
-        scopes: Sequence[str] = (),
-        window_start_unix_s: float = 0.0,
-    ) -> tuple[list[JobView], str]:
-        """:meth:`list_jobs`, as a read on a worker thread."""
-        return await self.store.read(self.list_jobs, prefix, page_size, page_token, scopes, window_start_unix_s)
-
-    async def suggest_async(self, job_id: str, gpu: RunGpu, request_id: str = "") -> Suggestion:
-        """:meth:`suggest`, as a change."""
-        return await self.store.submit(self.suggest, job_id, gpu, request_id)
-
-    async def report_profile_async(
-        self,
-        job_id: str,
-        run_id: str,
-        steps_per_epoch: float,
-        measurements: Sequence[tuple[float, float, float]],
-    ) -> tuple[float, float]:
-        """:meth:`report_profile`, as a change."""
-        return await self.store.submit(self.report_profile, job_id, run_id, steps_per_epoch, measurements)
-
-    async def report_progress_async(
-        self, job_id: str, run_id: str, epochs: float, energy_j: float, time_s: float, metric: float | None
-    ) -> ProgressVerdict:
-        """:meth:`report_progress`, as a change."""
-        return await self.store.submit(self.report_progress, job_id, run_id, epochs, energy_j, time_s, metric)
-
-    async def complete_run_async(
-        self,
-        job_id: str,
-        run_id: str,
-        *,
-        energy_j: float,
-        time_s: float,
-        epochs: float,
-        reached_target: bool,
-        final_metric: float | None = None,
-        power_limit_w: float = 0.0,
-        power_limit_control: str = "",
-    ) -> RunRecord:
-        """:meth:`complete_run`, as a change."""
-        return await self.store.submit(
-            self.complete_run,
-            job_id,
-            run_id,
-            energy_j=energy_j,
-            time_s=time_s,
-            epochs=epochs,
-            reached_target=reached_target,
-            final_metric=final_metric,
-            power_limit_w=power_limit_w,
-            power_limit_control=power_limit_control,
-        )
-
-    async def fail_run_async(
-        self,
-        job_id: str,
-        run_id: str,
-        reason: str,
-        energy_j: float = 0.0,
-        time_s: float = 0.0,
-        epochs: float = 0.0,
-        power_limit_control: str = "",
-        power_limit_w: float = 0.0,
-    ) -> RunRecord:
-        """:meth:`fail_run`, as a change."""
-        return await self.store.submit(
-            self.fail_run, job_id, run_id, reason, energy_j, time_s, epochs, power_limit_control, power_limit_w
-        )
-
-    async def heartbeat_async(self, job_id: str, run_id: str) -> float:
-        """:meth:`heartbeat`, as a change."""
-        return await self.store.submit(self.heartbeat, job_id, run_id)
-
-    async def expire_lapsed_runs_async(self) -> int:
-        """:meth:`expire_lapsed_runs`, as a change (the server's lease sweeper awaits it)."""
-        return await self.store.submit(self.expire_lapsed_runs)
+    # Each operation above, as the coroutine the gRPC layer awaits: changes run through
+    # Store.submit (on SQLite inside the open group-commit batch), large reads through Store.read
+    # (a worker thread on a read-only connection). Same arguments, same result.
+    register_job_async = _as_change(register_job)
+    delete_job_async = _as_change(delete_job)
+    get_job_async = _as_read(get_job)
+    list_jobs_async = _as_read(list_jobs)
+    suggest_async = _as_change(suggest)
+    report_profile_async = _as_change(report_profile)
+    report_progress_async = _as_change(report_progress)
+    complete_run_async = _as_change(complete_run)
+    fail_run_async = _as_change(fail_run)
+    heartbeat_async = _as_change(heartbeat)
+    expire_lapsed_runs_async = _as_change(expire_lapsed_runs)  # the server's lease sweeper awaits it
 
     # -------------------------------------------------------------------------------- helpers
     def _upgraded_state(self, spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
