@@ -33,9 +33,11 @@ its expected saving per run over the best arm's mean cost, times a horizon (the 
 at least ``horizon_min_runs``: the number of future recurrences is unknown), must exceed the excess
 cost the trial run is expected to have. That excess counts a trial stopped at its early-stop bound
 (:meth:`PowerBanditPolicy.cost_bound`) as wholly wasted, since the recurrence then runs again on
-the best arm. A trial that passes the gate is run at once, before any tried batch size, rather
-than whenever its Thompson draw happens to win: the gate has already judged it worth its cost, and
-putting it off only puts off what it may save while the runs in between go to arms it may beat.
+the best arm. A batch size that has only failed so far faces the same gate before it runs again
+(its censored runs make it look dear, so it seldom passes). A trial that passes the gate is run at
+once, before any tried batch size, rather than whenever its Thompson draw happens to win: the gate
+has already judged it worth its cost, and putting it off only puts off what it may save while the
+runs in between go to arms it may beat.
 When several trials pass the gate, the one worth most runs first (the Thompson draw breaks ties);
 a coin flip between them wasted runs on the one the model could already tell was worse. With only
 one batch size tried, a larger one is expected to need a little more epochs

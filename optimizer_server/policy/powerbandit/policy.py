@@ -291,12 +291,15 @@ class PowerBanditPolicy:
                 candidates.append(b)
                 jumps.add(b)
             horizon = max(hp.horizon_min_runs, float(current.observations))
+            # a batch size that has only failed so far is still an exploration: running it again
+            # must pass the same gate as an untried one (its censored runs make it look dear, so it
+            # seldom does; before, a lucky Thompson draw was enough to retry it)
             values = {
                 b: trial_value(*moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model))
                 for b in candidates
-                if not (data[b].ok or data[b].fails)
+                if not data[b].ok
             }
-            keep = [b for b in candidates if data[b].ok or data[b].fails or values[b] > 0.0]
+            keep = [b for b in candidates if data[b].ok or values[b] > 0.0]
             if keep:
                 candidates = keep
             # a trial that passed the gate is run now rather than whenever its Thompson draw
