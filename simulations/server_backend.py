@@ -4,7 +4,7 @@
 (with the GPU the trace describes), reports the profile the run measured (``ReportProfile``, from
 the trace) and completes the run (``CompleteRun``). The server stores everything and runs the same
 policy code, with the same per-decision random generator, so the decisions must equal those of the
-in-process simulation for the same seed; ``tests/test_simulator_via_server.py`` checks that.
+in-process simulation for the same seed; ``tests/simulations/test_via_server.py`` checks that.
 """
 
 from __future__ import annotations
