@@ -106,3 +106,27 @@ def listen_address(text: str) -> str:
     except InvalidArgumentError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:")
+
+
+def server_address(text: str) -> str:
+    """A server to call: ``HOST:PORT`` (``[IPv6]:PORT`` too) or a gRPC target URI (``unix:/path``, ``dns:///host:port``).
+
+    >>> server_address("10.0.0.7:50051")
+    '10.0.0.7:50051'
+    """
+    address = text.strip()
+    if address.startswith(_GRPC_SCHEMES):
+        if address.partition(":")[2]:
+            return address
+        raise argparse.ArgumentTypeError(f"{text!r} names a scheme but no target, e.g. unix:/run/powerbandit.sock")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:50051")
+    if any(c.isspace() for c in host) or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise argparse.ArgumentTypeError(f"{text!r} has no valid host; write an IPv6 address in brackets, e.g. [::1]:50051")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number from 1 to 65535")
+    return address

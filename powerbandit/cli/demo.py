@@ -24,7 +24,7 @@ from client_sdk.replay import ReplayGpu
 from optimizer_server.policy.base import ProfilePoint
 from optimizer_server.policy.registry import POLICY_NAMES
 from powerbandit.cli import operator_view as view
-from powerbandit.cli.argtypes import fraction_0_1, positive_int
+from powerbandit.cli.argtypes import fraction_0_1, positive_int, server_address
 from powerbandit.cli.errors import UserError, run_command
 from simulations.traces import CANONICAL, GPUS, TraceJob, TraceSet, default_trace_dir
 
@@ -91,7 +91,7 @@ def load_job(trace_dir: str | None, workload: str, gpu: str, synthetic: bool = F
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``powerbandit demo``."""
     parser.add_argument(
-        "--server", help="address of a running server (default: start one on a temporary SQLite file)"
+        "--server", type=server_address, help="address of a running server (default: start one on a temporary SQLite file)"
     )
     parser.add_argument(
         "--recurrences", type=positive_int, default=40, help="recurrences of the job to replay (default 40)"

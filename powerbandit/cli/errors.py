@@ -82,4 +82,7 @@ def _message(exc: BaseException) -> str:
     """The error's own words; for ``OSError`` with a file name, the reason and the file."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename and type(exc).__str__ is OSError.__str__:
         return f"{exc.strerror}: {exc.filename}"
+    hint, code = getattr(exc, "hint", ""), getattr(exc, "code", None)
+    if isinstance(hint, str) and hint and code is not None:  # a call refused: its status and reason, not the RPC
+        return f"{code.name}: {hint}"
     return str(exc) or type(exc).__name__

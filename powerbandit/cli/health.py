@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from powerbandit.cli.argtypes import server_address
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=None,
+        type=server_address,
         help="host:port [POWERBANDIT_SERVER, else the loopback end of POWERBANDIT_LISTEN, else 127.0.0.1:50051]",
     )
     parser.add_argument(

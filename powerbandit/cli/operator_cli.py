@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from powerbandit.cli import operator_view as view
-from powerbandit.cli.argtypes import non_negative_float, non_negative_int
+from powerbandit.cli.argtypes import non_negative_float, non_negative_int, server_address
 from powerbandit.cli.errors import UserError
 
 COMMANDS = ("jobs", "report")
@@ -48,6 +48,7 @@ def _add_server(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--server",
         default=_env("SERVER", "127.0.0.1:50051") if top else argparse.SUPPRESS,
+        type=server_address,
         help="server address host:port [POWERBANDIT_SERVER, default 127.0.0.1:50051]",
     )
 

@@ -58,6 +58,7 @@ from typing import IO, Any
 from client_sdk.client import Job, OptimizerClient, fail_open_from_environment
 from client_sdk.errors import NotFoundError
 from client_sdk.gpu import Gpu, GpuUnavailableError
+from powerbandit.cli.argtypes import server_address
 from powerbandit.cli.errors import UserError
 
 __all__ = ["ChildReport", "add_arguments", "load_replay_table", "parse_report_line", "run"]
@@ -97,7 +98,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         usage="powerbandit run --job JOB [options] -- COMMAND [ARG ...]",
     )
     p.add_argument("--job", required=True, help="the job id, e.g. team/resnet50")
-    p.add_argument("--server", default=_env("SERVER", "127.0.0.1:50051"),
+    p.add_argument("--server", default=_env("SERVER", "127.0.0.1:50051"), type=server_address,
                    help="server address host:port [POWERBANDIT_SERVER, default 127.0.0.1:50051]")  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=30.0, help="seconds each server call may take (default 30)")
     spec = p.add_argument_group("job spec (registers the job; omit all to use the registered job)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from powerbandit.cli.argtypes import listen_address, positive_float
+from powerbandit.cli.argtypes import listen_address, positive_float, server_address
 from powerbandit.cli.errors import UserError
 from powerbandit.v1 import optimizer_pb2 as pb
 
@@ -38,7 +38,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     """Add the ``dashboard`` command to the top-level parser."""
     p = sub.add_parser("dashboard", help="serve a read-only web dashboard of a server's jobs",
                        description=DESCRIPTION)  # fmt: skip
-    p.add_argument("--server", default=_env("SERVER", "127.0.0.1:50051"),
+    p.add_argument("--server", default=_env("SERVER", "127.0.0.1:50051"), type=server_address,
                    help="optimizer server host:port [POWERBANDIT_SERVER, default 127.0.0.1:50051]")  # fmt: skip
     p.add_argument("--server-tls", action="store_true",
                    help="reach the server over TLS (system roots, or POWERBANDIT_TLS_ROOT_CERT)")  # fmt: skip

@@ -337,3 +337,38 @@ def test_values_a_newcomer_mistyped_are_refused_with_what_is_accepted(
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "parse_seeds" not in err
+
+
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        ("not an address", "is not HOST:PORT"),
+        ("localhost", "is not HOST:PORT"),
+        ("localhost:99999", "not a number from 1 to 65535"),
+        ("localhost:http", "not a number from 1 to 65535"),
+        ("::1:50051", "IPv6 address in brackets"),
+        ("unix:", "names a scheme but no target"),
+    ],
+)
+def test_a_malformed_server_address_is_one_usage_line(
+    address: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["jobs", "list", "--server", address], ["report", "--server", address],
+                 ["health", "--server", address], ["dashboard", "--server", address]):  # fmt: skip
+        code, _, err = run_main(argv, capsys)
+        assert_one_error_line(code, err, "--server", needle, exit_code=2)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:50051", "[::1]:50051", "unix:/run/pb.sock", "dns:///pb.example:443"])
+def test_well_formed_server_addresses_are_accepted(address: str) -> None:
+    args = build_parser().parse_args(["jobs", "list", "--server", address])
+    assert args.server == address
+
+
+def test_a_job_that_does_not_exist_is_named_without_the_rpc_behind_it(
+    served_jobs: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["show", "team/nosuch"], ["delete", "team/nosuch", "--yes"]):
+        code, _, err = run_main(["jobs", "--server", served_jobs.address, *argv], capsys)
+        assert_one_error_line(code, err, "NOT_FOUND: job 'team/nosuch' not found", served_jobs.address)
+        assert "GetJob" not in err, err
