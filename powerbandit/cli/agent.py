@@ -79,7 +79,14 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     )
     a = p.add_subparsers(dest="agent_command", required=True)
 
-    s = a.add_parser("serve", help="run the agent (as root)")
+    s = a.add_parser(
+        "serve",
+        help="run the agent (as root)",
+        description="Run the node agent as root: it listens on a Unix socket, sets power limits for the "
+        "processes entitled to a GPU under leases, journals each GPU's original limit before the first "
+        "change, and restores it when a lease ends, lapses or its holder dies, on SIGTERM, and at start-up "
+        "after a crash. --simulate-gpus N runs it on simulated GPUs (a dry run without a GPU).",
+    )
     s.add_argument("--socket", default=_socket_default(), help=f"public Unix socket [{AGENT_SOCKET_ENV}, {DEFAULT_SOCKET}]")
     s.add_argument("--socket-mode", type=_octal, default=0o660, help="socket file mode, octal [0660]")
     s.add_argument("--socket-group", default=None, help="socket group (name or gid): the training users' group")
@@ -99,7 +106,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                    help="simulated GPUs' state file (kept across restarts) [STATE_DIR/simulated-gpus.json]")  # fmt: skip
     s.add_argument("--simulate-mig", type=int, action="append", default=[], help="simulated GPU index with MIG on")
 
-    st = a.add_parser("status", help="show every GPU's limits and lease")
+    st = a.add_parser(
+        "status",
+        help="show every GPU's limits and lease",
+        description="Show each GPU the agent manages: its power-limit range, the limit in force, the "
+        "original limit it will restore, and the lease holding it (if any). Any user who can open the "
+        "agent's socket may ask.",
+    )
     st.add_argument("--socket", default=_socket_default(), help=f"agent socket [{AGENT_SOCKET_ENV}]")
     st.add_argument("--json", action="store_true", help="print JSON")
 
@@ -120,7 +133,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                     help="hold the lease in this process, renewing it, until interrupted (default: the lease "
                     "lives only as long as the calling process, e.g. your shell)")  # fmt: skip
 
-    r = a.add_parser("release", help="end a lease (the original limits come back)")
+    r = a.add_parser(
+        "release",
+        help="end a lease (the original limits come back)",
+        description="End a lease by its id (as `set-limit` printed it): the GPUs get their original power "
+        "limits back. Only the holder's process or user, or root, may release it.",
+    )
     r.add_argument("--socket", default=_socket_default(), help=f"agent socket [{AGENT_SOCKET_ENV}]")
     r.add_argument("lease", help="lease id")
 

@@ -92,7 +92,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _add_db(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="database maintenance")
     db = p.add_subparsers(dest="db_command", required=True)
-    up = db.add_parser("upgrade", help="apply pending schema migrations")
+    up = db.add_parser(
+        "upgrade",
+        help="apply pending schema migrations",
+        description="Apply the pending schema migrations of a database (SQLite or PostgreSQL) and exit; "
+        "`powerbandit serve` does the same at start. Back up the database first (docs/operations.md); a "
+        "database newer than this version is refused, never changed.",
+    )
     up.add_argument(
         "--db", default=_env("DB", "sqlite:///powerbandit.db"), help="database URL [POWERBANDIT_DB]"
     )
