@@ -34,6 +34,7 @@ from optimizer_server.policy import PolicyRegistry, default_registry
 from optimizer_server.service import DEFAULT_LEASE_S, DEFAULT_MAX_RUNS_IN_FLIGHT, OptimizerService
 from optimizer_server.store.base import Store
 from optimizer_server.store.open import open_store
+from powerbandit.addresses import AddressError, split_host_port
 from powerbandit.v1 import optimizer_pb2
 
 log = logging.getLogger("powerbandit.server")
@@ -97,20 +98,11 @@ def parse_listen(listen: str) -> ListenAddress:
     The port must be 0 (any free port) to 65535; the host an IP address or a name that resolves.
     Raises :class:`InvalidArgumentError` naming the address and what is wrong with it.
     """
-    text = listen.strip()
     problem = f"invalid listen address {listen!r}"
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise InvalidArgumentError(
-                f"{problem}: an IPv6 address needs a port after the brackets; use {LISTEN_FORM}"
-            )
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise InvalidArgumentError(f"{problem}: no port; use {LISTEN_FORM}")
-        if ":" in host:
-            raise InvalidArgumentError(f"{problem}: write an IPv6 address in brackets; use {LISTEN_FORM}")
+    try:
+        host, port_text = split_host_port(listen)
+    except AddressError as exc:
+        raise InvalidArgumentError(f"{problem}: {exc}; use {LISTEN_FORM}") from None
     if not host:
         raise InvalidArgumentError(
             f"{problem}: no host (0.0.0.0 or [::] listens on every interface); use {LISTEN_FORM}"

@@ -33,6 +33,7 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("powerbandit.domain", "", "the domain model is standard library only"),
     Rule("powerbandit.v1", "", "the generated API is the lowest layer"),
+    Rule("powerbandit.addresses", "", "address parsing is standard library only"),
     Rule("powerbandit.proto_conversion", "optimizer_server", "conversion sits below the server"),
     Rule("powerbandit.proto_conversion", "client_sdk", "conversion sits below the SDK"),
     Rule("client_sdk", "powerbandit.cli", "the SDK never imports the application"),

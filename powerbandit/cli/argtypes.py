@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from powerbandit.addresses import AddressError, split_host_port
+
 
 def _number(text: str, kind: str) -> float:
     try:
@@ -122,11 +124,12 @@ def server_address(text: str) -> str:
         if address.partition(":")[2]:
             return address
         raise argparse.ArgumentTypeError(f"{text!r} names a scheme but no target, e.g. unix:/run/powerbandit.sock")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:50051")
-    if any(c.isspace() for c in host) or (":" in host and not (host.startswith("[") and host.endswith("]"))):
-        raise argparse.ArgumentTypeError(f"{text!r} has no valid host; write an IPv6 address in brackets, e.g. [::1]:50051")
+    try:
+        host, port = split_host_port(address)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT ({exc}), e.g. 127.0.0.1:50051") from None
+    if not host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"{text!r} has no valid host: use HOST:PORT, e.g. 127.0.0.1:50051")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number from 1 to 65535")
     return address

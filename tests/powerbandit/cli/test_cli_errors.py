@@ -347,6 +347,8 @@ def test_values_a_newcomer_mistyped_are_refused_with_what_is_accepted(
         ("localhost:99999", "not a number from 1 to 65535"),
         ("localhost:http", "not a number from 1 to 65535"),
         ("::1:50051", "IPv6 address in brackets"),
+        ("[::1:50051", "needs a port after the brackets"),
+        (":50051", "has no valid host"),
         ("unix:", "names a scheme but no target"),
     ],
 )
