@@ -62,8 +62,7 @@ class OptimizerClientError(RuntimeError):
             hint = f"no answer from the powerbandit server at {address} in time (is it running and reachable?)"
         else:
             hint = f"{details} (server {address})"
-        self.hint = hint
-        """What went wrong in the user's words, without the RPC's name (what the CLI prints)."""
+        self.hint = hint  # what went wrong in the user's words, without the RPC's name (what the CLI prints)
         super().__init__(f"{method} failed with {code.name}: {hint}")
 
     def __reduce__(self) -> tuple[object, tuple[str, grpc.StatusCode, str, str]]:

@@ -149,30 +149,20 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _as_change(
-    operation: Callable[Concatenate[OptimizerService, _P], _T],
+def _awaited(
+    operation: Callable[Concatenate[OptimizerService, _P], _T], *, read: bool = False
 ) -> Callable[Concatenate[OptimizerService, _P], Awaitable[_T]]:
-    """``operation`` as a coroutine that runs it through the store's :meth:`Store.submit`."""
+    """``operation`` as a coroutine the event loop awaits: a change through :meth:`Store.submit`, or
+    with ``read`` a large read through :meth:`Store.read` (a worker thread)."""
+    how = "a read on a worker thread (:meth:`Store.read`)" if read else "a change (:meth:`Store.submit`)"
 
-    async def submitted(self: OptimizerService, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await self.store.submit(operation, self, *args, **kwargs)
+    async def awaited(self: OptimizerService, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        execute = self.store.read if read else self.store.submit
+        return await execute(operation, self, *args, **kwargs)
 
-    submitted.__name__ = f"{operation.__name__}_async"
-    submitted.__doc__ = f":meth:`{operation.__name__}`, as a change (:meth:`Store.submit`)."
-    return submitted
-
-
-def _as_read(
-    operation: Callable[Concatenate[OptimizerService, _P], _T],
-) -> Callable[Concatenate[OptimizerService, _P], Awaitable[_T]]:
-    """``operation`` as a coroutine that runs it through the store's :meth:`Store.read`."""
-
-    async def read(self: OptimizerService, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await self.store.read(operation, self, *args, **kwargs)
-
-    read.__name__ = f"{operation.__name__}_async"
-    read.__doc__ = f":meth:`{operation.__name__}`, as a read on a worker thread (:meth:`Store.read`)."
-    return read
+    awaited.__name__ = f"{operation.__name__}_async"
+    awaited.__doc__ = f":meth:`{operation.__name__}`, as {how}."
+    return awaited
 
 
 class OptimizerService:
@@ -573,17 +563,17 @@ class OptimizerService:
     # Each operation above, as the coroutine the gRPC layer awaits: changes run through
     # Store.submit (on SQLite inside the open group-commit batch), large reads through Store.read
     # (a worker thread on a read-only connection). Same arguments, same result.
-    register_job_async = _as_change(register_job)
-    delete_job_async = _as_change(delete_job)
-    get_job_async = _as_read(get_job)
-    list_jobs_async = _as_read(list_jobs)
-    suggest_async = _as_change(suggest)
-    report_profile_async = _as_change(report_profile)
-    report_progress_async = _as_change(report_progress)
-    complete_run_async = _as_change(complete_run)
-    fail_run_async = _as_change(fail_run)
-    heartbeat_async = _as_change(heartbeat)
-    expire_lapsed_runs_async = _as_change(expire_lapsed_runs)  # the server's lease sweeper awaits it
+    register_job_async = _awaited(register_job)
+    delete_job_async = _awaited(delete_job)
+    get_job_async = _awaited(get_job, read=True)
+    list_jobs_async = _awaited(list_jobs, read=True)
+    suggest_async = _awaited(suggest)
+    report_profile_async = _awaited(report_profile)
+    report_progress_async = _awaited(report_progress)
+    complete_run_async = _awaited(complete_run)
+    fail_run_async = _awaited(fail_run)
+    heartbeat_async = _awaited(heartbeat)
+    expire_lapsed_runs_async = _awaited(expire_lapsed_runs)  # the server's lease sweeper awaits it
 
     # -------------------------------------------------------------------------------- helpers
     def _upgraded_state(self, spec: JobSpec, state: dict[str, Any]) -> dict[str, Any]:
