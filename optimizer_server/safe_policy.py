@@ -7,7 +7,8 @@ job into ``INTERNAL`` for every caller. :class:`SafePolicy` wraps a policy so th
 
 * ``upgrade_state`` (applied once where a state is loaded) leaves a state it cannot upgrade as is;
 * ``suggest`` falls back to the job's default batch size (phase ``fallback``, saying why);
-* ``cost_bound`` falls back to no bound (``inf``); ``summarize`` to arms marked ``unknown``;
+* ``cost_bound`` falls back to no bound (``inf``), ``call_off`` to letting the run go on;
+  ``summarize`` to arms marked ``unknown``;
 * ``observe`` reports failure (``None``) instead of raising, and :meth:`SafePolicy.replay`
   rebuilds a state from the run log, skipping each observation the policy cannot fold in.
 
@@ -91,6 +92,16 @@ class SafePolicy:
         except Exception:
             self._failed("compute the early-stop bound", spec)
             return math.inf
+
+    def call_off(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int, cost_so_far: float
+    ) -> str | None:
+        """The policy's reason to call the run off now, or ``None`` (go on) when it cannot tell."""
+        try:
+            return self.policy.call_off(spec, state, context, batch_size, cost_so_far)
+        except Exception:
+            self._failed("decide whether to call a run off", spec)
+            return None
 
     def power_limit(
         self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int

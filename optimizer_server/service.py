@@ -56,7 +56,7 @@ from optimizer_server.store.base import (
     RunRecord,
     Store,
 )
-from powerbandit.domain import candidate_power_limits
+from powerbandit.domain import StopReason, candidate_power_limits
 
 log = logging.getLogger("powerbandit.server")
 
@@ -104,7 +104,7 @@ class ProgressVerdict:
     """The answer to a progress report."""
 
     stop: bool
-    reason: str  # "", "target_reached", "cost_bound", "max_epochs"
+    reason: str  # a StopReason value: "", "target_reached", "cost_bound", "max_epochs", "exploration_called_off"
     message: str
     cost: float
     max_cost: float
@@ -400,16 +400,26 @@ class OptimizerService:
             spec = tx.job.spec
             cost = energy_time_cost(spec.eta, energy_j, time_s, run.max_power_w)
             key = gpu_key(run.gpu_model, run.gpu_count)
-            bound = self._policy(spec.policy).cost_bound(spec, tx.job.policy_state, run.batch_size, key)
+            policy = self._policy(spec.policy)
+            bound = policy.cost_bound(spec, tx.job.policy_state, run.batch_size, key)
+            reached = metric is not None and spec.reached(metric)
+            called_off = None
+            if not reached and cost < bound:
+                context = SuggestContext(key, run.max_power_w, (), tx.profiles(key))
+                called_off = policy.call_off(spec, tx.job.policy_state, context, run.batch_size, cost)
             run.epochs, run.energy_j, run.time_s, run.cost = epochs, energy_j, time_s, cost
             if metric is not None:
                 run.final_metric = metric
+            if called_off is not None:
+                run.reason = f"{StopReason.EXPLORATION_CALLED_OFF}: {called_off}"
             run.lease_expires_unix_s = self.clock() + self.lease_s
             tx.update_run(run)
-        if metric is not None and spec.reached(metric):
+        if reached:
             return ProgressVerdict(
                 True, "target_reached", f"target {spec.target_metric:g} reached", cost, bound
             )
+        if called_off is not None:
+            return ProgressVerdict(True, StopReason.EXPLORATION_CALLED_OFF, called_off, cost, bound)
         if cost >= bound:
             return ProgressVerdict(
                 True,
@@ -624,6 +634,7 @@ def observation_of(run: RunRecord) -> Observation:
         reached_target=run.reached_target,
         max_power_w=run.max_power_w,
         epoch_cost=run.epoch_cost,
+        called_off=not run.reached_target and run.reason.startswith(f"{StopReason.EXPLORATION_CALLED_OFF}:"),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from optimizer_server.policy.base import Decision, JobSpec, Observation, Policy, SuggestContext, decision_rng
 from optimizer_server.policy.registry import get_policy
+from powerbandit.domain import energy_time_cost
 
 
 class DecisionBackend(Protocol):
@@ -32,6 +33,11 @@ class DecisionBackend(Protocol):
 
         ``batch_size`` is the run's batch size; policies may bound exploratory runs tighter.
         """
+        ...
+
+    def call_off(self, batch_size: int, context: SuggestContext, energy_j: float, time_s: float) -> str | None:
+        """The policy's reason to stop the run under way now, after it spent ``energy_j`` and
+        ``time_s`` (its profiling epoch, with its profile in ``context``); ``None``: go on."""
         ...
 
     def close(self) -> None:
@@ -67,6 +73,11 @@ class InProcessBackend:
     def cost_bound(self, batch_size: int | None = None) -> float:
         """The policy's bound for a run of ``batch_size``."""
         return float(self.policy.cost_bound(self.spec, self.state, batch_size, self._gpu_model))
+
+    def call_off(self, batch_size: int, context: SuggestContext, energy_j: float, time_s: float) -> str | None:
+        """Ask the policy, with the run's cost so far (``eta`` of the job, ``MAX_POWER`` of the GPU)."""
+        cost = energy_time_cost(self.spec.eta, energy_j, time_s, context.max_power_w)
+        return self.policy.call_off(self.spec, self.state, context, batch_size, cost)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -62,6 +62,11 @@ class _Recorder:
         best = state["min_recurrence_cost"]
         return math.inf if best is None else spec.beta * best
 
+    def call_off(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int, cost_so_far: float
+    ) -> str | None:
+        return None
+
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
         out = []
         for b in sorted(spec.batch_sizes):

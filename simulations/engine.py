@@ -82,6 +82,8 @@ class RunOutcome:
     reached: bool
     profiled: bool
     epoch_cost: float
+    called_off: bool = False
+    """The policy stopped the run after its profiling epoch (its measured epoch cost ruled it out)."""
 
 
 @dataclass
@@ -291,13 +293,36 @@ def execute_run(
     energy = point.average_power_w * point.time_per_epoch_s * epochs
     time = point.time_per_epoch_s * epochs
     if profiled:
-        points = job.power[batch_size].values()
-        first_energy = sum(q.average_power_w * q.time_per_epoch_s for q in points) / len(points)
-        first_time = sum(q.time_per_epoch_s for q in points) / len(points)
+        first_energy, first_time = profiling_epoch(job, batch_size)
         energy += first_energy - point.average_power_w * point.time_per_epoch_s
         time += first_time - point.time_per_epoch_s
     cost = energy_time_cost(job.eta, energy, time, job.max_power)
     return RunOutcome(p, epochs, energy, time, cost, reached, profiled, ec)
+
+
+def profiling_epoch(job: TraceJob, batch_size: int) -> tuple[float, float]:
+    """``(energy J, time s)`` of a profiling run's first epoch: the mean over all power limits."""
+    points = job.power[batch_size].values()
+    energy = sum(q.average_power_w * q.time_per_epoch_s for q in points) / len(points)
+    time = sum(q.time_per_epoch_s for q in points) / len(points)
+    return energy, time
+
+
+def called_off_after_profiling(job: TraceJob, batch_size: int, out: RunOutcome, backend: DecisionBackend,
+                               context: SuggestContext) -> RunOutcome:
+    """``out``, or the run stopped after its profiling epoch when the policy calls it off then.
+
+    The server asks the policy at every progress report; a run that profiles reports its first
+    epoch with the profile stored, the first moment its epoch cost is measured. The outcome is
+    drawn before (``out``), so the trace generator advances the same whether or not it is called off.
+    """
+    if not out.profiled or out.epochs <= 1:
+        return out
+    energy, time = profiling_epoch(job, batch_size)
+    if backend.call_off(batch_size, context, energy, time) is None:
+        return out
+    cost = energy_time_cost(job.eta, energy, time, job.max_power)
+    return RunOutcome(out.power_limit, 1, energy, time, cost, False, True, out.epoch_cost, called_off=True)
 
 
 class GpuProfiles:
@@ -336,6 +361,7 @@ def observation(job: TraceJob, batch_size: int, out: RunOutcome) -> Observation:
         reached_target=out.reached,
         max_power_w=job.max_power,
         epoch_cost=out.epoch_cost,
+        called_off=out.called_off,
     )
 
 
@@ -384,6 +410,7 @@ def simulate(
                 out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound, max_slowdown)
                 if out.profiled:
                     profiles.record(current, b)
+                    out = called_off_after_profiling(current, b, out, backend, profiles.context(current))
                 backend.observe(observation(current, b, out))
                 total += out.cost
                 elapsed_s += out.time_s

@@ -44,6 +44,7 @@ from simulations.engine import (
     GpuProfiles,
     SimResult,
     SimulationError,
+    called_off_after_profiling,
     execute_run,
     make_backend,
     make_spec,
@@ -218,6 +219,7 @@ def simulate_concurrent(
         out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, backend.cost_bound(b))
         if out.profiled:
             profiles.record(job, b)
+            out = called_off_after_profiling(job, b, out, backend, profiles.context(job, context.in_flight))
         heapq.heappush(running, (now + out.time_s, seq, r, b, out, decision.phase))
         seq += 1
 

@@ -18,8 +18,8 @@ from dataclasses import replace
 from client_sdk.client import Job, OptimizerClient
 from client_sdk.gpu import GpuInfo
 from optimizer_server.policy.base import SuggestContext
-from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint
-from powerbandit.proto_conversion import decision_from_pb
+from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint, StopReason
+from powerbandit.proto_conversion import decision_from_pb, stop_reason_from_pb
 from simulations.backend import BackendFactory
 from simulations.traces import CANONICAL, TraceSet
 
@@ -66,12 +66,28 @@ class ServerBackend:
         """The bound the server sent with the suggestion (computed for the run's batch size)."""
         return self._max_cost
 
+    def call_off(self, batch_size: int, context: SuggestContext, energy_j: float, time_s: float) -> str | None:
+        """Report the profile and the first epoch, as a training run does; the server's answer says
+        whether the policy calls the run off."""
+        self._report_profile(context.gpu_model, batch_size)
+        verdict = self.client.report_progress(self.job_id, self._run_id, 1.0, energy_j, time_s)
+        if verdict.stop and stop_reason_from_pb(verdict.reason) is StopReason.EXPLORATION_CALLED_OFF:
+            return verdict.message
+        return None
+
+    def _report_profile(self, gpu_model: str, batch_size: int) -> None:
+        """``ReportProfile`` with what the trace says a profiling run measures (once per run)."""
+        if not self._profiling:
+            return
+        profile = self.profile_source(self.spec, gpu_model, batch_size)
+        measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in profile.items()]
+        self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
+        self._profiling = False
+
     def observe(self, observation: Observation) -> None:
-        """Report the run's profile (when it profiled) and complete it."""
-        if self._profiling and observation.epochs > 0:
-            profile = self.profile_source(self.spec, observation.gpu_model, observation.batch_size)
-            measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in profile.items()]
-            self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
+        """Report the run's profile (when it profiled and has not yet) and complete it."""
+        if observation.epochs > 0:
+            self._report_profile(observation.gpu_model, observation.batch_size)
         self.client.complete_run(
             self.job_id,
             self._run_id,

@@ -182,6 +182,15 @@ class Policy(Protocol):
         """
         ...
 
+    def call_off(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int, cost_so_far: float
+    ) -> str | None:
+        """Why a run of ``batch_size`` on ``context``'s GPU, having cost ``cost_so_far``, should stop
+        now although it is within its :meth:`cost_bound` (``None``: let it go on). A policy may call
+        off an exploration once what the run has measured (its power profile, in ``context``) shows
+        it cannot pay off; the run's :class:`Observation` then has ``called_off`` set."""
+        ...
+
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
         """One :class:`ArmSummary` per batch size of the job, ascending."""
         ...

@@ -211,6 +211,12 @@ class ZeusPolicy:
         best = best_recurrence(state, gpu_model)
         return math.inf if best is None else spec.beta * float(best)
 
+    def call_off(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int, cost_so_far: float
+    ) -> str | None:
+        """Never: the published policy stops runs at its cost bound only."""
+        return None
+
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:
         """Empirical cost per batch size with the TS posterior's 90 % interval."""
         survivors = state["survivors"]

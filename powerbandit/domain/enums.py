@@ -42,6 +42,9 @@ class StopReason(StrEnum):
     TARGET_REACHED = "target_reached"
     COST_BOUND = "cost_bound"
     MAX_EPOCHS = "max_epochs"
+    EXPLORATION_CALLED_OFF = "exploration_called_off"
+    """An exploratory run whose measured epoch cost shows it cannot pay off (see the policy's
+    ``call_off``); its run is not evidence about epochs-to-target."""
 
 
 class PowerLimitControl(StrEnum):

@@ -30,7 +30,9 @@ class Observation:
     ``epochs`` is how many epochs the run trained; ``reached_target`` whether it met the target.
     ``cost`` is ``eta * energy_j + (1 - eta) * max_power_w * time_s`` for that run
     (:func:`~powerbandit.domain.cost.energy_time_cost`). ``epoch_cost`` is the cost of one epoch at
-    the power limit the run settled on, when known.
+    the power limit the run settled on, when known. ``called_off``: the policy stopped this
+    exploratory run once its epoch cost was measured (:attr:`StopReason.EXPLORATION_CALLED_OFF`), so
+    its epochs say nothing about epochs-to-target.
     """
 
     batch_size: int
@@ -43,6 +45,7 @@ class Observation:
     reached_target: bool
     max_power_w: float
     epoch_cost: float | None = None
+    called_off: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class ArmSummary:
     """What a policy believes about one batch size (for people and for ``GetJob``)."""
 
     batch_size: int
-    status: str  # "unexplored", "active", "pruned"
+    status: str  # "unexplored", "active", "pruned", "called off" (its only runs were called off)
     observations: int
     successes: int
     cost_mean: float  # posterior mean of the cost of one run; NaN when unknown

@@ -26,6 +26,7 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_TARGET_REACHED: _ClassVar[StopReason]
     STOP_REASON_COST_BOUND: _ClassVar[StopReason]
     STOP_REASON_MAX_EPOCHS: _ClassVar[StopReason]
+    STOP_REASON_EXPLORATION_CALLED_OFF: _ClassVar[StopReason]
 
 class PowerLimitControl(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +54,7 @@ STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_TARGET_REACHED: StopReason
 STOP_REASON_COST_BOUND: StopReason
 STOP_REASON_MAX_EPOCHS: StopReason
+STOP_REASON_EXPLORATION_CALLED_OFF: StopReason
 POWER_LIMIT_CONTROL_UNSPECIFIED: PowerLimitControl
 POWER_LIMIT_CONTROL_NVML: PowerLimitControl
 POWER_LIMIT_CONTROL_AGENT: PowerLimitControl

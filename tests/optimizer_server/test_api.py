@@ -175,6 +175,42 @@ def test_progress_says_when_to_stop(stub: pb_grpc.OptimizerServiceStub) -> None:
     assert maxed.stop and maxed.reason == pb.STOP_REASON_MAX_EPOCHS
 
 
+def test_an_exploration_whose_profile_rules_it_out_is_called_off(stub: pb_grpc.OptimizerServiceStub) -> None:
+    register(stub)
+
+    def profile(run_id: str, time_per_step_s: float) -> None:
+        measurements = [
+            pb.ProfileMeasurement(power_limit_w=limit, average_power_w=0.8 * limit, time_per_step_s=time_per_step_s)
+            for limit in (100.0, 200.0, 300.0)
+        ]
+        stub.ReportProfile(
+            pb.ReportProfileRequest(job_id="team/job", run_id=run_id, steps_per_epoch=100, measurements=measurements)
+        )
+
+    first = suggest(stub)
+    assert first.batch_size == 64 and first.profile_power_limits_w
+    profile(first.run_id, 0.1)  # 10 s per epoch
+    complete(stub, first.run_id, energy_j=10 * 2400.0, time_s=100.0, epochs=10)
+    trial = suggest(stub)
+    assert trial.batch_size != 64 and trial.phase == pb.PHASE_EXPLORE and trial.profile_power_limits_w
+    profile(trial.run_id, 0.5)  # an epoch takes 5x as long: it cannot pay off
+    verdict = stub.ReportProgress(
+        pb.ReportProgressRequest(job_id="team/job", run_id=trial.run_id, epochs=1, energy_j=12000.0, time_s=50.0)
+    )
+    assert verdict.stop and verdict.reason == pb.STOP_REASON_EXPLORATION_CALLED_OFF
+    assert f"batch size {trial.batch_size}" in verdict.message and verdict.cost < verdict.max_cost
+    run = complete(stub, trial.run_id, energy_j=12000.0, time_s=50.0, epochs=1, reached_target=False)
+    assert run.reason.startswith("exploration_called_off: ") and verdict.message in run.reason
+    arms = {arm.batch_size: arm for arm in stub.GetJob(pb.GetJobRequest(job_id="team/job")).job.arms}
+    assert arms[trial.batch_size].status == "called off" and arms[trial.batch_size].observations == 0
+    assert arms[64].observations == 1  # the default's run is the only evidence about epochs
+    # the next recurrences do not run it again
+    for _ in range(5):
+        again = suggest(stub)
+        assert again.batch_size != trial.batch_size
+        stub.FailRun(pb.FailRunRequest(job_id="team/job", run_id=again.run_id, reason="test: not run"))
+
+
 def test_heartbeat_list_delete(stub: pb_grpc.OptimizerServiceStub) -> None:
     for name in ("a/1", "a/2", "b/1"):
         register(stub, name)

@@ -75,7 +75,7 @@ def test_reached_follows_the_metric_direction(higher: bool, metric: float, reach
 def test_enum_values_are_the_stored_strings() -> None:
     assert [s.value for s in RunState] == ["in_flight", "completed", "failed", "expired"]
     assert [p.value for p in Phase] == ["", "explore", "exploit", "fallback"]
-    assert [r.value for r in StopReason] == ["", "target_reached", "cost_bound", "max_epochs"]
+    assert [r.value for r in StopReason] == ["", "target_reached", "cost_bound", "max_epochs", "exploration_called_off"]
     assert [c.value for c in PowerLimitControl] == ["", "nvml", "agent", "none", "simulated"]
     assert [d.value for d in MetricDirection] == ["higher_is_better", "lower_is_better"]
     assert RunState.COMPLETED == "completed" and RunState("expired") is RunState.EXPIRED

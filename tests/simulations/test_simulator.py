@@ -132,10 +132,12 @@ def test_oracle_default_and_expected_costs() -> None:
 class ScriptedBackend:
     """Suggests a fixed sequence of batch sizes (profiling), records what it is told."""
 
-    def __init__(self, script: list[int]) -> None:
+    def __init__(self, script: list[int], call_off: frozenset[int] = frozenset()) -> None:
         self.script = list(script)
         self.contexts: list[SuggestContext] = []
         self.observations: list[Observation] = []
+        self.call_off_batch_sizes = call_off
+        self.call_offs: list[tuple[int, SuggestContext, float, float]] = []
 
     def suggest(self, context: SuggestContext) -> Decision:
         self.contexts.append(context)
@@ -148,6 +150,10 @@ class ScriptedBackend:
 
     def cost_bound(self, batch_size: int | None = None) -> float:
         return math.inf
+
+    def call_off(self, batch_size: int, context: SuggestContext, energy_j: float, time_s: float) -> str | None:
+        self.call_offs.append((batch_size, context, energy_j, time_s))
+        return "scripted call-off" if batch_size in self.call_off_batch_sizes else None
 
     def close(self) -> None:
         pass
@@ -178,6 +184,31 @@ def test_retries_within_a_recurrence_and_min_cost_update() -> None:
     assert s["regret_pct"] == pytest.approx(100 * (s["cost"] / oracle - 1))
     default_energy = 2 * 10 * 180.0 * 10.0  # b0 = 8 at max power 200 W
     assert s["energy_saving_pct"] == pytest.approx(100 * (1 - s["energy_j"] / default_energy))
+
+
+def test_a_run_called_off_after_profiling_costs_its_profiling_epoch() -> None:
+    # Recurrence 0: 8 profiles and reaches the target. Recurrence 1: 16 profiles and is called off
+    # after its first epoch (the policy is asked with 16's profile stored), then 8 runs again.
+    job = tiny_job(target_epochs={8: (10,), 16: (6,)}, recurrences=2)
+    backend = ScriptedBackend([8, 16, 8], call_off=frozenset({16}))
+    result = simulate(job, "scripted", 1, backend_factory=lambda spec: backend)
+    a = result.attempts
+    assert [(x.recurrence, x.attempt, x.batch_size, x.epochs, x.reached) for x in a] == [
+        (0, 0, 8, 10, True),
+        (1, 0, 16, 1, False),
+        (1, 1, 8, 10, True),
+    ]
+    # asked once per profiling run that trains past its first epoch, with its own profile known
+    assert [(b, 16 in ctx.profiles) for b, ctx, _, _ in backend.call_offs] == [(8, False), (16, True)]
+    energy = (90.0 * 16.0 + 190.0 * 8.0) / 2  # the first epoch: the mean over both power limits
+    time = (16.0 + 8.0) / 2
+    assert backend.call_offs[1][2:] == pytest.approx((energy, time))
+    assert (a[1].energy_j, a[1].time_s) == pytest.approx((energy, time))
+    assert a[1].cost == pytest.approx(ETA * energy + (1 - ETA) * 200.0 * time)
+    called_off = backend.observations[1]
+    assert called_off.called_off and not called_off.reached_target and called_off.epochs == 1
+    assert not backend.observations[0].called_off and not backend.observations[2].called_off
+    assert result.recurrence_costs[1] == pytest.approx(a[1].cost + a[2].cost)
 
 
 @pytest.mark.parametrize("policy", ["default", "oracle", "grid", "zeus", "powerbandit"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,23 @@ from optimizer_server.policy.powerbandit.model import (
 from optimizer_server.policy.powerbandit.state import PowerBanditState
 from powerbandit.domain import cost_rate
 
+CALLED_OFF = "called off"
+"""Arm status of a batch size whose only runs were called off after profiling (:meth:`PowerBanditPolicy.call_off`)."""
+
+
+@dataclass(frozen=True)
+class MeasuredTrial:
+    """What an exploration whose epoch cost is measured is worth (:meth:`PowerBanditPolicy.call_off`)."""
+
+    value: float
+    """:func:`~.model.trial_value`: the expected saving over the horizon less the trial's expected excess."""
+    expected_cost: float
+    """The expected cost of one run."""
+    best_mean: float
+    """The best successful batch size's mean cost."""
+    epoch_cost: float
+    """The measured cost of one epoch."""
+
 
 class PowerBanditPolicy:
     """Structured Thompson sampling over batch sizes (see the package docstring).
@@ -77,6 +95,12 @@ class PowerBanditPolicy:
             ec = observation.cost / epochs
         if not (ec is not None and math.isfinite(ec) and ec > 0):
             ec = None
+        if observation.called_off and not observation.reached_target:
+            # stopped after profiling because its epoch cost ruled it out: its few epochs are no
+            # evidence about epochs-to-target (as a censored run they would make it look cheap)
+            out = states.with_called_off_run(state, int(observation.batch_size), ec, observation.gpu_model)
+            fold_recurrence(out, observation)
+            return out
         out = states.with_run(
             state,
             int(observation.batch_size),
@@ -215,6 +239,99 @@ class PowerBanditPolicy:
                 yield nxt
                 previous, b = expected, nxt
 
+    def _known_costs(
+        self,
+        spec: JobSpec,
+        current: PowerBanditState,
+        data: Mapping[int, ArmStats],
+        context: SuggestContext,
+        observed_arms: Observed,
+        noise_var: float,
+        trend: float,
+    ) -> tuple[dict[int, float], dict[int, float], set[int], bool]:
+        """Known epoch costs on this GPU, and the slowdown budget: ``(epoch cost per batch size,
+        the budget's power limit per batch size, the batch sizes expected to fit it, whether the
+        budget applies)``. With a budget, a batch size's epoch cost is the one at its budget limit."""
+        known = self._epoch_costs(spec, current, context)
+        limits: dict[int, float] = {}
+        fitting: set[int] = set()
+        budget = self._budget_applies(spec, data)
+        if budget:
+            limits, fitting = self._budget(spec, data, context, observed_arms, noise_var, trend)
+            for b, p in limits.items():
+                known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
+        return known, limits, fitting, budget
+
+    def _measured_trials(
+        self,
+        spec: JobSpec,
+        state: Mapping[str, Any],
+        current: PowerBanditState,
+        data: Mapping[int, ArmStats],
+        context: SuggestContext,
+        arms: list[int],
+    ) -> dict[int, MeasuredTrial]:
+        """What a trial of each of ``arms`` (batch sizes that have not reached the target, with an
+        epoch cost measured on this GPU) is worth, at the posterior mean of the noise (no draw):
+        the gate's :func:`~.model.trial_value` against the best successful batch size's mean cost.
+        Arms it cannot judge (no epoch cost, no successful batch size to compare with) are left out.
+        """
+        hp = self.hyperparameters
+        shape, rate = noise_posterior(data, hp)
+        noise_var = rate / shape if shape > 0 else hp.noise_sd**2
+        trend = trend_var(data, noise_var, hp)
+        observed_arms = observed(data)
+        known, _, fitting, budget = self._known_costs(spec, current, data, context, observed_arms, noise_var, trend)
+        slopes = prior_slopes(context)
+
+        def moments(b: int) -> tuple[float, float]:
+            mean, var = posterior(observed_arms, data[b], b, noise_var, trend, hp, slopes, hp.first_step_epochs_slope_up)
+            return mean + 0.5 * noise_var + math.log(known[b]), var
+
+        proven = [b for b in data if data[b].ok and b in known and (not budget or b in fitting)]
+        if not proven:
+            return {}
+        best_mean = min(exp_capped(m + 0.5 * v) for m, v in map(moments, proven))
+        horizon = max(hp.horizon_min_runs, float(current.observations))
+        out: dict[int, MeasuredTrial] = {}
+        for b in arms:
+            if data[b].ok or b not in known:
+                continue
+            mean, var = moments(b)
+            if not math.isfinite(mean):
+                continue
+            stop = self.cost_bound(spec, state, b, context.gpu_model)
+            value = trial_value(mean, var, best_mean, horizon, stop)
+            out[b] = MeasuredTrial(value, exp_capped(mean + 0.5 * var), best_mean, known[b])
+        return out
+
+    def call_off(
+        self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, batch_size: int, cost_so_far: float
+    ) -> str | None:
+        """Why a run of ``batch_size`` that has spent ``cost_so_far`` should stop now, or ``None``.
+
+        Only an exploration is called off: a batch size that has not reached the target yet, whose
+        epoch cost on this GPU is now measured (its profile, or an earlier run). Before its run the
+        gate only had an extrapolated epoch cost; with the measured one, the trial may no longer be
+        worth its cost. The run goes on while what the trial is still expected to be worth, counting
+        what it has already spent as sunk, is positive: it stops when ``trial_value + cost_so_far <
+        0``. The run's epochs are then no evidence about its epochs-to-target (see :meth:`observe`).
+        """
+        states.require_current(state)
+        b = int(batch_size)
+        if b not in spec.batch_sizes:
+            return None
+        current = states.decode(state)
+        data = arm_statistics(current, spec.batch_sizes, spec.window, self.hyperparameters)
+        trial = self._measured_trials(spec, state, current, data, context, [b]).get(b)
+        if trial is None or trial.value + max(cost_so_far, 0.0) >= 0.0:
+            return None
+        return (
+            f"exploring batch size {b} no longer pays off: with its epoch cost measured "
+            f"({trial.epoch_cost:.4g}), a run is expected to cost {trial.expected_cost / trial.best_mean:.2f}x "
+            f"the best batch size's mean cost"
+        )
+
     # -------------------------------------------------------------- suggest
     def suggest(
         self, spec: JobSpec, state: Mapping[str, Any], context: SuggestContext, rng: np.random.Generator
@@ -236,17 +353,11 @@ class PowerBanditPolicy:
 
         shape, rate = noise_posterior(data, hp)
         noise_var = rate / float(rng.gamma(shape, 1.0)) if shape > 0 else hp.noise_sd**2
-        known = self._epoch_costs(spec, current, context)
         trend = trend_var(data, noise_var, hp)
         slopes = prior_slopes(context)
         observed_arms = observed(data)
-        limits: dict[int, float] = {}
-        fitting: set[int] = set()  # with a slowdown budget: the batch sizes expected to fit it
-        budget = self._budget_applies(spec, data)
+        known, limits, fitting, budget = self._known_costs(spec, current, data, context, observed_arms, noise_var, trend)
         if budget:
-            limits, fitting = self._budget(spec, data, context, observed_arms, noise_var, trend)
-            for b, p in limits.items():
-                known[b] = epoch_cost(spec.eta, context.profiles[b][p], context.max_power_w)
             candidates = [b for b in candidates if b in fitting] or [int(spec.default_batch_size)]
         ec_points = {math.log2(c): math.log(v) for c, v in known.items()}
         single_slopes: dict[float, float] | None = None  # computed when first needed
@@ -300,6 +411,13 @@ class PowerBanditPolicy:
                 if not data[b].ok
             }
             keep = [b for b in candidates if data[b].ok or values[b] > 0.0]
+            # a batch size whose epoch cost is measured must also pass the gate at the posterior
+            # mean, the test call_off applies to its run: else a lucky draw would start a run only
+            # for it to be called off after its first epoch
+            measured = [b for b in keep if not data[b].ok and b in known]
+            if measured:
+                checked = self._measured_trials(spec, state, current, data, context, measured)
+                keep = [b for b in keep if b not in checked or checked[b].value > 0.0]
             if keep:
                 candidates = keep
             # a trial that passed the gate is run now rather than whenever its Thompson draw
@@ -455,7 +573,9 @@ class PowerBanditPolicy:
         for b in sorted(data):
             d = data[b]
             tried = d.ok + d.fails + d.never_ran
-            if not tried:
+            if not tried and b in ec_any:
+                status = CALLED_OFF  # it ran (its epoch cost is known) but says nothing about epochs
+            elif not tried:
                 status = "unexplored"
             elif d.ok == 0 and (d.fails >= hp.fail_limit or d.never_ran):
                 status = "pruned"

@@ -279,8 +279,7 @@ def with_run(
     out = dict(state)
     out["arms"] = {**state["arms"], key: list(arm)}
     if epoch_cost is not None:
-        per_gpu = state["epoch_cost"]
-        out["epoch_cost"] = {**per_gpu, gpu_model: {**per_gpu.get(gpu_model, {}), key: float(epoch_cost)}}
+        out["epoch_cost"] = _with_epoch_cost(state, gpu_model, key, epoch_cost)
     out["observations"] = state["observations"] + 1
     if window > 0 and (reached_target or epochs > 0):
         all_tails = state.get("tails", {})
@@ -292,6 +291,28 @@ def with_run(
             series = [list(tails.ok), pushed(tails.fail, log_epochs, window), list(tails.cost)]
         out["tails"] = {**all_tails, key: series}
     return out
+
+
+def with_called_off_run(
+    state: Mapping[str, Any], batch_size: int, epoch_cost: float | None, gpu_model: str
+) -> dict[str, Any]:
+    """A new current-version JSON state with one run the policy called off after profiling: it
+    counts as a run of the job and its ``epoch_cost`` on ``gpu_model`` is kept, but the arm's
+    statistics do not change (the run says nothing about epochs-to-target). ``state`` is not
+    changed; the recurrence fields are left to the caller."""
+    if state.get("version") != STATE_VERSION:
+        require_current(state)
+    out = dict(state)
+    if epoch_cost is not None:
+        out["epoch_cost"] = _with_epoch_cost(state, gpu_model, str(int(batch_size)), epoch_cost)
+    out["observations"] = state["observations"] + 1
+    return out
+
+
+def _with_epoch_cost(state: Mapping[str, Any], gpu_model: str, key: str, epoch_cost: float) -> dict[str, Any]:
+    """``state``'s epoch costs with ``key``'s on ``gpu_model`` set (new dicts, ``state``'s untouched)."""
+    per_gpu = state["epoch_cost"]
+    return {**per_gpu, gpu_model: {**per_gpu.get(gpu_model, {}), key: float(epoch_cost)}}
 
 
 def upgrade(state: Mapping[str, Any], window: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -358,15 +359,61 @@ def test_batch_size_that_only_failed_is_retried_only_through_the_gate(monkeypatc
     spec = JobSpec("f", (16, 32, 64), 32, 0.5, 100)
     policy = PowerBanditPolicy()
     state = policy.new_state(spec)
-    for observation in (obs(32, 10), obs(32, 11), obs(32, 10), obs(64, 20), obs(16, 12, reached=False)):
+    for observation in (obs(32, 10), obs(32, 11), obs(32, 10), obs(64, 20), obs(16, 8, reached=False)):
         state = policy.observe(spec, state, observation)
     context = ctx({32: 10.0, 64: 10.0, 16: 10.0})
 
     def picks() -> set[int]:
         return {policy.suggest(spec, state, context, decision_rng(4, i)).batch_size for i in range(300)}
 
-    # 16 stopped short of the target once: a Thompson draw may still favour it (its censored run is
-    # weak evidence), but running it again is an exploration, so the gate decides
+    # 16 stopped short of the target once, early (its censored run is weak evidence, and still
+    # promises fewer epochs than 32 needs): running it again is an exploration, so the gate decides
     assert 16 in picks()
     monkeypatch.setattr(policy_module, "trial_value", lambda *args: -1.0)
     assert 16 not in picks()
+
+
+# ------------------------------------------------------------------------- calling off a trial
+def _proven_32() -> tuple[PowerBanditPolicy, dict]:
+    """32 reached the target three times in about 10 epochs (epoch cost 2250 on the v100 profile)."""
+    policy = PowerBanditPolicy()
+    state = policy.new_state(SPEC)
+    for epochs in (10, 11, 10):
+        state = policy.observe(SPEC, state, obs(32, epochs, ec=2250.0))
+    return policy, state
+
+
+def test_an_exploration_whose_measured_epoch_cost_rules_it_out_is_called_off() -> None:
+    policy, state = _proven_32()
+    # 16's profile: an epoch costs 4x 32's, and it cannot need 4x fewer epochs
+    dear = ctx({32: 10.0, 16: 40.0})
+    reason = policy.call_off(SPEC, state, dear, 16, 9000.0)
+    assert reason is not None and "batch size 16" in reason and "x the best batch size's mean cost" in reason
+    # what it has spent is sunk: once that outweighs what the trial is expected to lose, it goes on
+    assert policy.call_off(SPEC, state, dear, 16, 1e9) is None
+    # a neighbour whose epoch costs the same as 32's may well need fewer epochs: worth its trial
+    assert policy.call_off(SPEC, state, ctx({32: 10.0, 64: 10.0}), 64, 2250.0) is None
+    # never a batch size that reached the target, one whose epoch cost is not measured, one of
+    # another job, or before anything reached the target
+    assert policy.call_off(SPEC, state, ctx({32: 40.0}), 32, 2250.0) is None
+    assert policy.call_off(SPEC, state, ctx({32: 10.0}), 16, 9000.0) is None
+    assert policy.call_off(SPEC, state, dear, 4096, 9000.0) is None
+    assert policy.call_off(SPEC, policy.new_state(SPEC), dear, 16, 9000.0) is None
+
+
+def test_a_called_off_run_is_no_evidence_about_epochs_and_is_not_tried_again() -> None:
+    policy, state = _proven_32()
+    dear = ctx({32: 10.0, 16: 40.0})
+    called_off = Observation(16, "v100", 250.0, 1.0, 9000.0, 40.0, 9000.0, False, 250.0, 9000.0, called_off=True)
+    after = policy.observe(SPEC, state, called_off)
+    assert after["arms"] == state["arms"]  # a censored run at 1 epoch would make 16 look cheap
+    assert after["observations"] == state["observations"] + 1
+    assert after["epoch_cost"]["v100"]["16"] == 9000.0
+    assert after["recurrence_cost"] == pytest.approx(state["recurrence_cost"] + 9000.0)
+    # the same run without the flag is a censored observation of 16's epochs
+    assert policy.observe(SPEC, state, replace(called_off, called_off=False))["arms"] != state["arms"]
+    # with its epoch cost measured, 16 must pass the gate at the posterior mean: no lucky draw runs it
+    assert 16 not in {policy.suggest(SPEC, after, dear, decision_rng(7, i)).batch_size for i in range(200)}
+    summary = {arm.batch_size: arm for arm in policy.summarize(SPEC, after)}
+    assert summary[16].observations == 0 and summary[16].status == "called off"
+    assert summary[8].status == "unexplored"
