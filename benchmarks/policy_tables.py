@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from simulations.bounds import ReferenceRow, reference_table
 from simulations.report import SHORT_HORIZONS, short_horizon_rows
 from simulations.targets import ALTERNATIVE_TARGET_STEPS, alternative_target_sets
 from simulations.traces import CANONICAL, TraceSet
@@ -281,9 +282,27 @@ def target_lines(target_sets: Mapping[str, Mapping[str, float]]) -> list[str]:
     return lines
 
 
+def reference_lines(references: Sequence[ReferenceRow]) -> list[str]:
+    """The reference points (policies that know the oracle) as a markdown table."""
+    lines = [
+        "",
+        "## Reference points: what knowing the oracle is worth",
+        "",
+        "Expected regret (%) of the canonical jobs' first K recurrences for a policy that knows the best "
+        "configuration (`simulations/bounds.py`): the default run then the oracle; a walk through every "
+        "batch size from the default to the best, then the oracle; the same plus one trial past the best.",
+        "",
+        "| reference | " + " | ".join(f"first {k} (%)" for k in SHORT_HORIZONS) + " |",
+        "|---|" + "---|" * len(SHORT_HORIZONS),
+    ]
+    for row in references:
+        lines.append(f"| {row.reference} | " + " | ".join(fmt(row.regret_pct[k]) for k in SHORT_HORIZONS) + " |")
+    return lines
+
+
 def markdown(
     measured: Sequence[Measured], target_sets: Mapping[str, Mapping[str, float]],
-    baseline: Mapping[str, Any] | None, wall_s: float,
+    baseline: Mapping[str, Any] | None, wall_s: float, references: Sequence[ReferenceRow] = (),
 ) -> str:  # fmt: skip
     """Every table, as one markdown text."""
     lines = ["# Issue 17 tables", ""]
@@ -293,6 +312,8 @@ def markdown(
     )
     lines.append("")
     lines += target_lines(target_sets)
+    if references:
+        lines += reference_lines(references)
     titles = {
         "trace": "without the cross-job prior (`--scenario trace`)",
         "leave-one-out": "with the cross-job prior (`--scenario leave-one-out`)",
@@ -427,9 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"policy_tables: {exc}", file=sys.stderr)
         return 2
     wall_s = time.perf_counter() - start
-    sys.stdout.write(markdown(measured, target_sets, baseline, wall_s))
+    references = reference_table(TraceSet(args.trace_dir).jobs(), SHORT_HORIZONS)
+    sys.stdout.write(markdown(measured, target_sets, baseline, wall_s, references))
     if args.json is not None:
-        args.json.write_text(json.dumps(as_json(measured, target_sets, args.quick, wall_s), indent=1) + "\n")
+        figures = as_json(measured, target_sets, args.quick, wall_s)
+        figures["references"] = {row.reference: {str(k): v for k, v in row.regret_pct.items()} for row in references}
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"{len(settings)} settings in {wall_s:.1f} s wall (--jobs {args.jobs})", file=sys.stderr)
     if baseline is not None:
         worse, _ = worse_than_baseline(measured, baseline)

@@ -69,7 +69,10 @@ def test_one_setting_through_the_simulator_and_the_baseline_comparison(tables: M
     assert len(worse) == 1 and worse[0].startswith("targets harder-1 / trace, powerbandit, first 10:")
     assert missing == []
     text = tables.markdown([measured], target_sets, baseline, wall_s=1.0)
-    assert "(+0.06)" in text and "| harder-1 | - |" in text
+    assert "(+0.06)" in text and "| harder-1 | - |" in text and "Reference points" not in text
+    references = [tables.ReferenceRow("walk", {k: 12.345 for k in tables.SHORT_HORIZONS})]
+    text = tables.markdown([measured], target_sets, baseline, 1.0, references)
+    assert "## Reference points" in text and "| walk | 12.35 | 12.35 |" in text
     baseline["settings"][setting.key]["seeds"] = "1-10"  # another number of seeds is not compared
     assert tables.worse_than_baseline([measured], baseline) == (
         [],
