@@ -17,7 +17,7 @@ from pathlib import Path
 
 from optimizer_server.policy.base import ClusterPrior
 from optimizer_server.policy.registry import POLICY_NAMES
-from powerbandit.cli.argtypes import at_least_1, fraction_0_1, positive_int
+from powerbandit.cli.argtypes import at_least_1, fraction_0_1, positive_int, slowdown_factor
 from powerbandit.cli.errors import UserError, run_command
 from simulations.backend import BackendFactory
 from simulations.baselines import BASELINES
@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--recurrences", type=positive_int, default=None, help="override the number of recurrences")
     sel.add_argument(
         "--max-slowdown",
-        type=at_least_1,
+        type=slowdown_factor,
         default=None,
         metavar="FACTOR",
         help="a slowdown budget instead of --eta, e.g. 1.1: minimise energy with runs at most 10%% slower than "

@@ -38,6 +38,28 @@ def at_least_1(text: str) -> float:
     return value
 
 
+#: The largest slowdown budget a job may have (as the server's ``spec.max_slowdown`` check).
+MAX_SLOWDOWN = 100.0
+
+
+def slowdown_factor(text: str) -> float:
+    """A slowdown budget: a factor from 1 to 100 (1.1 = runs at most 10 % slower than the default's).
+
+    >>> slowdown_factor("1.1")
+    1.1
+    """
+    value = _number(text, "expected a slowdown factor from 1 to 100, e.g. 1.1")
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below 1: a slowdown budget is a factor >= 1, e.g. 1.1 (at most 10 % slower)"
+        )
+    if value > MAX_SLOWDOWN:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above {MAX_SLOWDOWN:g}: a slowdown budget is a factor from 1 to {MAX_SLOWDOWN:g}, e.g. 1.1"
+        )
+    return value
+
+
 def positive_float(text: str) -> float:
     """A number > 0 (seconds, sizes)."""
     value = _number(text, "expected a number > 0")

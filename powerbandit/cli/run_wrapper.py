@@ -30,7 +30,10 @@ exited, its remaining output is copied for at most 2 s (a background process it 
 pipe open).
 
 The job comes from flags (``--batch-sizes 32,64,128 --default-batch-size 64 --target-metric 0.9
---max-epochs 50``, registered if new) or, without them, from the server (already registered).
+--max-epochs 50``, registered if new; ``--eta``, ``--max-slowdown`` and ``--lower-is-better`` go
+with them) or, without them, from the server (already registered). ``--max-slowdown 1.1`` gives the
+job a slowdown budget instead of an eta (as ``Job(max_slowdown=1.1)`` in the SDK): energy is
+minimised with runs at most 10 % slower than the default configuration's expected time.
 ``--replay TABLE.json`` measures with a :class:`~client_sdk.replay.ReplayGpu` for dry runs; the
 default is NVML (the simulated device when ``POWERBANDIT_SIMULATED_GPUS`` names its file).
 This module needs only the slim SDK (no numpy).
@@ -58,10 +61,11 @@ from typing import IO, Any
 from client_sdk.client import Job, OptimizerClient, fail_open_from_environment
 from client_sdk.errors import NotFoundError
 from client_sdk.gpu import Gpu, GpuUnavailableError
-from powerbandit.cli.argtypes import server_address
+from powerbandit.cli.argtypes import fraction_0_1, server_address, slowdown_factor
 from powerbandit.cli.errors import UserError
+from powerbandit.domain import DEFAULT_ETA
 
-__all__ = ["ChildReport", "add_arguments", "load_replay_table", "parse_report_line", "run"]
+__all__ = ["ChildReport", "add_arguments", "check_job_flags", "load_replay_table", "parse_report_line", "run"]
 
 METRIC_LINE = re.compile(rb"^\s*powerbandit-(metric|epochs)\s*:\s*(\S+)\s*$")
 """A line the command prints to report its final metric or its epochs."""
@@ -106,7 +110,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     spec.add_argument("--default-batch-size", type=int, help="the batch size used today")
     spec.add_argument("--target-metric", type=float, help="the validation metric that counts as trained")
     spec.add_argument("--max-epochs", type=int, help="epochs after which a run stops without the target")
-    spec.add_argument("--eta", type=float, default=0.5, help="energy vs time weight in [0, 1] (default 0.5)")
+    spec.add_argument("--eta", type=fraction_0_1, default=None,
+                      help="energy vs time weight in [0, 1]: 1 = energy only, 0 = time only (default 0.5)")  # fmt: skip
+    spec.add_argument("--max-slowdown", type=slowdown_factor, default=None, metavar="FACTOR",
+                      help="a slowdown budget instead of --eta, e.g. 1.1: minimise energy with runs at most 10%% "
+                           "slower than the default configuration's expected time (a factor from 1 to 100; the "
+                           "job's eta is 1, another --eta is refused)")  # fmt: skip
     spec.add_argument("--lower-is-better", action="store_true", help="the metric is a loss (lower is better)")
     p.add_argument("--replay", metavar="TABLE.json",
                    help="measure with a replay GPU from this table (dry run without a GPU); see docs/integrations.md")  # fmt: skip
@@ -149,27 +158,49 @@ def load_replay_table(path: str) -> tuple[dict[int, dict[float, tuple[float, flo
     return table, model, count
 
 
-def _job(args: argparse.Namespace, client: OptimizerClient) -> Job:
-    """The job from the flags (all of them), or the registered one (none of them)."""
-    given = {
+def check_job_flags(args: argparse.Namespace) -> None:
+    """Refuse job flags that cannot go together, before anything is contacted (exit status 2).
+
+    ``--max-slowdown`` sets the job's eta to 1 (a budget minimises energy), so another ``--eta`` is
+    a contradiction; ``--eta``, ``--max-slowdown`` and ``--lower-is-better`` describe a job, so
+    they need the four flags that describe it (a registered job is used as it is).
+    """
+    if args.max_slowdown is not None and args.eta is not None and args.eta != 1.0:
+        raise UserError(
+            f"--max-slowdown {args.max_slowdown:g} and --eta {args.eta:g} are alternatives: a slowdown budget "
+            f"minimises energy (eta 1); give one of them",
+            exit_code=2,
+        )
+    required = {
         "--batch-sizes": args.batch_sizes,
         "--default-batch-size": args.default_batch_size,
         "--target-metric": args.target_metric,
         "--max-epochs": args.max_epochs,
     }
-    if any(v is not None for v in given.values()):
-        missing = [flag for flag, value in given.items() if value is None]
-        if missing:
-            raise UserError(f"to describe the job give all of --batch-sizes, --default-batch-size, "
-                            f"--target-metric and --max-epochs (missing: {', '.join(missing)})")  # fmt: skip
+    optional = {"--eta": args.eta, "--max-slowdown": args.max_slowdown, "--lower-is-better": args.lower_is_better or None}
+    if not any(v is not None for v in (*required.values(), *optional.values())):
+        return  # the registered job
+    missing = [flag for flag, value in required.items() if value is None]
+    if missing:
+        with_flags = [flag for flag, value in optional.items() if value is not None]
+        given = f" with {', '.join(with_flags)}" if with_flags else ""
+        raise UserError(f"to describe the job{given} give all of --batch-sizes, --default-batch-size, "
+                        f"--target-metric and --max-epochs (missing: {', '.join(missing)})", exit_code=2)  # fmt: skip
+
+
+def _job(args: argparse.Namespace, client: OptimizerClient) -> Job:
+    """The job from the flags (all of them), or the registered one (none of them)."""
+    if args.batch_sizes is not None:  # check_job_flags made sure the other three are there
+        budget = args.max_slowdown
         return Job(
             args.job,
             batch_sizes=args.batch_sizes,
             default_batch_size=args.default_batch_size,
             target_metric=args.target_metric,
             max_epochs=args.max_epochs,
-            eta=args.eta,
+            eta=1.0 if budget is not None else (args.eta if args.eta is not None else DEFAULT_ETA),
             higher_is_better=not args.lower_is_better,
+            max_slowdown=budget,
         )
     try:
         spec = client.get_job(args.job, max_runs=1).spec
@@ -186,7 +217,7 @@ def _job(args: argparse.Namespace, client: OptimizerClient) -> Job:
         default_batch_size=spec.default_batch_size,
         target_metric=spec.target_metric,
         max_epochs=spec.max_epochs,
-        eta=spec.eta if spec.HasField("eta") else 0.5,
+        eta=spec.eta if spec.HasField("eta") else DEFAULT_ETA,
         beta=spec.beta,
         higher_is_better=spec.metric_direction != pb.METRIC_DIRECTION_LOWER_IS_BETTER,
         policy=spec.policy,
@@ -354,6 +385,7 @@ def run(args: argparse.Namespace, *, stdout: IO[bytes] | None = None) -> int:
         command = command[1:]
     if not command:
         raise UserError("no command to run: powerbandit run --job JOB -- python train.py --batch-size {batch_size}")
+    check_job_flags(args)
     fail_open = True if args.fail_open else fail_open_from_environment()
     gpu = _gpu(args)
     try:

@@ -91,7 +91,7 @@ def test_a_signal_reaches_the_command_once_and_the_run_is_failed(
     ("flags", "command", "code", "message"),
     [
         ([], None, 1, "error: job team/wrapped is not registered"),
-        (["--batch-sizes", "32,64"], None, 1, "missing: --default-batch-size, --target-metric, --max-epochs"),
+        (["--batch-sizes", "32,64"], None, 2, "missing: --default-batch-size, --target-metric, --max-epochs"),
         (SPEC, ["/nonexistent/train"], 127, "error: cannot run '/nonexistent/train'"),
         (["--batch-sizes", "32,x"], None, 2, "expected comma-separated integers"),
     ],
