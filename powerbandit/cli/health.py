@@ -1,8 +1,8 @@
 """``powerbandit health``: ask a server's gRPC health service whether it is serving.
 
-Exit status 0 when the server answers SERVING, 1 otherwise (not serving, unreachable, timed out),
-with one line saying which. Container health checks, systemd and scripts use it; it needs only
-the SDK install (``grpcio-health-checking``), not the server extra.
+Exit status 0 when the server answers SERVING, 1 otherwise (not serving, unreachable, timed out,
+a failed TLS handshake), with one line saying which. Container health checks, systemd and scripts
+use it; it needs only the SDK install (``grpcio-health-checking``), not the server extra.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from powerbandit.cli.argtypes import server_address
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+#: The gRPC C-core's log level for this command unless ``GRPC_VERBOSITY`` says otherwise: none. A
+#: failed handshake is logged (``ssl_transport_security.cc ... WRONG_VERSION_NUMBER``) before the
+#: command's own line, which says what went wrong and carries the C-core's reason in the call's status.
+GRPC_CORE_VERBOSITY = "NONE"
 
 
 def default_address() -> str:
@@ -84,6 +86,9 @@ def check(
     certificate is checked against. Raises :class:`grpc.RpcError` when the server cannot be reached
     or does not know ``service``.
     """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     if tls or root_cert_pem is not None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         credentials = grpc.ssl_channel_credentials(root_certificates=root_cert_pem)
@@ -96,8 +101,46 @@ def check(
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+def quiet_grpc_core_logging(command: str | None) -> None:
+    """For ``powerbandit health``: keep the gRPC C-core's log lines off stderr (a ``GRPC_VERBOSITY`` set wins).
+
+    The C-core reads ``GRPC_VERBOSITY`` when ``grpc`` is first imported, so the entry point calls
+    this before anything imports it (this module imports ``grpc`` inside its functions); once
+    ``grpc`` is loaded it changes nothing, not even the environment.
+    """
+    if command == "health" and "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_VERBOSITY", GRPC_CORE_VERBOSITY)
+
+
+def tls_failure(detail: str, address: str, server_name: str | None) -> str | None:
+    """What a failed TLS handshake means, from the status details of the failed call (None: not TLS).
+
+    >>> tls_failure("Tls handshake failed (TSI_PROTOCOL_FAILURE): ...:WRONG_VERSION_NUMBER: ...", "h:1", None)
+    'TLS handshake failed: the server at h:1 does not speak TLS (is it plaintext? drop --tls)'
+    """
+    if "WRONG_VERSION_NUMBER" in detail:
+        return f"TLS handshake failed: the server at {address} does not speak TLS (is it plaintext? drop --tls)"
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        reason = detail.rsplit("CERTIFICATE_VERIFY_FAILED:", 1)[-1].strip().removesuffix(": OK").strip()
+        return (
+            f"TLS handshake failed: the certificate of the server at {address} is not trusted ({reason}); "
+            f"pass the certificate that signed it with --tls-root-cert"
+        )
+    if "Hostname Verification Check failed" in detail:
+        name = server_name or address.rpartition(":")[0].strip("[]")
+        return (
+            f"TLS handshake failed: the certificate of the server at {address} is not for {name!r}; "
+            f"give the name it is for with --tls-server-name"
+        )
+    if "handshake failed" in detail.lower():
+        return f"TLS handshake failed with the server at {address}: {detail}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the server; prints one line and returns 0 only for SERVING."""
+    import grpc
+
     address = args.server or default_address()
     if args.timeout_s <= 0:
         print(f"error: --timeout-s must be positive, got {args.timeout_s:g}", file=sys.stderr)
@@ -109,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
             root_cert_pem = Path(args.tls_root_cert).read_bytes()
         except OSError as exc:
             print(f"error: cannot read --tls-root-cert {args.tls_root_cert}: {exc.strerror}", file=sys.stderr)
+            return 2
+        if b"-----BEGIN CERTIFICATE-----" not in root_cert_pem:
+            print(f"error: --tls-root-cert {args.tls_root_cert} holds no PEM certificate "
+                  f"(-----BEGIN CERTIFICATE-----)", file=sys.stderr)  # fmt: skip
             return 2
     try:
         status = check(
@@ -126,8 +173,15 @@ def run(args: argparse.Namespace) -> int:
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
             print(f"error: {what}: no answer within {args.timeout_s:g} s", file=sys.stderr)
         else:
-            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            print(f"error: {what}: unreachable ({code.name if code else 'error'}: {detail})", file=sys.stderr)
+            detail = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+            tls = args.tls or root_cert_pem is not None
+            failure = tls_failure(detail, address, args.tls_server_name) if tls else None
+            if failure:
+                print(f"error: {failure}", file=sys.stderr)
+            else:
+                hint = "" if tls or "Socket closed" not in detail else " (if the server uses TLS, add --tls)"
+                print(f"error: {what}: unreachable ({code.name if code else 'error'}: {detail}){hint}",
+                      file=sys.stderr)  # fmt: skip
         return 1
     print(f"{what}: {status}")
     return 0 if status == "SERVING" else 1

@@ -213,6 +213,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``powerbandit`` console script."""
     command = requested_command(sys.argv[1:] if argv is None else argv)
+    health.quiet_grpc_core_logging(command)  # before anything imports grpc: `health` prints its own line only
     parser = build_parser(only=command if command in LIGHT_COMMANDS else None)
     try:
         args, unknown = parser.parse_known_args(argv)
