@@ -17,6 +17,7 @@ from typing import Any
 from powerbandit.cli import operator_view as view
 from powerbandit.cli.argtypes import non_negative_float, non_negative_int, server_address
 from powerbandit.cli.errors import UserError
+from powerbandit.cli.extras import require_server_extra
 
 COMMANDS = ("jobs", "report")
 
@@ -91,9 +92,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
     plot = jobs.add_parser(
         "plot",
-        help="PNG of a job's cost per run and posterior per batch size",
+        help="PNG of a job's cost per run and posterior per batch size (needs the server extra)",
         description="Write a PNG: cost per run with the best-so-far line (left) and each batch size's "
-        "posterior cost with its 90% credible interval (right).",
+        "posterior cost with its 90% credible interval (right). Needs matplotlib, from the server extra: "
+        "pip install 'powerbandit[server]'.",
     )
     _add_server(plot, top=False)
     plot.add_argument("job_id", help="the job id")
@@ -114,7 +116,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
     rebuild = jobs.add_parser(
         "rebuild",
-        help="recompute a job's policy state from its run log (needs --db)",
+        help="recompute a job's policy state from its run log (needs --db and the server extra)",
         description="Recompute a job's policy state from its run log, directly on the database.",
     )
     rebuild.add_argument("job_id", help="the job id")
@@ -150,7 +152,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                    help="window ending now: 30m, 12h, 7d, 2w ... (default 7d)")  # fmt: skip
     r.add_argument("--prefix", default="", help="only job ids starting with this")
     r.add_argument("--json", action="store_true", help="machine-readable output")
-    r.add_argument("--png", help="also write a bar chart to this PNG file")
+    r.add_argument("--png", help="also write a bar chart to this PNG file (needs the server extra: matplotlib)")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -397,7 +399,13 @@ def run(args: argparse.Namespace) -> int:
     Errors (server unreachable or refusing, a file that cannot be written) reach the caller, whose
     :func:`powerbandit.cli.errors.run_command` prints them as one line.
     """
+    # what the server extra brings is checked first: a slim install says so before contacting the server
+    if args.command == "jobs" and args.jobs_command == "plot":
+        require_server_extra("jobs plot", "matplotlib")
+    if args.command == "report" and args.png:
+        require_server_extra("report --png", "matplotlib")
     if args.command == "jobs" and args.jobs_command == "rebuild":
+        require_server_extra("jobs rebuild", "optimizer_server.server")
         return _rebuild(args)
     client = _connect(args)
     try:
