@@ -67,3 +67,7 @@ class Hyperparameters:
     smaller neighbour is tried first. Its sign matters, not its size: 0.05 to 0.2 score the same."""
     horizon_min_runs: float = 20.0
     """An exploration is weighed against at least this many future runs (else the job's age)."""
+    call_off_margin: float = 0.05
+    """An exploration whose measured epoch cost rules it out is called off only when it is expected
+    to lose more than this share of the best batch size's mean cost beyond what it has already spent
+    (a borderline estimate, one noisy run away from the other side, lets the run go on)."""

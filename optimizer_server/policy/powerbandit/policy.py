@@ -314,8 +314,9 @@ class PowerBanditPolicy:
         epoch cost on this GPU is now measured (its profile, or an earlier run). Before its run the
         gate only had an extrapolated epoch cost; with the measured one, the trial may no longer be
         worth its cost. The run goes on while what the trial is still expected to be worth, counting
-        what it has already spent as sunk, is positive: it stops when ``trial_value + cost_so_far <
-        0``. The run's epochs are then no evidence about its epochs-to-target (see :meth:`observe`).
+        what it has already spent as sunk, is positive: it stops when ``trial_value + cost_so_far``
+        is below ``-call_off_margin`` times the best batch size's mean cost. The run's epochs are
+        then no evidence about its epochs-to-target (see :meth:`observe`).
         """
         states.require_current(state)
         b = int(batch_size)
@@ -324,7 +325,7 @@ class PowerBanditPolicy:
         current = states.decode(state)
         data = arm_statistics(current, spec.batch_sizes, spec.window, self.hyperparameters)
         trial = self._measured_trials(spec, state, current, data, context, [b]).get(b)
-        if trial is None or trial.value + max(cost_so_far, 0.0) >= 0.0:
+        if trial is None or trial.value + max(cost_so_far, 0.0) + self.hyperparameters.call_off_margin * trial.best_mean >= 0.0:
             return None
         return (
             f"exploring batch size {b} no longer pays off: with its epoch cost measured "
