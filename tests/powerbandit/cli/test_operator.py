@@ -397,3 +397,18 @@ def test_demo_and_the_operator_view_report_the_same_saving(tmp_path: Path, capsy
         code, reported, _ = cli(["report", "--server", server.address, "--prefix", job_id], capsys)
         (per_job,) = [line for line in reported.splitlines() if line.startswith(job_id)]
         assert code == 0 and per_job.endswith(demo_saved), (per_job, demo_saved)
+
+
+def test_run_outcome_in_words() -> None:
+    from powerbandit.v1 import optimizer_pb2 as v1
+
+    def outcome(**fields: Any) -> str:
+        return view.run_outcome(v1.Run(**fields))
+
+    assert outcome(state=v1.RUN_STATE_IN_FLIGHT) == "in flight"
+    assert outcome(state=v1.RUN_STATE_COMPLETED, reached_target=True) == "reached target"
+    assert outcome(state=v1.RUN_STATE_COMPLETED) == "did not reach target"
+    assert outcome(state=v1.RUN_STATE_COMPLETED, reason="max epochs") == "stopped: max epochs"
+    called_off = "exploration_called_off: exploring batch size 32 no longer pays off"
+    assert outcome(state=v1.RUN_STATE_COMPLETED, reason=called_off) == "called off: exploring batch size 32 no longer pays off"
+    assert outcome(state=v1.RUN_STATE_FAILED, reason="CUDA OOM") == "failed: CUDA OOM"
