@@ -322,6 +322,9 @@ class PowerBanditPolicy:
         b = int(batch_size)
         if b not in spec.batch_sizes:
             return None
+        arm = state["arms"].get(str(b))
+        if arm is not None and arm[0] > 0 and spec.window <= 0:
+            return None  # it reached the target: not an exploration (the common case, every epoch)
         current = states.decode(state)
         data = arm_statistics(current, spec.batch_sizes, spec.window, self.hyperparameters)
         trial = self._measured_trials(spec, state, current, data, context, [b]).get(b)
