@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -457,3 +459,32 @@ def wait_for(predicate, timeout_s: float) -> float:  # type: ignore[no-untyped-d
             return time.monotonic() - t0
         time.sleep(0.01)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+# ----------------------------------------------------------------------------------------- TLS
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` in ``directory``: a one-day certificate for localhost and 127.0.0.1,
+    made with ``openssl`` (the test is skipped where it cannot make one)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    return cert, key
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def all_parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """``("powerbandit jobs show", parser)`` for the command and every subcommand, depth first."""
+    from powerbandit.cli.main import build_parser
+
+    stack = [("powerbandit", build_parser())]
+    while stack:
+        name, parser = stack.pop()
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend((f"{name} {sub}", p) for sub, p in action.choices.items())

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from optimizer_server.server import EmbeddedServer
 from powerbandit.cli.health import default_address
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, self_signed_certificate
 
 
 def health_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,14 +88,7 @@ def test_unreachable_server_is_one_error_line() -> None:
 
 
 def test_tls_server(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    cert, key = self_signed_certificate(tmp_path)
     with EmbeddedServer(f"sqlite:///{tmp_path / 'tls.db'}", tls_cert=str(cert), tls_key=str(key)) as server:
         done = health_cli("--server", server.address, "--tls-root-cert", str(cert))
         assert done.returncode == 0 and done.stdout.strip().endswith("SERVING"), done.stderr

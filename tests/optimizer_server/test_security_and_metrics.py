@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from client_sdk.client import OptimizerClient, OptimizerClientError
 from optimizer_server.auth import TokenAuth
 from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.server import EmbeddedServer, RunningServer, ServerConfig
-from tests.helpers import gpu_pb, small_job
+from tests.helpers import gpu_pb, self_signed_certificate, small_job
 
 TOKENS = """
 # token                prefixes
@@ -100,14 +99,7 @@ def test_tokens_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch:
 
 
 def test_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    cert, key = self_signed_certificate(tmp_path)
     with EmbeddedServer(f"sqlite:///{tmp_path / 'tls.db'}", tls_cert=str(cert), tls_key=str(key)) as server:
         with OptimizerClient(server.address, root_cert=str(cert)) as client:
             client.register_job(small_job("tls/job"))

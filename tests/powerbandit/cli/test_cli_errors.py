@@ -29,7 +29,7 @@ from powerbandit.cli.errors import EXIT_BROKEN_PIPE
 from powerbandit.cli.main import build_parser, main
 from simulations.progress import Progress
 from simulations.traces import packaged_trace_dir
-from tests.helpers import small_job
+from tests.helpers import all_parsers, small_job
 
 CLI = [sys.executable, "-m", "powerbandit"]
 
@@ -270,18 +270,6 @@ def test_jobs_list_into_head(served_jobs: EmbeddedServer) -> None:
 
 
 # ------------------------------------------------------------------------------------ item 15
-def all_parsers() -> Iterator[tuple[str, object]]:
-    import argparse
-
-    stack = [("powerbandit", build_parser())]
-    while stack:
-        name, parser = stack.pop()
-        yield name, parser
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                stack.extend((f"{name} {sub}", p) for sub, p in action.choices.items())
-
-
 def test_help_texts_are_plain_text() -> None:
     seen = 0
     for name, parser in all_parsers():

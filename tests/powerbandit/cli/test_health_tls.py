@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from optimizer_server.server import EmbeddedServer
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, self_signed_certificate
 
 C_CORE_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.MULTILINE)
 """A line the gRPC C-core logs (``I1127 15:41:40.426499  12618 ssl_transport_security.cc:2563] ...``)."""
@@ -46,16 +46,7 @@ def plaintext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServ
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cert")
-    cert, key = root / "cert.pem", root / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("cert"))
 
 
 @pytest.fixture(scope="module")

@@ -6,33 +6,20 @@ A value below 1 is answered with an example that is a budget (1.1 = at most 10 %
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from optimizer_server.validation import MAX_SLOWDOWN as SERVER_MAX_SLOWDOWN
 from powerbandit.cli.argtypes import MAX_SLOWDOWN, slowdown_factor
-from powerbandit.cli.main import build_parser
-from tests.helpers import REPO_ROOT
-
-
-def _parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    stack = [("powerbandit", build_parser())]
-    while stack:
-        name, parser = stack.pop()
-        yield name, parser
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                stack.extend((f"{name} {sub}", p) for sub, p in action.choices.items())
+from tests.helpers import REPO_ROOT, all_parsers
 
 
 def test_every_max_slowdown_flag_takes_a_slowdown_factor() -> None:
     found = [
         (name, action.type)
-        for name, parser in _parsers()
+        for name, parser in all_parsers()
         for action in parser._actions
         if "--max-slowdown" in action.option_strings
     ]
