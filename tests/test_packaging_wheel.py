@@ -124,7 +124,7 @@ def test_server_install_runs_from_an_empty_directory(server_venv: Path, empty_di
     assert _run([str(bin_dir / "powerbandit"), "--version"], empty_dir, env=env).strip() == (
         f"powerbandit {powerbandit.__version__}"
     )
-    demo = _run([str(bin_dir / "powerbandit"), "demo", "--recurrences", "12"], empty_dir, env=env)
+    demo = _run([str(bin_dir / "powerbandit"), "demo", "--recurrences", "40"], empty_dir, env=env)
     assert "measured traces from" in demo and str(server_venv) in demo and "converged to" in demo
     started = time.perf_counter()
     sim = _run(
