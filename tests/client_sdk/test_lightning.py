@@ -160,6 +160,12 @@ DDP_SCRIPT = MODULE + textwrap.dedent('''
         "local_energy_j": gpu.energy_j(), "local_batch_size": callback.local_batch_size,
         "limit": gpu.power_limit_w(), "gpu_count": done.gpu_count, "current_epoch": trainer.current_epoch,
     }))
+    # tear the process group down before the interpreter exits: a gloo thread still running then
+    # aborts the process ("terminate called without an active exception"), which a loaded machine hits
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 ''')
 
 
