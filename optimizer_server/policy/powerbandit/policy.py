@@ -494,10 +494,13 @@ class PowerBanditPolicy:
 
         def log_epochs(b: int) -> float:
             # a batch size's own runs, when it has some: the posterior leans on the neighbours, which
-            # is optimistic for a budget (a batch size that needed 3x the epochs must not look fine)
+            # is optimistic for a budget (a batch size that needed 3x the epochs must not look fine).
+            # An untried one is judged on this job's runs alone, not the cluster prior: the prior is
+            # other workloads' mean, and as a hard filter it would rule batch sizes out untried (the
+            # gate still weighs it)
             if data[b].n:
                 return float(data[b].mean)
-            return posterior(observed_arms, data[b], b, noise_var, trend, hp, prior_slopes(context))[0]
+            return posterior(observed_arms, data[b], b, noise_var, trend, hp)[0]
 
         mean0 = log_epochs(b0)
         t_points = {

@@ -13,7 +13,14 @@ import pytest
 from client_sdk.client import Job, OptimizerClient
 from client_sdk.replay import ReplayGpu
 from client_sdk.run import ProfileMeasurement, cheapest_power_limit
-from optimizer_server.policy.base import JobSpec, Observation, ProfilePoint, SuggestContext, decision_rng
+from optimizer_server.policy.base import (
+    ClusterPrior,
+    JobSpec,
+    Observation,
+    ProfilePoint,
+    SuggestContext,
+    decision_rng,
+)
 from optimizer_server.policy.powerbandit import PowerBanditPolicy
 from optimizer_server.server import EmbeddedServer
 from powerbandit.cli import operator_cli
@@ -124,6 +131,21 @@ def test_policy_keeps_the_default_when_nothing_else_fits() -> None:
     ctx = SuggestContext("v100", 200.0, (100.0, 200.0), profiles)
     d = PowerBanditPolicy().suggest(s, state, ctx, decision_rng(1, 0))
     assert (d.batch_size, d.power_limit_w) == (8, 200.0)
+
+
+def test_a_cluster_prior_does_not_rule_untried_batch_sizes_out_of_the_budget() -> None:
+    # Only the default (8) has run. A prior from other jobs says a larger batch needs e^0.3 = 1.35x
+    # the epochs: taken as fact, 16 could not fit a 10 % budget and would never be tried. The budget
+    # judges an untried batch size on this job's own runs; the prior still weighs in the gate.
+    s = spec(1.1)
+    policy = PowerBanditPolicy()
+    w, t = POWER[8][200.0]
+    state = policy.observe(s, policy.new_state(s), Observation(8, "v100", 200.0, 10, w * t * 10, t * 10, w * t * 10, True, 200.0, w * t))
+    own = {8: {p: ProfilePoint(p, w, t) for p, (w, t) in POWER[8].items()}}
+    prior = ClusterPrior(epochs_slope_down=0.0, epochs_slope_up=0.3, jobs=5)
+    ctx = SuggestContext("v100", 200.0, (100.0, 200.0), own, prior=prior)
+    picks = {policy.suggest(s, state, ctx, decision_rng(2, i)).batch_size for i in range(100)}
+    assert 16 in picks
 
 
 def test_sdk_choice_after_profiling_follows_the_budget() -> None:
