@@ -13,6 +13,7 @@ from optimizer_server.errors import InvalidArgumentError
 from optimizer_server.policy import JobSpec, PolicyRegistry
 from optimizer_server.policy.base import DEFAULT_BETA, DEFAULT_ETA
 from optimizer_server.service import RunGpu
+from powerbandit.domain import MAX_SLOWDOWN
 from powerbandit.v1 import optimizer_pb2 as pb
 
 MAX_ID_LENGTH = 200
@@ -21,7 +22,6 @@ MAX_BATCH_SIZES = 64
 MAX_POWER_LIMITS = 64
 MAX_EPOCHS_LIMIT = 1_000_000
 MAX_GPU_COUNT = 4096
-MAX_SLOWDOWN = 100.0  # a slowdown budget beyond this is no budget
 MAX_POWER_LIMIT_W = 10_000.0
 MAX_MEASUREMENT = 1e15  # joules or seconds: far beyond any real run, guards against overflow
 # Physical ranges of a power profile's measurements. A GPU under load draws watts, not zero (an

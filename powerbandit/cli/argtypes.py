@@ -10,6 +10,7 @@ import argparse
 import math
 
 from powerbandit.addresses import AddressError, split_host_port
+from powerbandit.domain import MAX_SLOWDOWN
 
 
 def _number(text: str, kind: str) -> float:
@@ -36,10 +37,6 @@ def at_least_1(text: str) -> float:
     if value < 1.0:
         raise argparse.ArgumentTypeError(f"{text} is below 1: use a number >= 1, e.g. 2")
     return value
-
-
-#: The largest slowdown budget a job may have (as the server's ``spec.max_slowdown`` check).
-MAX_SLOWDOWN = 100.0
 
 
 def slowdown_factor(text: str) -> float:

@@ -17,13 +17,14 @@ from powerbandit.domain.enums import MetricDirection, Phase, PowerLimitControl, 
 from powerbandit.domain.power_limits import DEFAULT_POWER_LIMIT_STEP_W, candidate_power_limits
 from powerbandit.domain.profiles import PowerProfile, ProfilePoint, ProfileRecord
 from powerbandit.domain.runs import ArmSummary, Decision, Observation, RunGroup
-from powerbandit.domain.spec import DEFAULT_BETA, DEFAULT_ETA, DEFAULT_POLICY, JobSpec
+from powerbandit.domain.spec import DEFAULT_BETA, DEFAULT_ETA, DEFAULT_POLICY, MAX_SLOWDOWN, JobSpec
 
 __all__ = [
     "ArmSummary",
     "DEFAULT_BETA",
     "DEFAULT_ETA",
     "DEFAULT_POLICY",
+    "MAX_SLOWDOWN",
     "DEFAULT_POWER_LIMIT_STEP_W",
     "Decision",
     "JobSpec",

@@ -19,6 +19,10 @@ DEFAULT_BETA = 2.0
 DEFAULT_POLICY = "powerbandit"
 """The policy of a job that does not say."""
 
+MAX_SLOWDOWN = 100.0
+"""The largest slowdown budget a job may have (a budget beyond it is no budget): the server refuses
+more, and so does every ``--max-slowdown``."""
+
 
 @dataclass(frozen=True)
 class JobSpec:
