@@ -56,7 +56,7 @@ from optimizer_server.store.base import (
     RunRecord,
     Store,
 )
-from powerbandit.domain import StopReason, candidate_power_limits
+from powerbandit.domain import StopReason, called_off_reason, called_off_why, candidate_power_limits
 
 log = logging.getLogger("powerbandit.server")
 
@@ -411,7 +411,7 @@ class OptimizerService:
             if metric is not None:
                 run.final_metric = metric
             if called_off is not None:
-                run.reason = f"{StopReason.EXPLORATION_CALLED_OFF}: {called_off}"
+                run.reason = called_off_reason(called_off)
             run.lease_expires_unix_s = self.clock() + self.lease_s
             tx.update_run(run)
         if reached:
@@ -634,7 +634,7 @@ def observation_of(run: RunRecord) -> Observation:
         reached_target=run.reached_target,
         max_power_w=run.max_power_w,
         epoch_cost=run.epoch_cost,
-        called_off=not run.reached_target and run.reason.startswith(f"{StopReason.EXPLORATION_CALLED_OFF}:"),
+        called_off=not run.reached_target and called_off_why(run.reason) is not None,
     )
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from powerbandit.domain import ProfilePoint, ProfileRecord, RunGroup, StopReason, energy_time_cost
+from powerbandit.domain import ProfilePoint, ProfileRecord, RunGroup, called_off_why, energy_time_cost
 from powerbandit.domain import savings as domain_savings
 from powerbandit.domain.savings import LIMIT_TOLERANCE_W, Baseline, usage_by_gpu
 from powerbandit.proto_conversion import (
@@ -490,9 +490,9 @@ def run_outcome(run: pb.Run) -> str:
     if run.state == pb.RUN_STATE_COMPLETED:
         if run.reached_target:
             return "reached target"
-        called_off = f"{StopReason.EXPLORATION_CALLED_OFF}: "
-        if run.reason.startswith(called_off):
-            return f"called off: {run.reason.removeprefix(called_off)}"
+        why = called_off_why(run.reason)
+        if why is not None:
+            return f"called off: {why}"
         return f"stopped: {run.reason}" if run.reason else "did not reach target"
     name = RUN_STATE_NAMES.get(run.state, "unknown")
     return f"{name}: {run.reason}" if run.reason else name

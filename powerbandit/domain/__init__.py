@@ -16,7 +16,14 @@ from powerbandit.domain.cost import cost_rate, energy_time_cost, epoch_cost, pow
 from powerbandit.domain.enums import MetricDirection, Phase, PowerLimitControl, RunState, StopReason
 from powerbandit.domain.power_limits import DEFAULT_POWER_LIMIT_STEP_W, candidate_power_limits
 from powerbandit.domain.profiles import PowerProfile, ProfilePoint, ProfileRecord
-from powerbandit.domain.runs import ArmSummary, Decision, Observation, RunGroup
+from powerbandit.domain.runs import (
+    ArmSummary,
+    Decision,
+    Observation,
+    RunGroup,
+    called_off_reason,
+    called_off_why,
+)
 from powerbandit.domain.spec import DEFAULT_BETA, DEFAULT_ETA, DEFAULT_POLICY, MAX_SLOWDOWN, JobSpec
 
 __all__ = [
@@ -24,8 +31,8 @@ __all__ = [
     "DEFAULT_BETA",
     "DEFAULT_ETA",
     "DEFAULT_POLICY",
-    "MAX_SLOWDOWN",
     "DEFAULT_POWER_LIMIT_STEP_W",
+    "MAX_SLOWDOWN",
     "Decision",
     "JobSpec",
     "MetricDirection",
@@ -38,6 +45,8 @@ __all__ = [
     "RunGroup",
     "RunState",
     "StopReason",
+    "called_off_reason",
+    "called_off_why",
     "candidate_power_limits",
     "cost_rate",
     "energy_time_cost",

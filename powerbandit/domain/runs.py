@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from powerbandit.domain.enums import StopReason
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -46,6 +48,24 @@ class Observation:
     max_power_w: float
     epoch_cost: float | None = None
     called_off: bool = False
+
+
+_CALLED_OFF_PREFIX = f"{StopReason.EXPLORATION_CALLED_OFF}: "
+
+
+def called_off_reason(why: str) -> str:
+    """The reason a run keeps when the policy called it off (``why``: the policy's explanation);
+    :func:`called_off_why` reads it back, for the policy's :class:`Observation` and for people."""
+    return _CALLED_OFF_PREFIX + why
+
+
+def called_off_why(reason: str) -> str | None:
+    """The policy's explanation when a run's ``reason`` records a call-off, else ``None``.
+
+    >>> called_off_why(called_off_reason("too dear"))
+    'too dear'
+    """
+    return reason.removeprefix(_CALLED_OFF_PREFIX) if reason.startswith(_CALLED_OFF_PREFIX) else None
 
 
 @dataclass(frozen=True)
