@@ -26,6 +26,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from powerbandit.domain import energy_time_cost
+from simulations.engine import profiling_epoch
 from simulations.traces import TraceJob
 
 REFERENCES: tuple[str, ...] = ("default-then-oracle", "walk", "walk+overshoot")
@@ -43,10 +45,7 @@ def first_run_excess(job: TraceJob, batch_size: int, min_cost: float = math.inf)
     oracle = job.expected_cost(b_star, p_star)
     p = job.best_power_limit(batch_size)
     epoch = job.epoch_cost(batch_size, p)
-    points = job.power[batch_size].values()
-    first_energy = sum(q.average_power_w * q.time_per_epoch_s for q in points) / len(points)
-    first_time = sum(q.time_per_epoch_s for q in points) / len(points)
-    profiling_extra = job.eta * first_energy + (1 - job.eta) * job.max_power * first_time - epoch
+    profiling_extra = energy_time_cost(job.eta, *profiling_epoch(job, batch_size), job.max_power) - epoch
     cap = job.max_epochs if math.isinf(min_cost) else min(job.max_epochs, int(job.beta * min_cost // epoch))
     excess = []
     for k in job.target_epochs[batch_size]:
