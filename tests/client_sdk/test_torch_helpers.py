@@ -138,17 +138,22 @@ def _ddp_worker(rank: int, world: int, init_file: str, address: str, out_dir: st
         dist.destroy_process_group()
 
 
-def test_ddp_rank0_talks_energy_is_summed_and_ranks_agree(server: EmbeddedServer, tmp_path: Path) -> None:
+def _run_two_ranks(worker: Any, address: str, tmp_path: Path, timeout_s: float = 120.0) -> None:
+    """``worker(rank, 2, init dir, address, out dir)`` in two spawned processes; killed and failed
+    after ``timeout_s``."""
     context = tmp.start_processes(
-        _ddp_worker, args=(2, str(tmp_path / "init"), server.address, str(tmp_path)), nprocs=2,
-        join=False, start_method="spawn",
+        worker, args=(2, str(tmp_path / "init"), address, str(tmp_path)), nprocs=2, join=False, start_method="spawn",
     )  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the DDP ranks did not finish within 120 s")
+            pytest.fail(f"the DDP ranks did not finish within {timeout_s:g} s")
+
+
+def test_ddp_rank0_talks_energy_is_summed_and_ranks_agree(server: EmbeddedServer, tmp_path: Path) -> None:
+    _run_two_ranks(_ddp_worker, server.address, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     r0, r1 = ranks[0]["results"], ranks[1]["results"]
     for one, other in zip(r0, r1, strict=True):
@@ -222,16 +227,7 @@ def _ddp_lifecycle_worker(rank: int, world: int, init_file: str, address: str, o
 
 def test_distributed_run_offers_the_lifecycle_and_typed_errors_on_every_rank(tmp_path: Path) -> None:
     with EmbeddedServer(f"sqlite:///{tmp_path / 'pb.db'}") as server:
-        context = tmp.start_processes(
-            _ddp_lifecycle_worker, args=(2, str(tmp_path / "init"), server.address, str(tmp_path)), nprocs=2,
-            join=False, start_method="spawn",
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail("the DDP ranks did not finish within 120 s")
+        _run_two_ranks(_ddp_lifecycle_worker, server.address, tmp_path)
         with OptimizerClient(server.address, timeout_s=10) as client:
             runs = client.get_job("team/life").runs
     ranks = [json.loads((tmp_path / f"life{r}.json").read_text()) for r in range(2)]
