@@ -322,13 +322,16 @@ class PowerBanditPolicy:
         b = int(batch_size)
         if b not in spec.batch_sizes:
             return None
-        arm = state["arms"].get(str(b))
-        if arm is not None and arm[0] > 0 and spec.window <= 0:
+        own = states.success_costs(state, spec.window, b)
+        if own and own[0][0]:
             return None  # it reached the target: not an exploration (the common case, every epoch)
         current = states.decode(state)
         data = arm_statistics(current, spec.batch_sizes, spec.window, self.hyperparameters)
         trial = self._measured_trials(spec, state, current, data, context, [b]).get(b)
-        if trial is None or trial.value + max(cost_so_far, 0.0) + self.hyperparameters.call_off_margin * trial.best_mean >= 0.0:
+        if trial is None:
+            return None
+        margin = self.hyperparameters.call_off_margin * trial.best_mean
+        if trial.value + max(cost_so_far, 0.0) + margin >= 0.0:
             return None
         return (
             f"exploring batch size {b} no longer pays off: with its epoch cost measured "
