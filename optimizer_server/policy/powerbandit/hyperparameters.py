@@ -65,6 +65,14 @@ class Hyperparameters:
     sizes (added to the cluster prior's): a larger batch never needs fewer epochs (the critical
     batch size), so where an epoch costs about the same at any batch size (a saturated GPU) the
     smaller neighbour is tried first. Its sign matters, not its size: 0.05 to 0.2 score the same."""
+    steps_floor: bool = True
+    """A smaller batch never needs fewer optimizer steps to reach the target than a larger one (the
+    critical batch size: McCandlish et al., 2018, "An Empirical Model of Large-Batch Training").
+    An epoch is ``N / b`` steps, so a batch size ``b`` below a successful ``c`` needs at least
+    ``b / c`` times ``c``'s epochs: the cost of a batch size that has not reached the target yet is
+    floored there in the exploration gate (:func:`~.model.epochs_floor`). On a starved GPU, where
+    halving the batch doubles an epoch's cost, a smaller batch can then at best tie, and its trial
+    is not worth running."""
     horizon_min_runs: float = 20.0
     """An exploration is weighed against at least this many future runs (else the job's age)."""
     call_off_margin: float = 0.05

@@ -8,6 +8,8 @@
 - :func:`extrapolate` and :func:`extrapolate_epoch_cost`: values at batch sizes not yet measured,
   along ``log2(b)`` (epoch costs convex below the profiled range; :func:`utilisation_slopes` sets the
   slope from a single profile);
+- :func:`epochs_floor`: the fewest epochs a batch size can need (no fewer steps than a larger
+  batch that reached the target);
 - :func:`trial_value` and :func:`worth_exploring`: what trying an untried batch size is expected to
   be worth (a trial stopped at its bound wastes all it cost), and the gate built on it.
 
@@ -65,34 +67,63 @@ def _norm_cdf(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def trial_value(log_mean: float, log_var: float, best: float, horizon: float, stop: float = math.inf) -> float:
+def trial_value(
+    log_mean: float,
+    log_var: float,
+    best: float,
+    horizon: float,
+    stop: float = math.inf,
+    log_floor: float = -math.inf,
+) -> float:
     """What trying an arm whose cost is ``lognormal(log_mean, log_var)`` is expected to be worth
     against the best arm's mean cost ``best`` over ``horizon`` future runs: the expected saving per
     run if it is cheaper, times the horizon, less the expected excess cost of the one trial run.
 
     A trial run is stopped once it has cost ``stop`` (its early-stop bound): one that would cost
-    more wastes all of ``stop``, since the recurrence then runs again on the best arm. ``-inf``
-    when nothing measured can be beaten (or compared with).
+    more wastes all of ``stop``, since the recurrence then runs again on the best arm. The cost is
+    never below ``exp(log_floor)`` (:func:`epochs_floor`): a draw under it counts as the floor, so
+    the saving is capped there. ``-inf`` when nothing measured can be beaten (or compared with).
     """
     if not 0.0 < best < math.inf:
         return -math.inf
     s = math.sqrt(max(log_var, 1e-12))
-    d = (math.log(best) - log_mean) / s
     mean = exp_capped(log_mean + 0.5 * log_var)
-    gain = best * _norm_cdf(d) - mean * _norm_cdf(d - s)
+    d = (math.log(best) - log_mean) / s
+    f = (log_floor - log_mean) / s  # -inf without a floor: every term below reduces to the unfloored one
+    floor = exp_capped(log_floor) if log_floor > -math.inf else 0.0
+    # standard-normal z below f counts as the floor's cost; above it, as its own cost
+    if floor < best:
+        gain = (best - floor) * _norm_cdf(f) + best * (_norm_cdf(d) - _norm_cdf(f)) - mean * (
+            _norm_cdf(d - s) - _norm_cdf(f - s)
+        )
+    else:
+        gain = 0.0
+    low = max(d, f)  # the costs above best that are not the floor
     if best < stop < math.inf:
         d_stop = (math.log(stop) - log_mean) / s
-        # a cost between best and stop is the excess of a finished trial; above stop, all is lost
-        loss = mean * (_norm_cdf(d_stop - s) - _norm_cdf(d - s)) - best * (_norm_cdf(d_stop) - _norm_cdf(d))
-        loss += stop * _norm_cdf(-d_stop)
+        if d_stop > low:
+            # a cost between best and stop is the excess of a finished trial; above stop, all is lost
+            loss = mean * (_norm_cdf(d_stop - s) - _norm_cdf(low - s)) - best * (_norm_cdf(d_stop) - _norm_cdf(low))
+            loss += stop * _norm_cdf(-d_stop)
+        else:
+            loss = stop * _norm_cdf(-f)
     else:
-        loss = mean * _norm_cdf(s - d) - best * _norm_cdf(-d)
+        loss = mean * _norm_cdf(s - low) - best * _norm_cdf(-low)
+    if best < floor:
+        loss += (floor - best) * _norm_cdf(f) if floor < stop else stop * _norm_cdf(f)
     return horizon * max(gain, 0.0) - max(loss, 0.0)
 
 
-def worth_exploring(log_mean: float, log_var: float, best: float, horizon: float, stop: float = math.inf) -> bool:
+def worth_exploring(
+    log_mean: float,
+    log_var: float,
+    best: float,
+    horizon: float,
+    stop: float = math.inf,
+    log_floor: float = -math.inf,
+) -> bool:
     """Whether that trial pays off: :func:`trial_value` above 0 (the expected-improvement gate)."""
-    return trial_value(log_mean, log_var, best, horizon, stop) > 0.0
+    return trial_value(log_mean, log_var, best, horizon, stop, log_floor) > 0.0
 
 
 def arm_statistics(
@@ -298,3 +329,25 @@ def posterior(
     prec = prec0 + n / noise_var
     mean = (mean0 + (n * own.mean / noise_var if n else 0.0)) / prec
     return mean, 1.0 / prec
+
+
+def epochs_floor(
+    data: Mapping[int, ArmStats],
+    observed: Observed,
+    b: int,
+    noise_var: float,
+    trend_var: float,
+    hp: Hyperparameters,
+) -> float:
+    """The least ``mu_b`` can be: a smaller batch never needs fewer optimizer steps to reach the
+    target (``hp.steps_floor``), so ``b`` needs at least ``b / c`` times the epochs of ``c``, the
+    nearest larger batch size that reached the target (at its posterior mean). ``-inf`` without one,
+    or with the floor switched off."""
+    if not hp.steps_floor:
+        return -math.inf
+    larger = [c for c, d in data.items() if c > b and d.ok]
+    if not larger:
+        return -math.inf
+    c = min(larger)
+    mean, _ = posterior(observed, data[c], c, noise_var, trend_var, hp)
+    return mean - math.log(c / b)

@@ -30,6 +30,7 @@ from optimizer_server.policy.powerbandit.model import (
     ArmStats,
     Observed,
     arm_statistics,
+    epochs_floor,
     exp_capped,
     extrapolate,
     extrapolate_epoch_cost,
@@ -301,7 +302,8 @@ class PowerBanditPolicy:
             if not math.isfinite(mean):
                 continue
             stop = self.cost_bound(spec, state, b, context.gpu_model)
-            value = trial_value(mean, var, best_mean, horizon, stop)
+            floor = epochs_floor(data, observed_arms, b, noise_var, trend, hp) + 0.5 * noise_var + math.log(known[b])
+            value = trial_value(mean, var, best_mean, horizon, stop, floor)
             out[b] = MeasuredTrial(value, exp_capped(mean + 0.5 * var), best_mean, known[b])
         return out
 
@@ -370,6 +372,7 @@ class PowerBanditPolicy:
         single_slopes: dict[float, float] | None = None  # computed when first needed
         costs: dict[int, float] = {}
         moments: dict[int, tuple[float, float]] = {}
+        floors: dict[int, float] = {}  # least log cost of a batch size that has not reached the target
 
         def evaluate(b: int, z_epochs: float, z_epoch_cost: float) -> None:
             """A Thompson sample of ``b``'s log cost into ``costs``, its mean and variance into ``moments``."""
@@ -393,6 +396,8 @@ class PowerBanditPolicy:
                 log_ec = ec_mean = 0.0
             costs[b] = mu + 0.5 * noise_var + log_ec
             moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
+            if not own.ok:
+                floors[b] = epochs_floor(data, observed_arms, b, noise_var, trend, hp) + 0.5 * noise_var + ec_mean
 
         draws = rng.standard_normal(2 * len(candidates)).tolist()
         for i, b in enumerate(candidates):
@@ -413,7 +418,9 @@ class PowerBanditPolicy:
             # must pass the same gate as an untried one (its censored runs make it look dear, so it
             # seldom does; before, a lucky Thompson draw was enough to retry it)
             values = {
-                b: trial_value(*moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model))
+                b: trial_value(
+                    *moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model), floors[b]
+                )
                 for b in candidates
                 if not data[b].ok
             }

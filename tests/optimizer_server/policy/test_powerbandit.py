@@ -401,6 +401,38 @@ def test_an_exploration_whose_measured_epoch_cost_rules_it_out_is_called_off() -
     assert policy.call_off(SPEC, policy.new_state(SPEC), dear, 16, 9000.0) is None
 
 
+def test_on_a_starved_gpu_a_smaller_batch_can_at_best_tie_and_is_not_tried() -> None:
+    # epochs halve with each halving of the batch (the same steps at 32, 64 and 128): the trend says
+    # 16 needs 5. A smaller batch never needs fewer steps, so 5 is also the least it can need; an
+    # epoch of 16 costing twice one of 32 (a starved GPU), 16 can at best tie with 32
+    seconds = {128: 2.5, 64: 5.0, 32: 10.0}
+    runs = ((32, 10), (64, 20), (128, 40)) * 2 + ((32, 11), (64, 19), (128, 41))
+
+    def trained(hp: Hyperparameters) -> tuple[PowerBanditPolicy, dict]:
+        policy = PowerBanditPolicy(hp)
+        state = policy.new_state(SPEC)
+        for b, epochs in runs:
+            state = policy.observe(SPEC, state, obs(b, epochs, ec=225.0 * seconds[b]))
+        return policy, state
+
+    def picks(policy: PowerBanditPolicy, state: dict, context: SuggestContext) -> set[int]:
+        return {policy.suggest(SPEC, state, context, decision_rng(3, i)).batch_size for i in range(100)}
+
+    starved, busy = ctx({**seconds, 16: 20.0}), ctx({**seconds, 16: 13.0})
+    policy, state = trained(Hyperparameters())
+    assert 16 not in picks(policy, state, starved)
+    assert 16 not in picks(policy, state, ctx(seconds))  # unprofiled: its epoch cost extrapolated
+    reason = policy.call_off(SPEC, state, starved, 16, 4500.0)  # profiled in its first epoch
+    assert reason is not None and "batch size 16" in reason
+    # an epoch of 16 costing 1.3x: it may save up to a third, and is tried
+    assert picks(policy, state, busy) == {16}
+    assert policy.call_off(SPEC, state, busy, 16, 2925.0) is None
+    # without the floor, the trend's optimistic tail makes the starved trial look worth running
+    unfloored, state = trained(Hyperparameters(steps_floor=False))
+    assert picks(unfloored, state, starved) == {16}
+    assert unfloored.call_off(SPEC, state, starved, 16, 4500.0) is None
+
+
 def test_a_called_off_run_is_no_evidence_about_epochs_and_is_not_tried_again() -> None:
     policy, state = _proven_32()
     dear = ctx({32: 10.0, 16: 40.0})

@@ -134,6 +134,57 @@ def test_a_trial_stopped_at_its_bound_wastes_all_it_cost() -> None:
     assert trial_value(dear, uncertain, math.inf, 5.0) == -math.inf  # nothing measured to beat
 
 
+def test_a_floor_caps_what_a_trial_can_save() -> None:
+    import numpy as np
+
+    from optimizer_server.policy.powerbandit.model import trial_value
+
+    best, log_mean, log_var, stop = 10.0, math.log(12.0), 0.25, 17.0
+    free = trial_value(log_mean, log_var, best, 20.0, stop)
+    assert trial_value(log_mean, log_var, best, 20.0, stop, -math.inf) == free  # no floor: bit for bit
+    assert trial_value(log_mean, log_var, best, 20.0, stop, math.log(0.01)) == pytest.approx(free)
+    # the higher the floor, the less a trial can save
+    floored = [trial_value(log_mean, log_var, best, 20.0, stop, math.log(x)) for x in (5.0, 8.0, 9.5)]
+    assert free > floored[0] > floored[1] > floored[2]
+    # at the best arm's cost nothing is left to save: only the trial's expected excess counts
+    at_best = trial_value(log_mean, log_var, best, 20.0, stop, math.log(best))
+    assert at_best == pytest.approx(trial_value(log_mean, log_var, best, 0.0, stop)) and at_best < 0
+    # above the stop, the trial is all loss
+    assert trial_value(log_mean, log_var, best, 20.0, stop, math.log(20.0)) == pytest.approx(-stop)
+    # against a Monte Carlo estimate of the same definition, with and without a stop
+    rng = np.random.default_rng(0)
+    draws = np.exp(rng.normal(log_mean, math.sqrt(log_var), 400_000))
+    for floor in (6.0, 9.0, 11.0):
+        cost = np.maximum(draws, floor)
+        gain = np.maximum(best - cost, 0.0).mean()
+        for bound in (stop, math.inf):
+            excess = np.where(cost >= bound, bound, np.where(cost > best, cost - best, 0.0)).mean()
+            expected = 20.0 * gain - excess
+            assert trial_value(log_mean, log_var, best, 20.0, bound, math.log(floor)) == pytest.approx(
+                expected, abs=0.02 * (20.0 * gain + excess)
+            )
+
+
+def test_a_smaller_batch_needs_no_fewer_steps() -> None:
+    from optimizer_server.policy.powerbandit.model import ArmStats, epochs_floor, observed, posterior
+
+    hp = Hyperparameters()
+    untried = ArmStats(0, 0, 0, 0, math.nan, 0.0, -math.inf)
+
+    def reached(epochs: float) -> ArmStats:
+        return ArmStats(3, 0, 0, 3, math.log(epochs), 0.01, math.log(epochs))
+
+    failed = ArmStats(0, 2, 0, 2, math.log(5.0), 0.0, math.log(5.0))
+    data = {16: untried, 32: untried, 48: failed, 64: reached(20.0), 128: reached(30.0), 256: untried}
+    seen = observed(data)
+    mean_64, _ = posterior(seen, data[64], 64, 0.02, 0.1, hp)
+    # from the nearest larger batch size that reached the target (48 only failed): b / 64 of its epochs
+    assert epochs_floor(data, seen, 32, 0.02, 0.1, hp) == pytest.approx(mean_64 - math.log(2.0))
+    assert epochs_floor(data, seen, 16, 0.02, 0.1, hp) == pytest.approx(mean_64 - math.log(4.0))
+    assert epochs_floor(data, seen, 256, 0.02, 0.1, hp) == -math.inf  # nothing larger reached it
+    assert epochs_floor(data, seen, 32, 0.02, 0.1, Hyperparameters(steps_floor=False)) == -math.inf
+
+
 def test_one_tried_batch_size_expects_larger_batches_to_need_no_fewer_epochs() -> None:
     from optimizer_server.policy.powerbandit.model import ArmStats, posterior
 
