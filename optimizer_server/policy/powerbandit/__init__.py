@@ -44,6 +44,12 @@ one batch size tried, a larger one is expected to need a little more epochs
 (``first_step_epochs_slope_up``: a larger batch never needs fewer epochs, the critical batch size),
 so on a saturated GPU, where an epoch costs about the same at any batch size, the smaller
 neighbour goes first. The gate alone decides how much is explored, hence its short minimum horizon.
+A smaller batch never needs fewer optimizer steps than a larger one (the critical batch size), so
+below a batch size ``c`` that reached the target, ``b`` needs at least ``b / c`` times ``c``'s
+epochs (``steps_floor``, :func:`.model.epochs_floor`). The gate counts a draw under that floor as
+the floor: on a starved GPU, where halving the batch doubles an epoch's cost, a smaller batch can
+then at best tie, and its trial is not run (or is called off once its profile measures the epoch
+cost), however steeply the epochs fell on the way down.
 
 The package:
 

@@ -302,8 +302,9 @@ class PowerBanditPolicy:
             if not math.isfinite(mean):
                 continue
             stop = self.cost_bound(spec, state, b, context.gpu_model)
-            floor = epochs_floor(data, observed_arms, b, noise_var, trend, hp) + 0.5 * noise_var + math.log(known[b])
-            value = trial_value(mean, var, best_mean, horizon, stop, floor)
+            floor, floor_var = epochs_floor(data, observed_arms, b, noise_var, trend, hp)
+            floor += 0.5 * noise_var + math.log(known[b])
+            value = trial_value(mean, var, best_mean, horizon, stop, floor, floor_var)
             out[b] = MeasuredTrial(value, exp_capped(mean + 0.5 * var), best_mean, known[b])
         return out
 
@@ -372,7 +373,7 @@ class PowerBanditPolicy:
         single_slopes: dict[float, float] | None = None  # computed when first needed
         costs: dict[int, float] = {}
         moments: dict[int, tuple[float, float]] = {}
-        floors: dict[int, float] = {}  # least log cost of a batch size that has not reached the target
+        floors: dict[int, tuple[float, float]] = {}  # least log cost of one not proven yet: mean, variance
 
         def evaluate(b: int, z_epochs: float, z_epoch_cost: float) -> None:
             """A Thompson sample of ``b``'s log cost into ``costs``, its mean and variance into ``moments``."""
@@ -397,7 +398,8 @@ class PowerBanditPolicy:
             costs[b] = mu + 0.5 * noise_var + log_ec
             moments[b] = (mean + 0.5 * noise_var + ec_mean, var + ec_var)
             if not own.ok:
-                floors[b] = epochs_floor(data, observed_arms, b, noise_var, trend, hp) + 0.5 * noise_var + ec_mean
+                floor, floor_var = epochs_floor(data, observed_arms, b, noise_var, trend, hp)
+                floors[b] = (floor + 0.5 * noise_var + ec_mean, floor_var)
 
         draws = rng.standard_normal(2 * len(candidates)).tolist()
         for i, b in enumerate(candidates):
@@ -419,7 +421,7 @@ class PowerBanditPolicy:
             # seldom does; before, a lucky Thompson draw was enough to retry it)
             values = {
                 b: trial_value(
-                    *moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model), floors[b]
+                    *moments[b], best_mean, horizon, self.cost_bound(spec, state, b, context.gpu_model), *floors[b]
                 )
                 for b in candidates
                 if not data[b].ok
