@@ -47,7 +47,8 @@ neighbour goes first. The gate alone decides how much is explored, hence its sho
 A smaller batch never needs fewer optimizer steps than a larger one (the critical batch size), so
 below a batch size ``c`` that reached the target, ``b`` needs at least ``b / c`` times ``c``'s
 epochs (``steps_floor``, :func:`.model.epochs_floor`). The gate counts a draw under that floor as
-the floor: on a starved GPU, where halving the batch doubles an epoch's cost, a smaller batch can
+the floor, a floor as uncertain as ``c``'s posterior mean (one noisy run of ``c`` must not rule
+``b`` out for good): on a starved GPU, where halving the batch doubles an epoch's cost, a smaller batch can
 then at best tie, and its trial is not run (or is called off once its profile measures the epoch
 cost), however steeply the epochs fell on the way down.
 

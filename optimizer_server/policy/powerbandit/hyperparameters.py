@@ -70,7 +70,8 @@ class Hyperparameters:
     critical batch size: McCandlish et al., 2018, "An Empirical Model of Large-Batch Training").
     An epoch is ``N / b`` steps, so a batch size ``b`` below a successful ``c`` needs at least
     ``b / c`` times ``c``'s epochs: the cost of a batch size that has not reached the target yet is
-    floored there in the exploration gate (:func:`~.model.epochs_floor`). On a starved GPU, where
+    floored there in the exploration gate, as uncertain as ``c``'s posterior mean
+    (:func:`~.model.epochs_floor`). On a starved GPU, where
     halving the batch doubles an epoch's cost, a smaller batch can then at best tie, and its trial
     is not worth running."""
     horizon_min_runs: float = 20.0
