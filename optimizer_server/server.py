@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import signal
 import socket
@@ -34,7 +33,8 @@ from optimizer_server.policy import PolicyRegistry, default_registry
 from optimizer_server.service import DEFAULT_LEASE_S, DEFAULT_MAX_RUNS_IN_FLIGHT, OptimizerService
 from optimizer_server.store.base import Store
 from optimizer_server.store.open import open_store
-from powerbandit.addresses import AddressError, split_host_port
+from powerbandit.addresses import ListenAddress, ListenAddressError
+from powerbandit.addresses import parse_listen as check_listen
 from powerbandit.v1 import optimizer_pb2
 
 log = logging.getLogger("powerbandit.server")
@@ -71,53 +71,17 @@ class ServerConfig:
     policies: PolicyRegistry = field(default_factory=default_registry)
 
 
-LISTEN_FORM = "HOST:PORT, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or [::1]:50051 (port 0: any free port)"
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """A checked listen address: ``host`` (IPv6 without brackets), ``port`` (0: any free port)."""
-
-    host: str
-    port: int
-    addresses: tuple[str, ...]  # what ``host`` resolves to
-
-    @property
-    def is_loopback(self) -> bool:
-        """Whether every address ``host`` resolves to is a loopback address."""
-        return all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in self.addresses)
-
-    def with_port(self, port: int) -> str:
-        """``host:port`` as gRPC and clients write it (IPv6 in brackets)."""
-        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
-
-
 def parse_listen(listen: str) -> ListenAddress:
     """Check a listen address ``HOST:PORT`` (what ``serve --listen`` and :class:`EmbeddedServer` take).
 
     The port must be 0 (any free port) to 65535; the host an IP address or a name that resolves.
-    Raises :class:`InvalidArgumentError` naming the address and what is wrong with it.
+    Raises :class:`InvalidArgumentError` naming the address and what is wrong with it (the words of
+    :func:`powerbandit.addresses.parse_listen`, which checks it without the server extra).
     """
-    problem = f"invalid listen address {listen!r}"
     try:
-        host, port_text = split_host_port(listen)
-    except AddressError as exc:
-        raise InvalidArgumentError(f"{problem}: {exc}; use {LISTEN_FORM}") from None
-    if not host:
-        raise InvalidArgumentError(
-            f"{problem}: no host (0.0.0.0 or [::] listens on every interface); use {LISTEN_FORM}"
-        )
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidArgumentError(f"{problem}: the port must be a number from 0 to 65535; use {LISTEN_FORM}")
-    port = int(port_text)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise InvalidArgumentError(
-            f"{problem}: host {host!r} does not resolve ({exc}); use an IP address or a resolvable name"
-        ) from None
-    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
-    return ListenAddress(host, port, addresses)
+        return check_listen(listen)
+    except ListenAddressError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def is_loopback(listen: str) -> bool:

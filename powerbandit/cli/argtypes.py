@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from powerbandit.addresses import AddressError, split_host_port
+from powerbandit.addresses import AddressError, ListenAddressError, parse_listen, split_host_port
 from powerbandit.domain import MAX_SLOWDOWN
 
 
@@ -118,13 +118,10 @@ def port_or_off(text: str) -> int:
 
 
 def listen_address(text: str) -> str:
-    """A ``HOST:PORT`` the server can listen on (checked by :func:`optimizer_server.server.parse_listen`)."""
-    from optimizer_server.errors import InvalidArgumentError
-    from optimizer_server.server import parse_listen
-
+    """A ``HOST:PORT`` to listen on (``serve``, ``dashboard``; checked by :func:`powerbandit.addresses.parse_listen`)."""
     try:
         parse_listen(text)
-    except InvalidArgumentError as exc:
+    except ListenAddressError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from powerbandit.addresses import ListenAddressError, parse_listen
 from powerbandit.cli.argtypes import listen_address, positive_float, server_address
 from powerbandit.cli.errors import UserError
 from powerbandit.v1 import optimizer_pb2 as pb
@@ -90,10 +91,12 @@ def _check_access(client: Any, server: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; returns the exit code."""
     from client_sdk.client import OptimizerClient
-    from optimizer_server.server import parse_listen
     from powerbandit.cli.dashboard.server import DashboardServer, JobCache
 
-    listen = parse_listen(args.listen)
+    try:
+        listen = parse_listen(args.listen)  # --listen's type checked it; a name may stop resolving since
+    except ListenAddressError as exc:
+        raise UserError(str(exc)) from None
     token = os.environ.get("POWERBANDIT_DASHBOARD_TOKEN") or None
     tls = _tls_context(args.tls_cert, args.tls_key)
     if token is not None and len(token) < 8:

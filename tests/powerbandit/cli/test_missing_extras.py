@@ -1,4 +1,5 @@
-"""A slim install (no ``[server]`` extra): the commands that need it say so in one line and exit 1.
+"""A slim install (no ``[server]`` extra): the commands that need it say so in one line and exit 1;
+the others (``report``, ``jobs list``, ``dashboard``) work.
 
 Each command runs as a subprocess in which the extra's modules cannot be imported (an import hook,
 as in ``tests.helpers.BLOCK_SERVER_EXTRA``, or a ``sys.modules`` entry set to None), against a
@@ -7,9 +8,13 @@ real server on 127.0.0.1 with a registered job.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +31,28 @@ sys.modules["matplotlib"] = None  # as if matplotlib were not installed
 sys.argv = ["powerbandit", *sys.argv[1:]]
 from powerbandit.cli.main import main
 main()
+"""
+
+DASHBOARD_IMPORTS_SLIM = """
+import argparse, importlib.abc, sys
+BLOCKED = {"numpy", "matplotlib", "grpc_reflection", "prometheus_client", "optimizer_server.server"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in BLOCKED or name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+from powerbandit.cli.dashboard import cli, server  # all that `powerbandit dashboard` imports to serve
+parser = argparse.ArgumentParser(prog="powerbandit")
+cli.add_arguments(parser.add_subparsers(dest="command"))
+print(parser.parse_args(["dashboard", "--listen", "[::1]:0"]).listen)
+from powerbandit.addresses import parse_listen
+print(parse_listen("127.0.0.1:0").is_loopback, parse_listen("0.0.0.0:8080").is_loopback)
+try:
+    parser.parse_args(["dashboard", "--listen", "127.0.0.1:99999"])
+except SystemExit as exc:
+    print("exit", exc.code)
+print(sorted(name for name in BLOCKED if name in sys.modules))
 """
 
 
@@ -61,8 +88,6 @@ def assert_names_the_extra(done: subprocess.CompletedProcess[str], command: str,
     [
         (["jobs", "plot", "team/slim", "--out", "job.png"], "jobs plot", "matplotlib"),
         (["report", "--png", "report.png"], "report --png", "matplotlib"),
-        (["dashboard", "--listen", "127.0.0.1:0"], "dashboard", "grpc_reflection"),
-        (["dashboard"], "dashboard", "grpc_reflection"),
     ],
 )
 def test_commands_that_need_the_server_extra_say_which_to_install(
@@ -94,3 +119,38 @@ def test_what_needs_no_extra_still_works_slim(server: EmbeddedServer, tmp_path: 
     assert report.returncode == 0 and report.stdout.startswith("powerbandit report:"), report.stderr
     listed = slim(tmp_path, "jobs", "list", "--server", server.address)
     assert listed.returncode == 0 and "team/slim" in listed.stdout, listed.stderr
+
+
+def test_the_dashboard_imports_and_checks_its_listen_address_without_the_server_extra(tmp_path: Path) -> None:
+    """``--listen`` is checked by :func:`powerbandit.addresses.parse_listen` (standard library only),
+    not by the server's, which imports grpc_reflection and the policies (numpy)."""
+    done = slim(tmp_path, program=DASHBOARD_IMPORTS_SLIM)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[::1]:0", "True False", "exit 2", "[]"], done.stdout
+    assert "argument --listen: invalid listen address '127.0.0.1:99999': the port must be a number" in done.stderr
+
+
+def test_the_dashboard_serves_slim(server: EmbeddedServer, tmp_path: Path) -> None:
+    """``powerbandit dashboard`` needs no server extra: it starts, serves the cluster and a job, stops on SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCK_SERVER_EXTRA, "dashboard", "--server", server.address, "--listen", "127.0.0.1:0"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "POWERBANDIT_DASHBOARD_TOKEN": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + (proc.stderr.read() if proc.stderr else "")
+        url = f"http://127.0.0.1:{match.group(1)}"
+        with urllib.request.urlopen(url + "/api/cluster", timeout=30) as response:
+            assert [row["job_id"] for row in json.loads(response.read())["jobs"]] == ["team/slim"]
+        with urllib.request.urlopen(url + "/api/job?id=team/slim", timeout=30) as response:
+            assert json.loads(response.read())["spec"]["job_id"] == "team/slim"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "Traceback" not in err and "server extra" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
