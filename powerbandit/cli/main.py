@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser(only=command if command in LIGHT_COMMANDS else None)
     try:
         args, unknown = parser.parse_known_args(argv)
-    except ModuleNotFoundError as exc:  # an argument type that needs the server extra (e.g. serve --listen)
+    except ModuleNotFoundError as exc:  # an argument type that imports the server extra (none today; kept for one)
         if not is_missing_server_extra(exc):
             raise
         words = sys.argv[1:] if argv is None else argv
