@@ -173,6 +173,16 @@ def test_a_floor_caps_what_a_trial_can_save() -> None:
     assert trial_value(log_mean, log_var, best, 20.0, stop, math.log(best), 0.04) > at_best
 
 
+def test_the_floor_quadrature_is_gauss_hermite() -> None:
+    import numpy as np
+
+    from optimizer_server.policy.powerbandit.model import _FLOOR_NODES
+
+    nodes, weights = np.polynomial.hermite.hermgauss(len(_FLOOR_NODES))
+    assert [n for n, _ in _FLOOR_NODES] == pytest.approx(nodes.tolist(), abs=1e-12)
+    assert [w for _, w in _FLOOR_NODES] == pytest.approx(weights.tolist(), abs=1e-12)
+
+
 def test_a_smaller_batch_needs_no_fewer_steps() -> None:
     from optimizer_server.policy.powerbandit.model import ArmStats, epochs_floor, observed, posterior
 
