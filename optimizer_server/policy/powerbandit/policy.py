@@ -61,6 +61,9 @@ class MeasuredTrial:
     """The best successful batch size's mean cost."""
     epoch_cost: float
     """The measured cost of one epoch."""
+    least_cost: float = 0.0
+    """The least one run can cost (a smaller batch needs no fewer steps: :func:`~.model.epochs_floor`;
+    0 without a floor)."""
 
 
 class PowerBanditPolicy:
@@ -305,7 +308,8 @@ class PowerBanditPolicy:
             floor, floor_var = epochs_floor(data, observed_arms, b, noise_var, trend, hp)
             floor += 0.5 * noise_var + math.log(known[b])
             value = trial_value(mean, var, best_mean, horizon, stop, floor, floor_var)
-            out[b] = MeasuredTrial(value, exp_capped(mean + 0.5 * var), best_mean, known[b])
+            least = exp_capped(floor) if floor > -math.inf else 0.0
+            out[b] = MeasuredTrial(value, exp_capped(mean + 0.5 * var), best_mean, known[b], least)
         return out
 
     def call_off(
@@ -336,11 +340,18 @@ class PowerBanditPolicy:
         margin = self.hyperparameters.call_off_margin * trial.best_mean
         if trial.value + max(cost_so_far, 0.0) + margin >= 0.0:
             return None
-        return (
+        why = (
             f"exploring batch size {b} no longer pays off: with its epoch cost measured "
             f"({trial.epoch_cost:.4g}), a run is expected to cost {trial.expected_cost / trial.best_mean:.2f}x "
             f"the best batch size's mean cost"
         )
+        if trial.least_cost >= 0.8 * trial.best_mean:
+            # the floor, not the expected cost, is what rules it out: say so
+            why += (
+                f", and at least {trial.least_cost / trial.best_mean:.2f}x: a smaller batch needs no fewer "
+                "optimizer steps than a larger one"
+            )
+        return why
 
     # -------------------------------------------------------------- suggest
     def suggest(

@@ -424,6 +424,8 @@ def test_on_a_starved_gpu_a_smaller_batch_can_at_best_tie_and_is_not_tried() -> 
     assert 16 not in picks(policy, state, ctx(seconds))  # unprofiled: its epoch cost extrapolated
     reason = policy.call_off(SPEC, state, starved, 16, 4500.0)  # profiled in its first epoch
     assert reason is not None and "batch size 16" in reason
+    # the operator reads why: the floor, about the best batch size's cost, rules it out
+    assert "and at least 1.06x: a smaller batch needs no fewer optimizer steps than a larger one" in reason
     # an epoch of 16 costing 1.3x: it may save up to a third, and is tried
     assert picks(policy, state, busy) == {16}
     assert policy.call_off(SPEC, state, busy, 16, 2925.0) is None
