@@ -153,17 +153,9 @@ def trial_value(
     return horizon * max(gain, 0.0) - max(loss, 0.0)
 
 
-def worth_exploring(
-    log_mean: float,
-    log_var: float,
-    best: float,
-    horizon: float,
-    stop: float = math.inf,
-    log_floor: float = -math.inf,
-    log_floor_var: float = 0.0,
-) -> bool:
+def worth_exploring(log_mean: float, log_var: float, best: float, horizon: float, stop: float = math.inf) -> bool:
     """Whether that trial pays off: :func:`trial_value` above 0 (the expected-improvement gate)."""
-    return trial_value(log_mean, log_var, best, horizon, stop, log_floor, log_floor_var) > 0.0
+    return trial_value(log_mean, log_var, best, horizon, stop) > 0.0
 
 
 def arm_statistics(
