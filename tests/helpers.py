@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -488,3 +489,13 @@ def all_parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 stack.extend((f"{name} {sub}", p) for sub, p in action.choices.items())
+
+
+def dashboard_url(proc: subprocess.Popen[str]) -> str:
+    """The ``http://127.0.0.1:PORT`` a starting ``powerbandit dashboard`` prints on its first line
+    (its stderr in the failure message when the line does not name one)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    assert match, line + (proc.stderr.read() if proc.stderr else "")
+    return f"http://127.0.0.1:{match.group(1)}"

@@ -33,6 +33,7 @@ from tests.helpers import (
     SYNTH,
     TRACE,
     Dashboard,  # noqa: F401
+    dashboard_url,
     replay,
 )
 
@@ -199,11 +200,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]
 def test_cli_serves_and_stops_on_sigterm(backend: EmbeddedServer) -> None:
     proc = _cli("--server", backend.address, "--listen", "127.0.0.1:0", "--refresh-s", "2")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + (proc.stderr.read() if proc.stderr else "")
-        url = f"http://127.0.0.1:{match.group(1)}"
+        url = dashboard_url(proc)
         assert {r["job_id"] for r in get_json(url + "/api/cluster")["jobs"]} >= {SYNTH.job_id}
         assert get_json(url + "/api/config")["refresh_s"] == 2
         proc.send_signal(signal.SIGTERM)

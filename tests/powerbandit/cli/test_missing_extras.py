@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from client_sdk.client import OptimizerClient
 from optimizer_server.server import EmbeddedServer
 from powerbandit.cli.extras import SERVER_EXTRA_INSTALL
-from tests.helpers import BLOCK_SERVER_EXTRA, REPO_ROOT, small_job
+from tests.helpers import BLOCK_SERVER_EXTRA, REPO_ROOT, dashboard_url, small_job
 
 MATPLOTLIB_MISSING = """
 import sys
@@ -138,11 +137,7 @@ def test_the_dashboard_serves_slim(server: EmbeddedServer, tmp_path: Path) -> No
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + (proc.stderr.read() if proc.stderr else "")
-        url = f"http://127.0.0.1:{match.group(1)}"
+        url = dashboard_url(proc)
         with urllib.request.urlopen(url + "/api/cluster", timeout=30) as response:
             assert [row["job_id"] for row in json.loads(response.read())["jobs"]] == ["team/slim"]
         with urllib.request.urlopen(url + "/api/job?id=team/slim", timeout=30) as response:
