@@ -13,8 +13,11 @@ through NVML, SIGKILLs the client and checks that the original limit is back wit
 
 It measures a few seconds of matrix multiplications (PyTorch on CUDA when installed; otherwise the GPU
 idles while the CPU waits) with the energy counter and with power polling at the same time, and prints
-both energies and their difference. It then sets one power limit (the midpoint of the allowed range),
-reads it back and restores the original. Exit status: 0 ok, 1 no GPU here, 2 a check failed.
+both energies and their difference, and how often the energy counter changes. It then sets one power
+limit (the midpoint of the allowed range) through ``NvmlGpu``, reads it back and restores the original;
+then sets a few limits raw through the device layer and prints how many milliseconds NVML takes to
+read each back as the management limit and as the enforced limit (an H200 enforced a new limit a
+few ms after the set), and restores the original. Exit status: 0 ok, 1 no GPU here, 2 a check failed.
 """
 
 from __future__ import annotations
@@ -53,6 +56,55 @@ def _matmul_workload(seconds: float) -> tuple[str, int]:
         torch.cuda.synchronize()
         iterations += 10
     return f"torch.matmul 8192x8192 bf16 on {torch.cuda.get_device_name()}", iterations
+
+
+def _counter_update_ms(index: int, seconds: float = 1.0) -> list[float]:
+    """Milliseconds between changes of GPU ``index``'s energy counter, read every 0.2 ms for ``seconds``."""
+    from client_sdk.devices.access import NvmlBackend
+
+    backend = NvmlBackend()
+    try:
+        changes, last = [], backend.total_energy_mj(index)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            value = backend.total_energy_mj(index)
+            if value != last:
+                changes.append(time.perf_counter())
+                last = value
+            time.sleep(0.0002)
+    finally:
+        backend.close()
+    return [1000 * (b - a) for a, b in zip(changes, changes[1:], strict=False)]
+
+
+def _enforcement_lag_ms(index: int, limits_w: list[float]) -> list[tuple[float, float, float]]:
+    """For each limit: ms until NVML's management and enforced limits read it after a raw set.
+
+    Sets GPU ``index`` through the device layer (no waiting in between), reading both every 0.1 ms
+    for at most 2 s; ``inf`` where one never read the new limit. The caller restores the original.
+    """
+    from client_sdk.devices.access import NvmlBackend
+
+    backend = NvmlBackend()
+    out = []
+    try:
+        for w in limits_w:
+            want_mw = round(w * 1000)
+            t0 = time.perf_counter()
+            backend.set_power_limit_mw(index, want_mw)
+            set_ms = 1000 * (time.perf_counter() - t0)
+            managed_ms = enforced_ms = float("inf")
+            while time.perf_counter() - t0 < 2.0 and enforced_ms == float("inf"):
+                now_ms = 1000 * (time.perf_counter() - t0)
+                if managed_ms == float("inf") and abs(backend.power_limit_mw(index) - want_mw) <= 1000:
+                    managed_ms = now_ms
+                if abs(backend.enforced_power_limit_mw(index) - want_mw) <= 1000:
+                    enforced_ms = now_ms
+                time.sleep(0.0001)
+            out.append((set_ms, managed_ms, enforced_ms))
+    finally:
+        backend.close()
+    return out
 
 
 def _pct(a: float, b: float) -> str:
@@ -186,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             print("  (NVML's power reading is a ~1 s average on Ampere and newer, so polling lags on")
             print("   short windows; the idle tail lets it catch up.)")
+            gaps = sorted(_counter_update_ms(polled.device_indices[0]))
+            if gaps:
+                print(f"{'counter updates':>20}: every {gaps[len(gaps) // 2]:.1f} ms (median; {gaps[0]:.1f}-{gaps[-1]:.1f} ms, idle)")
 
             print("== power limit")
             print(f"{'allowed range':>20}: {info.min_power_limit_w:g} - {info.max_power_limit_w:g} W per GPU")
@@ -199,13 +254,30 @@ def main(argv: list[str] | None = None) -> int:
                 print("(cannot set limits here: see the warning above; run as root to check setting)")
             else:
                 target = float(round((info.min_power_limit_w + info.max_power_limit_w) / 2))
+                t0 = time.perf_counter()
                 applied = polled.set_power_limit(target)
-                print(f"{'set':>20}: asked {target:g} W -> in force {applied:g} W")
+                took_ms = 1000 * (time.perf_counter() - t0)
+                print(f"{'set':>20}: asked {target:g} W -> in force {applied:g} W after {took_ms:.1f} ms")
                 ok &= abs(applied - target) < 1.0
                 polled.restore_power_limit()
                 after = polled.power_limit_w()
                 print(f"{'restored':>20}: {after:g} W (was {before:g} W)")
                 ok &= abs(after - before) < 1.0
+                index = polled.device_indices[0]
+                steps = [info.min_power_limit_w, target, info.max_power_limit_w, target]
+                print(f"== raw set on GPU {index}: ms until NVML reads the new limit (management / enforced)")
+                for w, (set_ms, managed_ms, enforced_ms) in zip(steps, _enforcement_lag_ms(index, steps), strict=True):
+                    print(f"{w:>18g} W: set call {set_ms:6.2f} ms, management {managed_ms:7.2f} ms, enforced {enforced_ms:7.2f} ms")
+                polled.restore_power_limit()  # the raw sets bypassed it: put the original back
+                from client_sdk.devices.access import NvmlBackend
+
+                raw = NvmlBackend()
+                try:
+                    if raw.power_limit_mw(index) != round(before * 1000):
+                        raw.set_power_limit_mw(index, round(before * 1000))
+                    print(f"{'restored':>20}: {raw.power_limit_mw(index) / 1000:g} W")
+                finally:
+                    raw.close()
         finally:
             if counted is not None:
                 counted.close()

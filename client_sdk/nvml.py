@@ -29,7 +29,11 @@ What it does, and how it degrades:
   at interpreter exit, and on SIGTERM/SIGINT (handlers installed only while a limit is changed, in
   the main thread, chaining to the previous handlers). A ``kill -9`` cannot be caught: with the agent,
   it restores the limit within a second of the process's death; without it, restore by hand
-  (``sudo nvidia-smi -i <index> -pl <watts>``, or reboot, which resets the limit).
+  (``sudo nvidia-smi -i <index> -pl <watts>``, or reboot, which resets the limit). NVML's *enforced*
+  limit follows a set after a few milliseconds, so a set waits (at most ``ENFORCE_WAIT_S``) until
+  every GPU enforces the new limit before it returns it: a profile measured right after the set is
+  labelled with the limit it ran at. A GPU held lower by a limit set elsewhere is logged once, and
+  the lower limit is what is returned and reported.
 - **Device layer.** GPUs are reached through :mod:`client_sdk.devices` (NVML, or the simulated device
   when ``POWERBANDIT_SIMULATED_GPUS`` names its file); the node agent uses the same layer.
 - **No GPU.** A missing ``pynvml`` module, NVIDIA driver or device raises
@@ -85,6 +89,11 @@ _PERMISSION_HELP = (
 
 # Tolerance when checking a requested limit against the allowed range: NVML works in milliwatts.
 _RANGE_TOL_W = 5e-4
+
+#: NVML's *enforced* limit follows a newly set limit up to ~100 ms later (an H200, measured with
+#: benchmarks/gpu_check.py): how long a set or restore waits for it, and how often it looks.
+ENFORCE_WAIT_S = 0.5
+_ENFORCE_POLL_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ class NvmlGpu(Gpu):
         self._originals_mw: dict[int, int] = {}  # position in self._devices -> limit before our change
         self._can_set: bool | None = None
         self._warned_cannot_set = False
+        self._warned_unenforced: set[tuple[int, int]] = set()
         self._guard = RestoreGuard(self.restore_power_limit)
         self._agent_lease_s = float(agent_lease_s)
         self._agent: AgentLease | None = None
@@ -460,7 +470,7 @@ class NvmlGpu(Gpu):
                     readback_mw / 1000,
                 )
         self._can_set = True
-        return self.power_limit_w()
+        return self._wait_enforced()
 
     def _switch_to_agent(self) -> bool:
         """After NVML said no-permission: use the agent if its default socket exists now."""
@@ -490,6 +500,35 @@ class NvmlGpu(Gpu):
             self._cannot_set(exc)
             return self.power_limit_w()
         self._can_set = True
+        return self._wait_enforced()
+
+    def _wait_enforced(self, *, warn: bool = True) -> float:
+        """The limit in force once every GPU enforces the limit NVML holds as set (at most ``ENFORCE_WAIT_S``).
+
+        NVML takes a new limit at once but enforces it up to ~100 ms later (an H200); a caller that
+        labels a measurement with the returned limit must not get the previous one. A GPU still
+        enforcing another limit after the wait (a lower limit set elsewhere holds it) is logged once
+        per limit (``warn``), and the enforced limit is returned.
+        """
+        backend = self._backend
+        deadline = time.monotonic() + ENFORCE_WAIT_S
+        while True:
+            lagging: dict[int, tuple[int, int]] = {}
+            for d in self._devices:
+                set_mw, enforced_mw = backend.power_limit_mw(d.index), backend.enforced_power_limit_mw(d.index)
+                if abs(enforced_mw - set_mw) > 1000:
+                    lagging[d.index] = (set_mw, enforced_mw)
+            if not lagging or time.monotonic() >= deadline:
+                break
+            time.sleep(_ENFORCE_POLL_S)
+        for index, (set_mw, enforced_mw) in lagging.items():
+            if warn and (index, set_mw) not in self._warned_unenforced:
+                self._warned_unenforced.add((index, set_mw))
+                _LOG.warning(
+                    "GPU %d: power limit set to %.1f W, but NVML still enforces %.1f W after %g s "
+                    "(a lower limit set elsewhere holds it); runs are reported at the enforced limit.",
+                    index, set_mw / 1000, enforced_mw / 1000, ENFORCE_WAIT_S,
+                )  # fmt: skip
         return self.power_limit_w()
 
     def renew_power_limit_lease(self) -> None:
@@ -504,6 +543,7 @@ class NvmlGpu(Gpu):
             return
         with self._lock:
             self._restore_locked()
+            self._wait_enforced(warn=False)  # a read of the limit in force right after gives the original
 
     def _restore_locked(self) -> None:
         if self._agent is not None:
@@ -588,7 +628,8 @@ class NvmlGpu(Gpu):
         if self._closed:
             return
         try:
-            self.restore_power_limit()
+            with self._lock:
+                self._restore_locked()  # nothing reads the limit after: no wait for its enforcement
         finally:
             if self._poller is not None:
                 self._poller.stop()

@@ -62,6 +62,8 @@ class FakeDevice:
         power_mw: int = 100_000,
         has_counter: bool = True,
         mig: int | None = 0,
+        enforce_lag_reads: int = 0,
+        enforced_cap_mw: int | None = None,
     ) -> None:
         self.name, self.uuid = name, uuid
         self.min_mw, self.max_mw = min_mw, max_mw
@@ -69,6 +71,19 @@ class FakeDevice:
         self.energy_mj, self.power_mw = energy_mj, power_mw
         self.has_counter, self.mig = has_counter, mig
         self.set_calls: list[int] = []
+        # The enforced limit as an H200 showed it: the first reads after a set still give the old limit
+        # (``enforce_lag_reads`` of them); ``enforced_cap_mw`` is a lower limit set elsewhere.
+        self.enforce_lag_reads, self.enforced_cap_mw = enforce_lag_reads, enforced_cap_mw
+        self.enforced_mw, self.lag_left = self.limit_mw, 0
+        self.enforced_reads = 0
+
+    def read_enforced_mw(self) -> int:
+        self.enforced_reads += 1
+        if self.lag_left > 0:
+            self.lag_left -= 1
+        else:
+            self.enforced_mw = self.limit_mw
+        return self.enforced_mw if self.enforced_cap_mw is None else min(self.enforced_mw, self.enforced_cap_mw)
 
 
 def make_fake_nvml(devices: list[FakeDevice], init_error: str | None = None) -> types.ModuleType:
@@ -144,7 +159,7 @@ def make_fake_nvml(devices: list[FakeDevice], init_error: str | None = None) -> 
         return h.limit_mw
 
     def nvmlDeviceGetEnforcedPowerLimit(h: FakeDevice) -> int:
-        return h.limit_mw
+        return h.read_enforced_mw()
 
     def nvmlDeviceSetPowerManagementLimit(h: FakeDevice, mw: int) -> None:
         check()
@@ -155,7 +170,7 @@ def make_fake_nvml(devices: list[FakeDevice], init_error: str | None = None) -> 
         if not isinstance(mw, int) or not h.min_mw <= mw <= h.max_mw:
             raise err("InvalidArgument")
         h.set_calls.append(mw)
-        h.limit_mw = mw
+        h.limit_mw, h.lag_left = mw, h.enforce_lag_reads
         if state.get("after_set"):
             state["after_set"](h)
         print(f"fake-set {h.uuid} {mw}", flush=True)  # read by the subprocess test
@@ -330,6 +345,33 @@ def test_set_readback_and_restore(install) -> None:
     assert fake.state["shutdown"] == 1
     with pytest.raises(RuntimeError, match="closed"):
         gpu.energy_j()
+
+
+def test_a_set_waits_until_the_gpu_enforces_the_new_limit(install) -> None:
+    fake = install(two_gpus(enforce_lag_reads=3))  # enforced lags the set, as on an H200
+    gpu = NvmlGpu()
+    assert gpu.set_power_limit(200) == 200.0  # not the 400 W still read right after the set
+    assert all(d.enforced_reads >= 4 for d in fake.devices)
+    assert gpu.set_power_limit(300) == 300.0
+    gpu.close()
+
+
+def test_a_limit_held_lower_elsewhere_is_reported_and_warned_once(
+    install, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import client_sdk.nvml as nvml_module
+
+    monkeypatch.setattr(nvml_module, "ENFORCE_WAIT_S", 0.05)
+    install([FakeDevice(enforced_cap_mw=250_000)])
+    with caplog.at_level(logging.WARNING, logger="powerbandit.sdk.nvml"), NvmlGpu() as gpu:
+        assert gpu.set_power_limit(300) == 250.0  # the truth: what the GPU enforces
+        assert gpu.set_power_limit(200) == 200.0
+        assert gpu.set_power_limit(300) == 250.0
+    warnings = [r.getMessage() for r in caplog.records if "still enforces" in r.getMessage()]
+    assert warnings == [
+        "GPU 0: power limit set to 300.0 W, but NVML still enforces 250.0 W after 0.05 s "
+        "(a lower limit set elsewhere holds it); runs are reported at the enforced limit."
+    ]
 
 
 def test_no_permission_warns_once_and_reports_the_truth(install, caplog: pytest.LogCaptureFixture) -> None:
@@ -569,3 +611,10 @@ def test_real_gpu_smoke() -> None:  # pragma: no cover - hardware
         e0 = gpu.energy_j()
         time.sleep(0.3)
         assert gpu.energy_j() >= e0
+        before = gpu.power_limit_w()
+        if info.can_set_power_limit:  # root: the enforced limit is what a set returns, then restored
+            target = float(round((info.min_power_limit_w + info.max_power_limit_w) / 2))
+            assert gpu.set_power_limit(target) == pytest.approx(target, abs=1.0)
+            assert gpu.set_power_limit(info.min_power_limit_w) == pytest.approx(info.min_power_limit_w, abs=1.0)
+    with NvmlGpu() as gpu:
+        assert gpu.power_limit_w() == pytest.approx(before, abs=1.0)
