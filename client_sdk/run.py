@@ -43,6 +43,12 @@ T = TypeVar("T")
 
 DEFAULT_WARMUP_STEPS = 5
 DEFAULT_MEASURE_STEPS = 20
+#: The shortest measured window per profiled power limit, where the first epoch leaves room: NVML's
+#: energy counter moves in 100 ms ticks (an H200), so a 1 s window reads power within about 4 % (sd).
+DEFAULT_MIN_PROFILE_WINDOW_S = 1.0
+#: A profile measures at least this many limits (the lowest, the highest and one between), in shorter
+#: windows when the first epoch is too short for ``DEFAULT_MIN_PROFILE_WINDOW_S`` each.
+_MIN_PROFILED_LIMITS = 3
 
 
 @dataclass(frozen=True)
@@ -88,43 +94,123 @@ def cheapest_power_limit(
 
 
 class _Profiler:
-    """Steps through candidate power limits: ``warmup`` steps to settle, ``measure`` steps measured."""
+    """Steps through candidate power limits: ``warmup`` steps to settle, then a measured window.
 
-    def __init__(self, run: TrainingRun, limits: tuple[float, ...], warmup: int, measure: int) -> None:
+    A window lasts at least ``measure`` steps and, where the epoch leaves room, ``min_window_s``
+    seconds: NVML's energy counter moves in ~100 ms ticks, so a window of a few ticks measures power
+    with an error of tens of percent. ``steps_left`` (the first epoch's steps still to come, ``None``
+    when unknown) bounds the profile: after each window the remaining candidates are re-planned from
+    the measured time per step, and when they do not all fit at ``min_window_s``, an evenly spread
+    subset (the highest limit included) is measured instead, at least ``_MIN_PROFILED_LIMITS`` in all.
+    """
+
+    def __init__(
+        self,
+        run: TrainingRun,
+        limits: tuple[float, ...],
+        warmup: int,
+        measure: int,
+        *,
+        min_window_s: float = 0.0,
+        steps_left: int | None = None,
+    ) -> None:
         self.run = run
         self.limits = limits
         self.warmup = warmup
         self.measure = measure
+        self.min_window_s = min_window_s
+        self.steps_left = steps_left
         self.index = 0
         self.step_in_slice = 0
+        self.window_steps = measure  # steps of the current window; grows once to reach min_window_s
+        self.extended = False
         self.start: tuple[float, float] | None = None
         self.measurements: list[ProfileMeasurement] = []
+        self._totals: dict[int, tuple[float, float, int]] = {}  # limit in force mW -> energy J, time s, steps
         self.done = False
         self._enter_slice()
 
     def _enter_slice(self) -> None:
         self.in_force = self.run.gpu.set_power_limit(self.limits[self.index])
         self.step_in_slice = 0
+        self.window_steps, self.extended = self.measure, False
         self.start = self.run.read_counters() if self.warmup == 0 else None
 
     def on_step(self) -> None:
         self.step_in_slice += 1
+        if self.steps_left is not None:
+            self.steps_left -= 1
         if self.step_in_slice == self.warmup:
             self.start = self.run.read_counters()
-        if self.step_in_slice < self.warmup + self.measure:
+        if self.step_in_slice < self.warmup + self.window_steps:
             return
         energy, clock = self.run.read_counters()
         assert self.start is not None
         elapsed = clock - self.start[1]
+        if elapsed > 0 and not self.extended and elapsed < self.min_window_s and self._extend(elapsed):
+            return  # measured on to the minimum window (the counters are read again at its end)
         if elapsed > 0:
-            self.measurements.append(
-                ProfileMeasurement(self.in_force, (energy - self.start[0]) / elapsed, elapsed / self.measure)
-            )
+            self._record(self.in_force, energy - self.start[0], elapsed, self.window_steps)
         self.index += 1
+        if self.index < len(self.limits) and elapsed > 0:
+            self._replan(elapsed / self.window_steps)
         if self.index < len(self.limits):
             self._enter_slice()
         else:
             self.done = True
+
+    def _steps_for(self, step_s: float) -> int:
+        """Measured steps a window needs at ``step_s`` seconds per step."""
+        return max(self.measure, math.ceil(self.min_window_s / step_s))
+
+    def _extend(self, elapsed_s: float) -> bool:
+        """Lengthen the current window towards ``min_window_s`` where the epoch has room; True if it did.
+
+        Room is kept for at least two more candidates (or all that are left, if fewer) at full windows.
+        """
+        step_s = elapsed_s / self.window_steps
+        extra = self._steps_for(step_s) - self.window_steps
+        if self.steps_left is not None:
+            later = min(2, len(self.limits) - self.index - 1)
+            extra = min(extra, self.steps_left - later * (self.warmup + self._steps_for(step_s)))
+        if extra <= 0:
+            return False
+        self.window_steps += extra
+        self.extended = True
+        return True
+
+    def _replan(self, step_s: float) -> None:
+        """Fit the remaining candidates into the steps left (at ``step_s`` s per step): fewer if need be."""
+        if self.steps_left is None:
+            return
+        remaining = self.limits[self.index :]
+        fit = self.steps_left // (self.warmup + self._steps_for(step_s))
+        fit = max(fit, min(len(remaining), _MIN_PROFILED_LIMITS - self.index))  # shorter windows, then
+        if fit <= 0:
+            self.limits = self.limits[: self.index]  # enough limits measured, and no room for more
+            return
+        if fit < len(remaining):  # evenly spaced above the last limit measured, up to the highest
+            last = len(remaining) - 1
+            remaining = tuple(remaining[i] for i in sorted({round((k + 1) * last / fit) for k in range(fit)}))
+            log.info(
+                "run %s: the first epoch leaves room for %d of %d remaining candidate limits at %g s each; "
+                "profiling %s W",
+                self.run.run_id, fit, len(self.limits) - self.index, self.min_window_s,
+                ", ".join(f"{w:g}" for w in remaining),
+            )  # fmt: skip
+        self.limits = self.limits[: self.index] + remaining
+        self.measure = max(1, self.steps_left // len(remaining) - self.warmup)  # the epoch's rest, in equal windows
+
+    def _record(self, in_force_w: float, energy_j: float, elapsed_s: float, steps: int) -> None:
+        """Add one slice's measurement, merged with an earlier slice that ran at the same limit in force.
+
+        Two candidates end up at one limit when the GPU enforces another limit than the one asked for
+        (a lower limit set elsewhere holds it): the profile names each limit once.
+        """
+        key_mw = round(in_force_w * 1000)
+        before_j, before_s, before_steps = self._totals.get(key_mw, (0.0, 0.0, 0))
+        self._totals[key_mw] = (before_j + energy_j, before_s + elapsed_s, before_steps + steps)
+        self.measurements = [ProfileMeasurement(mw / 1000, j / s, s / n) for mw, (j, s, n) in self._totals.items()]
 
 
 class TrainingRun:
@@ -140,6 +226,7 @@ class TrainingRun:
         heartbeat: bool = True,
         warmup_steps: int = DEFAULT_WARMUP_STEPS,
         measure_steps: int = DEFAULT_MEASURE_STEPS,
+        min_profile_window_s: float = DEFAULT_MIN_PROFILE_WINDOW_S,
         unreachable: OptimizerClientError | None = None,
         profile: bool = True,
     ) -> None:
@@ -152,6 +239,7 @@ class TrainingRun:
         self._heartbeat_enabled = heartbeat
         self._warmup_steps = warmup_steps
         self._measure_steps = measure_steps
+        self._min_profile_window_s = min_profile_window_s
         self.suggestion: pb.SuggestResponse | None = None
         self.epochs = 0
         self.reached_target = False
@@ -387,11 +475,15 @@ class TrainingRun:
 
     def _plan_profile(self, limits: tuple[float, ...]) -> None:
         warmup, measure = self._warmup_steps, self._measure_steps
+        steps_left = None
         if self.steps_per_epoch:  # fit the profile into the rest of the first epoch, in equal slices
-            per_limit = max(1, (self.steps_per_epoch - self._steps_in_epoch) // len(limits))
+            steps_left = self.steps_per_epoch - self._steps_in_epoch
+            per_limit = max(1, steps_left // len(limits))
             warmup = min(warmup, per_limit // 4)
             measure = max(1, per_limit - warmup)
-        self._profiler = _Profiler(self, limits, warmup, measure)
+        self._profiler = _Profiler(
+            self, limits, warmup, measure, min_window_s=self._min_profile_window_s, steps_left=steps_left
+        )
 
     def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
         """Say how many ``step()`` calls an epoch has, once the batch size is known.

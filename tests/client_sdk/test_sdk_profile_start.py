@@ -75,3 +75,68 @@ def test_fail_run_refuses_an_impossible_power_limit(client: OptimizerClient) -> 
     run.fail("crashed")  # the run is still in flight: a valid report is taken
     (stored,) = client.get_job("team/job").runs
     assert stored.state == pb.RUN_STATE_FAILED and stored.power_limit_w == 300
+
+
+class CappedReplayGpu(ReplayGpu):
+    """A GPU held at 200 W by a lower limit set elsewhere: asking for more leaves 200 W in force."""
+
+    def set_power_limit(self, power_limit_w: float) -> float:
+        return super().set_power_limit(min(power_limit_w, 200.0))
+
+
+def test_two_candidates_at_one_limit_in_force_are_one_profile_point(client: OptimizerClient) -> None:
+    gpu = CappedReplayGpu(SMALL_TABLE, model="Replay capped")
+    with client.run(small_job(), gpu, steps_per_epoch=12, heartbeat=False) as run:
+        for epoch in range(2):
+            for _ in range(12):
+                run.step()  # the 300 W candidate runs at 200 W: the profile measured 200 W twice
+            run.epoch_end(0.5 + 0.45 * epoch)
+    assert run.completed_run is not None and run.completed_run.reached_target  # was: ReportProfile refused
+    (profile,) = client.get_job("team/job").profiles
+    points = {p.power_limit_w: p for p in profile.points}
+    assert sorted(points) == [100.0, 200.0]
+    power_w, epoch_s = SMALL_TABLE[64][200.0]
+    assert points[200.0].average_power_w == pytest.approx(power_w)
+    assert points[200.0].time_per_epoch_s == pytest.approx(epoch_s)
+
+
+# 21 limits, 200-700 W every 25 W; every limit trains an epoch in 4 s at 80 % of its limit.
+WIDE_TABLE = {64: {float(w): (0.8 * w, 4.0) for w in range(200, 701, 25)}, 128: {700.0: (560.0, 3.0)}}
+
+
+def test_a_short_first_epoch_profiles_fewer_limits_each_for_a_second(client: OptimizerClient) -> None:
+    gpu = ReplayGpu(WIDE_TABLE, model="Replay wide")
+    job = small_job(batch_sizes=(64, 128))
+    with client.run(job, gpu, steps_per_epoch=400, heartbeat=False) as run:  # 10 ms steps
+        assert run.profiling
+        for epoch in range(2):
+            for _ in range(400):
+                run.step()
+            run.epoch_end(0.5 + 0.45 * epoch)
+    assert run.completed_run is not None and run.completed_run.reached_target
+    (profile,) = client.get_job(job.job_id).profiles
+    points = sorted(profile.points, key=lambda p: p.power_limit_w)
+    # 21 windows of 19 steps would each last 0.19 s, under two ticks of NVML's energy counter: the
+    # 4 s epoch holds three windows of 1 s (and their warm-ups), spread from the lowest to the highest.
+    assert len(points) == 3
+    assert points[0].power_limit_w == 200.0 and points[-1].power_limit_w == 700.0
+    assert points[1].power_limit_w == 475.0  # halfway: not the lowest's neighbour
+    for point in points:
+        assert point.average_power_w == pytest.approx(0.8 * point.power_limit_w)
+        assert point.time_per_epoch_s == pytest.approx(4.0)
+
+
+def test_a_minimum_window_of_zero_measures_every_limit(client: OptimizerClient) -> None:
+    from client_sdk.run import TrainingRun
+
+    gpu = ReplayGpu(WIDE_TABLE, model="Replay wide")
+    job = small_job(batch_sizes=(64, 128))
+    client.register_job(job)
+    run = TrainingRun(client, job, gpu, steps_per_epoch=420, heartbeat=False, min_profile_window_s=0.0)
+    with run:
+        for epoch in range(2):
+            for _ in range(420):
+                run.step()
+            run.epoch_end(0.5 + 0.45 * epoch)
+    (profile,) = client.get_job(job.job_id).profiles
+    assert sorted(p.power_limit_w for p in profile.points) == [float(w) for w in range(200, 701, 25)]
