@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -38,3 +39,12 @@ def test_power_settle_without_a_gpu_says_so() -> None:
     from benchmarks.power_settle import main
 
     assert main([]) == 1
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU node: the session would run for real")
+def test_gpu_session_without_a_gpu_says_so_in_one_line() -> None:
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_session.sh")], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "no NVIDIA GPU here (nvidia-smi is missing or finds none): run this on a GPU node"
