@@ -76,6 +76,7 @@ class FakeDevice:
         self.enforce_lag_reads, self.enforced_cap_mw = enforce_lag_reads, enforced_cap_mw
         self.enforced_mw, self.lag_left = self.limit_mw, 0
         self.enforced_reads = 0
+        self.lost = False  # True: the GPU fell off the bus (every limit call raises GpuIsLost)
 
     def read_enforced_mw(self) -> int:
         self.enforced_reads += 1
@@ -156,13 +157,19 @@ def make_fake_nvml(devices: list[FakeDevice], init_error: str | None = None) -> 
         return [h.min_mw, h.max_mw]
 
     def nvmlDeviceGetPowerManagementLimit(h: FakeDevice) -> int:
+        if h.lost:
+            raise err("GpuIsLost")
         return h.limit_mw
 
     def nvmlDeviceGetEnforcedPowerLimit(h: FakeDevice) -> int:
+        if h.lost:
+            raise err("GpuIsLost")
         return h.read_enforced_mw()
 
     def nvmlDeviceSetPowerManagementLimit(h: FakeDevice, mw: int) -> None:
         check()
+        if h.lost:
+            raise err("GpuIsLost")
         if state["set_not_supported"]:
             raise err("NotSupported")
         if not state["can_set"]:
@@ -372,6 +379,18 @@ def test_a_limit_held_lower_elsewhere_is_reported_and_warned_once(
         "GPU 0: power limit set to 300.0 W, but NVML still enforces 250.0 W after 0.05 s "
         "(a lower limit set elsewhere holds it); runs are reported at the enforced limit."
     ]
+
+
+def test_restoring_on_a_lost_gpu_logs_and_does_not_raise(install, caplog: pytest.LogCaptureFixture) -> None:
+    fake = install([FakeDevice()])
+    gpu = NvmlGpu()
+    assert gpu.set_power_limit(200) == 200.0
+    fake.devices[0].lost = True
+    with caplog.at_level(logging.WARNING, logger="powerbandit.sdk.nvml"):
+        gpu.restore_power_limit()  # neither the restore nor the wait for its enforcement raises
+    assert "restore it by hand" in caplog.text
+    fake.devices[0].lost = False
+    gpu.close()
 
 
 def test_no_permission_warns_once_and_reports_the_truth(install, caplog: pytest.LogCaptureFixture) -> None:
