@@ -26,6 +26,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,26 +37,37 @@ from client_sdk.gpu import GpuUnavailableError  # noqa: E402
 from client_sdk.nvml import GpuConfigError, NvmlGpu  # noqa: E402
 
 
-def _matmul_workload(seconds: float) -> tuple[str, int]:
-    """Busy the job's GPU for ``seconds``; returns a description and the number of iterations."""
+def _matmul_workload() -> tuple[str, Callable[[float], int]]:
+    """A description and a function that busies the job's GPU for some seconds (returning the
+    iterations it ran). CUDA, cuBLAS and the operands are set up here, so the measured seconds hold
+    only the products."""
     try:
         import torch
     except ImportError:
         torch = None
     if torch is None or not torch.cuda.is_available():
-        time.sleep(seconds)
-        return "no PyTorch with CUDA: GPU idle (sleep)", 0
+
+        def idle(seconds: float) -> int:
+            time.sleep(seconds)
+            return 0
+
+        return "no PyTorch with CUDA: GPU idle (sleep)", idle
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a @ b  # noqa: B018 - the first product loads cuBLAS
     torch.cuda.synchronize()
-    iterations = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for _ in range(10):
-            a @ b  # noqa: B018 - the work is the point
-        torch.cuda.synchronize()
-        iterations += 10
-    return f"torch.matmul 8192x8192 bf16 on {torch.cuda.get_device_name()}", iterations
+
+    def products(seconds: float) -> int:
+        iterations = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(10):
+                a @ b  # noqa: B018 - the work is the point
+            torch.cuda.synchronize()
+            iterations += 10
+        return iterations
+
+    return f"torch.matmul 8192x8192 bf16 on {torch.cuda.get_device_name()}", products
 
 
 def _counter_update_ms(index: int, seconds: float = 1.0) -> list[float]:
@@ -209,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'uuids':>20}: {', '.join(polled.device_uuids)}")
 
             print(f"== energy: counter vs polling every {args.poll_interval:g} s")
+            what, workload = _matmul_workload()  # set up before the measured window
             polled.energy_j()  # start the polling thread
             time.sleep(max(0.5, 3 * args.poll_interval))
             t0 = polled.now_s()
             p0 = polled.energy_j()
             c0 = counted.energy_j() if counted else None
-            what, iterations = _matmul_workload(args.seconds)
+            iterations = workload(args.seconds)
             t1 = polled.now_s()
             p1 = polled.energy_j()
             c1 = counted.energy_j() if counted else None
