@@ -93,7 +93,7 @@ _RANGE_TOL_W = 5e-4
 #: NVML's *enforced* limit follows a newly set limit up to ~100 ms later (an H200, measured with
 #: benchmarks/gpu_check.py): how long a set or restore waits for it, and how often it looks.
 ENFORCE_WAIT_S = 0.5
-_ENFORCE_POLL_S = 0.001
+_ENFORCE_POLL_S = 0.005  # two NVML reads per GPU per look: a few ms late at most, on a ~100 ms wait
 
 
 @dataclass(frozen=True)
@@ -512,12 +512,14 @@ class NvmlGpu(Gpu):
         """
         backend = self._backend
         deadline = time.monotonic() + ENFORCE_WAIT_S
+        pending = [d.index for d in self._devices]
         while True:
             lagging: dict[int, tuple[int, int]] = {}
-            for d in self._devices:
-                set_mw, enforced_mw = backend.power_limit_mw(d.index), backend.enforced_power_limit_mw(d.index)
+            for index in pending:  # a GPU that enforces its limit is not read again
+                set_mw, enforced_mw = backend.power_limit_mw(index), backend.enforced_power_limit_mw(index)
                 if abs(enforced_mw - set_mw) > 1000:
-                    lagging[d.index] = (set_mw, enforced_mw)
+                    lagging[index] = (set_mw, enforced_mw)
+            pending = list(lagging)
             if not lagging or time.monotonic() >= deadline:
                 break
             time.sleep(_ENFORCE_POLL_S)
