@@ -16,8 +16,8 @@ idles while the CPU waits) with the energy counter and with power polling at the
 both energies and their difference, and how often the energy counter changes. It then sets one power
 limit (the midpoint of the allowed range) through ``NvmlGpu``, reads it back and restores the original;
 then sets a few limits raw through the device layer and prints how many milliseconds NVML takes to
-read each back as the management limit and as the enforced limit (an H200 enforced a new limit a
-few ms after the set), and restores the original. Exit status: 0 ok, 1 no GPU here, 2 a check failed.
+read each back as the management limit and as the enforced limit (an H200 enforced a new limit
+about 100 ms after the set), and restores the original. Exit status: 0 ok, 1 no GPU here, 2 a check failed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from client_sdk.devices.access import DeviceBackend, NvmlBackend  # noqa: E402
 from client_sdk.gpu import GpuUnavailableError  # noqa: E402
 from client_sdk.nvml import GpuConfigError, NvmlGpu  # noqa: E402
 
@@ -70,34 +71,27 @@ def _matmul_workload() -> tuple[str, Callable[[float], int]]:
     return f"torch.matmul 8192x8192 bf16 on {torch.cuda.get_device_name()}", products
 
 
-def _counter_update_ms(index: int, seconds: float = 1.0) -> list[float]:
+def _counter_update_ms(backend: DeviceBackend, index: int, seconds: float = 1.0) -> list[float]:
     """Milliseconds between changes of GPU ``index``'s energy counter, read every 0.2 ms for ``seconds``."""
-    from client_sdk.devices.access import NvmlBackend
-
-    backend = NvmlBackend()
-    try:
-        changes, last = [], backend.total_energy_mj(index)
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            value = backend.total_energy_mj(index)
-            if value != last:
-                changes.append(time.perf_counter())
-                last = value
-            time.sleep(0.0002)
-    finally:
-        backend.close()
+    changes, last = [], backend.total_energy_mj(index)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        value = backend.total_energy_mj(index)
+        if value != last:
+            changes.append(time.perf_counter())
+            last = value
+        time.sleep(0.0002)
     return [1000 * (b - a) for a, b in zip(changes, changes[1:], strict=False)]
 
 
-def _enforcement_lag_ms(index: int, limits_w: list[float]) -> list[tuple[float, float, float]]:
+def _enforcement_lag_ms(backend: DeviceBackend, index: int, limits_w: list[float]) -> list[tuple[float, float, float]]:
     """For each limit: ms until NVML's management and enforced limits read it after a raw set.
 
     Sets GPU ``index`` through the device layer (no waiting in between), reading both every 0.1 ms
-    for at most 2 s; ``inf`` where one never read the new limit. The caller restores the original.
+    for at most 2 s; ``inf`` where one never read the new limit. The limit in force before is set
+    again at the end, whatever happens.
     """
-    from client_sdk.devices.access import NvmlBackend
-
-    backend = NvmlBackend()
+    original_mw = backend.power_limit_mw(index)
     out = []
     try:
         for w in limits_w:
@@ -115,7 +109,8 @@ def _enforcement_lag_ms(index: int, limits_w: list[float]) -> list[tuple[float, 
                 time.sleep(0.0001)
             out.append((set_ms, managed_ms, enforced_ms))
     finally:
-        backend.close()
+        if backend.power_limit_mw(index) != original_mw:
+            backend.set_power_limit_mw(index, original_mw)
     return out
 
 
@@ -212,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         except GpuConfigError as exc:
             print(f"energy counter: unavailable ({exc}); polling only")
             counted = None
+        raw = NvmlBackend()  # the device layer itself, for what NvmlGpu does not show
         try:
             info = polled.info()
             print("== GPU")
@@ -251,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             print("  (NVML's power reading is a ~1 s average on Ampere and newer, so polling lags on")
             print("   short windows; the idle tail lets it catch up.)")
-            gaps = sorted(_counter_update_ms(polled.device_indices[0]))
+            gaps = sorted(_counter_update_ms(raw, polled.device_indices[0])) if counted is not None else []
             if gaps:
                 print(f"{'counter updates':>20}: every {gaps[len(gaps) // 2]:.1f} ms (median; {gaps[0]:.1f}-{gaps[-1]:.1f} ms, idle)")
 
@@ -279,19 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                 index = polled.device_indices[0]
                 steps = [info.min_power_limit_w, target, info.max_power_limit_w, target]
                 print(f"== raw set on GPU {index}: ms until NVML reads the new limit (management / enforced)")
-                for w, (set_ms, managed_ms, enforced_ms) in zip(steps, _enforcement_lag_ms(index, steps), strict=True):
+                for w, (set_ms, managed_ms, enforced_ms) in zip(steps, _enforcement_lag_ms(raw, index, steps), strict=True):
                     print(f"{w:>18g} W: set call {set_ms:6.2f} ms, management {managed_ms:7.2f} ms, enforced {enforced_ms:7.2f} ms")
-                polled.restore_power_limit()  # the raw sets bypassed it: put the original back
-                from client_sdk.devices.access import NvmlBackend
-
-                raw = NvmlBackend()
-                try:
-                    if raw.power_limit_mw(index) != round(before * 1000):
-                        raw.set_power_limit_mw(index, round(before * 1000))
-                    print(f"{'restored':>20}: {raw.power_limit_mw(index) / 1000:g} W")
-                finally:
-                    raw.close()
+                print(f"{'restored':>20}: {raw.power_limit_mw(index) / 1000:g} W")
         finally:
+            raw.close()
             if counted is not None:
                 counted.close()
     print("== OK" if ok else "== FAILED: a limit was not applied or not restored as asked")

@@ -393,6 +393,19 @@ def test_restoring_on_a_lost_gpu_logs_and_does_not_raise(install, caplog: pytest
     gpu.close()
 
 
+def test_gpu_check_script_runs_on_the_fake_and_leaves_the_limit_as_it_found_it(
+    install, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.gpu_check import main
+
+    fake = install([FakeDevice(limit_mw=350_000, enforce_lag_reads=3)])
+    assert main(["--seconds", "0.05", "--tail", "0", "--poll-interval", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "asked 250 W -> in force 250 W" in out  # the enforced limit, not the one before the set
+    assert "== raw set on GPU 0" in out and out.rstrip().endswith("== OK")
+    assert fake.devices[0].limit_mw == 350_000  # the raw sets were undone too
+
+
 def test_no_permission_warns_once_and_reports_the_truth(install, caplog: pytest.LogCaptureFixture) -> None:
     fake = install(two_gpus(limit_mw=300_000))
     fake.state["can_set"] = False
