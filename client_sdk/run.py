@@ -125,7 +125,6 @@ class _Profiler:
         self.window_steps = measure  # steps of the current window; grows once to reach min_window_s
         self.extended = False
         self.start: tuple[float, float] | None = None
-        self.measurements: list[ProfileMeasurement] = []
         self._totals: dict[int, tuple[float, float, int]] = {}  # limit in force mW -> energy J, time s, steps
         self.done = False
         self._enter_slice()
@@ -210,7 +209,11 @@ class _Profiler:
         key_mw = round(in_force_w * 1000)
         before_j, before_s, before_steps = self._totals.get(key_mw, (0.0, 0.0, 0))
         self._totals[key_mw] = (before_j + energy_j, before_s + elapsed_s, before_steps + steps)
-        self.measurements = [ProfileMeasurement(mw / 1000, j / s, s / n) for mw, (j, s, n) in self._totals.items()]
+
+    @property
+    def measurements(self) -> list[ProfileMeasurement]:
+        """One measurement per limit in force, in the order first measured."""
+        return [ProfileMeasurement(mw / 1000, j / s, s / n) for mw, (j, s, n) in self._totals.items()]
 
 
 class TrainingRun:
