@@ -215,15 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     command = requested_command(sys.argv[1:] if argv is None else argv)
     health.quiet_grpc_core_logging(command)  # before anything imports grpc: `health` prints its own line only
     parser = build_parser(only=command if command in LIGHT_COMMANDS else None)
-    try:
-        args, unknown = parser.parse_known_args(argv)
-    except ModuleNotFoundError as exc:  # an argument type that imports the server extra (none today; kept for one)
-        if not is_missing_server_extra(exc):
-            raise
-        words = sys.argv[1:] if argv is None else argv
-        commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        print(missing_server_extra_message(next((w for w in words if w in commands), "..."), exc), file=sys.stderr)
-        sys.exit(1)
+    args, unknown = parser.parse_known_args(argv)  # argument types need no extra (powerbandit.addresses)
     if unknown and not getattr(args, "server_extra_missing", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(args.log_level, args.log_format, quiet_default=args.command in ("demo", "simulate"))
