@@ -50,9 +50,9 @@ def record(backend, index: int, seconds: float, work) -> list[tuple[float, int]]
     return series
 
 
-def true_energy_mj(series: list[tuple[float, int]], t: float) -> float:
-    """Energy at time ``t``, the counter's steps joined by straight lines (each period at its power)."""
-    times = [p[0] for p in series]
+def true_energy_mj(series: list[tuple[float, int]], times: list[float], t: float) -> float:
+    """Energy at time ``t``, the counter's steps joined by straight lines (each period at its power);
+    ``times`` are the series' times."""
     i = bisect.bisect_right(times, t)
     if i <= 0:
         return float(series[0][1])
@@ -62,9 +62,8 @@ def true_energy_mj(series: list[tuple[float, int]], t: float) -> float:
     return ea + (eb - ea) * (t - ta) / (tb - ta)
 
 
-def read_mj(series: list[tuple[float, int]], t: float) -> int:
+def read_mj(series: list[tuple[float, int]], times: list[float], t: float) -> int:
     """What a plain read of the counter at ``t`` returns: the value of the last change before it."""
-    times = [p[0] for p in series]
     return series[max(0, bisect.bisect_right(times, t) - 1)][1]
 
 
@@ -82,14 +81,15 @@ def analyse(series: list[tuple[float, int]], settle_s: float) -> dict[str, objec
         "period_ms": round(statistics.median(ms for ms, _ in periods), 1) if periods else None,
     }
     start, end = series[1][0], series[-1][0]
+    times = [t for t, _ in series]
     for window in WINDOWS_S:
         errors = []
         t = max(start, settle_s)
         while t + window + 0.1 <= end:
             for extra_s in (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09):  # lengths over a period
                 length = window + extra_s
-                truth = true_energy_mj(series, t + length) - true_energy_mj(series, t)
-                naive = read_mj(series, t + length) - read_mj(series, t)
+                truth = true_energy_mj(series, times, t + length) - true_energy_mj(series, times, t)
+                naive = read_mj(series, times, t + length) - read_mj(series, times, t)
                 if truth > 0:
                     errors.append(100.0 * (naive - truth) / truth)
             t += 0.013  # start times spread over the counter's period
