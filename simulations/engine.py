@@ -8,9 +8,10 @@ Per run (:func:`execute_run`):
   cheapest finished recurrence so far), and no longer than the policy's own bound
   ``cost_bound // epoch_cost``; a seed that needs more is stopped there and fails; a bound of 0
   epochs means the run never starts and costs nothing;
-- the first run of a batch size on a GPU model profiles: its first epoch costs the mean over all
-  power limits, the rest runs at the best power limit; its profile is then stored for that GPU
-  model and handed to the policy like the server would.
+- the first run of a batch size on a GPU model profiles: its first epoch costs the mean over the
+  power limits the decision lists (every limit unless the policy narrows the list), the rest runs
+  at the best of them; its profile, those limits only, is then stored for that GPU model and
+  handed to the policy like the server would.
 
 Per recurrence (:func:`simulate`): attempts until one reaches the target, all costs counted, then
 ``min_cost`` is updated with the recurrence's total. Regret is measured against the oracle's
@@ -260,12 +261,15 @@ def execute_run(
     min_cost: float,
     policy_bound: float = math.inf,
     max_slowdown: float = 0.0,
+    profile_limits: Sequence[float] = (),
 ) -> RunOutcome:
     """Simulate one run with the README's accounting (see the module docstring).
 
     ``power_limit=None`` means the run profiles power limits during its first epoch, then settles
     on what :func:`~optimizer_server.policy.base.profiled_power_limit` picks (with a slowdown budget,
-    the cheapest limit within ``max_slowdown`` of the highest limit's epoch time).
+    the cheapest limit within ``max_slowdown`` of the highest limit's epoch time). It profiles
+    ``profile_limits`` (the decision's list; every limit of the trace when empty), and only they can
+    be picked.
     """
     if batch_size not in job.power:
         raise SimulationError(f"{job.name}: the policy chose batch size {batch_size}, not in the trace")
@@ -273,10 +277,11 @@ def execute_run(
     k = seeds[int(trace_rng.integers(len(seeds)))]
     profiled = power_limit is None
     if profiled:
-        p = job.best_power_limit(batch_size)
+        tried = profiled_points(job, batch_size, profile_limits)
+        p = min(tried, key=lambda q: (job.epoch_cost(batch_size, q), -q))  # TraceJob.best_power_limit's rule
         if max_slowdown > 0:
-            fit = budget_power_limit(job.eta, job.power[batch_size], job.max_power, max_slowdown)
-            p = max(job.power[batch_size]) if fit is None else fit
+            fit = budget_power_limit(job.eta, tried, job.max_power, max_slowdown)
+            p = max(tried) if fit is None else fit
     else:
         p = _snap_power_limit(job, batch_size, power_limit)
     ec = job.epoch_cost(batch_size, p)
@@ -293,23 +298,33 @@ def execute_run(
     energy = point.average_power_w * point.time_per_epoch_s * epochs
     time = point.time_per_epoch_s * epochs
     if profiled:
-        first_energy, first_time = profiling_epoch(job, batch_size)
+        first_energy, first_time = profiling_epoch(job, batch_size, profile_limits)
         energy += first_energy - point.average_power_w * point.time_per_epoch_s
         time += first_time - point.time_per_epoch_s
     cost = energy_time_cost(job.eta, energy, time, job.max_power)
     return RunOutcome(p, epochs, energy, time, cost, reached, profiled, ec)
 
 
-def profiling_epoch(job: TraceJob, batch_size: int) -> tuple[float, float]:
-    """``(energy J, time s)`` of a profiling run's first epoch: the mean over all power limits."""
-    points = job.power[batch_size].values()
+def profiled_points(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> dict[float, ProfilePoint]:
+    """What profiling ``profile_limits`` measures for ``batch_size``: the trace's points at those limits
+    (limits the trace lacks are skipped); every point when ``profile_limits`` is empty or none is known."""
+    points = job.power[batch_size]
+    wanted = set(profile_limits)
+    measured = {p: point for p, point in points.items() if p in wanted}
+    return measured or dict(points)
+
+
+def profiling_epoch(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> tuple[float, float]:
+    """``(energy J, time s)`` of a profiling run's first epoch: equal slices of it at each profiled
+    power limit (:func:`profiled_points`), so the mean over them."""
+    points = profiled_points(job, batch_size, profile_limits).values()
     energy = sum(q.average_power_w * q.time_per_epoch_s for q in points) / len(points)
     time = sum(q.time_per_epoch_s for q in points) / len(points)
     return energy, time
 
 
 def called_off_after_profiling(job: TraceJob, batch_size: int, out: RunOutcome, backend: DecisionBackend,
-                               context: SuggestContext) -> RunOutcome:
+                               context: SuggestContext, profile_limits: Sequence[float] = ()) -> RunOutcome:
     """``out``, or the run stopped after its profiling epoch when the policy calls it off then.
 
     The server asks the policy at every progress report; a run that profiles reports its first
@@ -318,7 +333,7 @@ def called_off_after_profiling(job: TraceJob, batch_size: int, out: RunOutcome, 
     """
     if not out.profiled or out.epochs <= 1:
         return out
-    energy, time = profiling_epoch(job, batch_size)
+    energy, time = profiling_epoch(job, batch_size, profile_limits)
     if backend.call_off(batch_size, context, energy, time) is None:
         return out
     cost = energy_time_cost(job.eta, energy, time, job.max_power)
@@ -343,9 +358,10 @@ class GpuProfiles:
             prior=self.prior,
         )
 
-    def record(self, job: TraceJob, batch_size: int) -> None:
-        """Store the measured profile of ``batch_size`` on ``job``'s GPU."""
-        self._by_gpu.setdefault(job.gpu, {})[batch_size] = job.profile(batch_size)
+    def record(self, job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> None:
+        """Store the measured profile of ``batch_size`` on ``job``'s GPU: the points at
+        ``profile_limits`` (every point when empty)."""
+        self._by_gpu.setdefault(job.gpu, {})[batch_size] = profiled_points(job, batch_size, profile_limits)
 
 
 def observation(job: TraceJob, batch_size: int, out: RunOutcome) -> Observation:
@@ -407,10 +423,11 @@ def simulate(
                 b = int(decision.batch_size)
                 bound = backend.cost_bound(b)
                 cap_cost = min_cost.get(current.gpu, math.inf)
-                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound, max_slowdown)
+                listed = tuple(decision.profile_power_limits_w)
+                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound, max_slowdown, listed)
                 if out.profiled:
-                    profiles.record(current, b)
-                    out = called_off_after_profiling(current, b, out, backend, profiles.context(current))
+                    profiles.record(current, b, listed)
+                    out = called_off_after_profiling(current, b, out, backend, profiles.context(current), listed)
                 backend.observe(observation(current, b, out))
                 total += out.cost
                 elapsed_s += out.time_s

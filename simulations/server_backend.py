@@ -47,6 +47,7 @@ class ServerBackend:
         client.register_job(Job.from_spec(spec, job_id=self.job_id))
         self._run_id = ""
         self._profiling = False
+        self._profile_limits: tuple[float, ...] = ()
         self._max_cost = math.inf
 
     def suggest(self, context: SuggestContext) -> Decision:
@@ -56,6 +57,7 @@ class ServerBackend:
         answer = self.client.suggest(self.job_id, gpu, request_id=uuid.uuid4().hex)
         self._run_id = answer.run_id
         self._profiling = bool(answer.profile_power_limits_w)
+        self._profile_limits = tuple(answer.profile_power_limits_w)
         self._max_cost = answer.max_cost
         decision = decision_from_pb(answer)
         if decision.phase == Phase.UNSPECIFIED:  # a server that does not say (or a newer phase): exploration
@@ -76,11 +78,14 @@ class ServerBackend:
         return None
 
     def _report_profile(self, gpu_model: str, batch_size: int) -> None:
-        """``ReportProfile`` with what the trace says a profiling run measures (once per run)."""
+        """``ReportProfile`` with what the trace says a profiling run measures (once per run): the
+        limits the suggestion listed, as the engine accounts them (every limit when none is known)."""
         if not self._profiling:
             return
         profile = self.profile_source(self.spec, gpu_model, batch_size)
-        measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in profile.items()]
+        wanted = set(self._profile_limits)
+        measured = {p: pt for p, pt in profile.items() if p in wanted} or dict(profile)
+        measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in measured.items()]
         self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
         self._profiling = False
 

@@ -54,6 +54,7 @@ __all__ = [
     "epoch_cost",
     "fold_recurrence",
     "is_finite_nonnegative",
+    "limits_worth_profiling",
     "new_recurrence_state",
     "profiled_power_limit",
 ]
@@ -243,6 +244,50 @@ def choose_power_limit(
     if profile:
         return profiled_power_limit(spec, profile, context.max_power_w), ()
     return None, tuple(context.power_limits_w)
+
+
+def limits_worth_profiling(
+    spec: JobSpec,
+    context: SuggestContext,
+    batch_size: int,
+    limits: Sequence[float],
+    tolerance: float,
+    reach_doublings: float = 1.0,
+) -> tuple[float, ...]:
+    """The power limits of ``limits`` a first profile of ``batch_size`` should try, in their order.
+
+    How an epoch's cost moves with the power limit changes slowly with the batch size, and a profile
+    spends equal slices of its epoch on every limit it tries, the slow low limits included. So a
+    limit is left out when the nearest profiled batch size on each side of ``batch_size``, within
+    ``reach_doublings`` doublings and having measured that limit, found it more than ``tolerance``
+    (a share) above its own best epoch cost. A limit that no such batch size measured is tried, and
+    so is the highest, the reference of a slowdown budget and of a GPU's utilisation. With no
+    profile near enough, every limit is tried.
+    """
+    limits = tuple(limits)
+    if not limits or not math.isfinite(tolerance):
+        return limits
+    b = int(batch_size)
+    relative: dict[int, dict[float, float]] = {}  # nearby profiled batch size -> limit -> cost / best
+    for c, profile in context.profiles.items():
+        c = int(c)
+        if not profile or c == b or c <= 0 or b <= 0 or abs(math.log2(c / b)) > reach_doublings + 1e-9:
+            continue
+        costs = {p: epoch_cost(spec.eta, point, context.max_power_w) for p, point in profile.items()}
+        best = min(costs.values())
+        if best > 0.0 and math.isfinite(best):
+            relative[c] = {p: cost / best for p, cost in costs.items()}
+    if not relative:
+        return limits
+    highest = max(limits)
+    kept = []
+    for p in limits:
+        below = [c for c in relative if c < b and p in relative[c]]
+        above = [c for c in relative if c > b and p in relative[c]]
+        judges = ([max(below)] if below else []) + ([min(above)] if above else [])
+        if p == highest or not judges or any(relative[c][p] <= 1.0 + tolerance for c in judges):
+            kept.append(p)
+    return tuple(kept)
 
 
 def new_recurrence_state() -> dict[str, Any]:

@@ -211,6 +211,35 @@ def test_an_exploration_whose_profile_rules_it_out_is_called_off(stub: pb_grpc.O
         stub.FailRun(pb.FailRunRequest(job_id="team/job", run_id=again.run_id, reason="test: not run"))
 
 
+def test_a_trial_profiles_only_the_limits_its_neighbour_found_worth_it(stub: pb_grpc.OptimizerServiceStub) -> None:
+    register(stub)
+
+    def profile(run_id: str, seconds_per_step: dict[float, float]) -> pb.ReportProfileResponse:
+        measurements = [
+            pb.ProfileMeasurement(power_limit_w=limit, average_power_w=0.9 * limit, time_per_step_s=step_s)
+            for limit, step_s in seconds_per_step.items()
+        ]
+        return stub.ReportProfile(
+            pb.ReportProfileRequest(job_id="team/job", run_id=run_id, steps_per_epoch=100, measurements=measurements)
+        )
+
+    first = suggest(stub)
+    assert first.batch_size == 64 and list(first.profile_power_limits_w) == [100, 200, 300]
+    # 100 W triples the step time: an epoch there costs 2.4x the best (200 W)
+    assert profile(first.run_id, {100.0: 0.3, 200.0: 0.1, 300.0: 0.09}).power_limit_w == 200.0
+    complete(stub, first.run_id, energy_j=10 * 1800.0, time_s=100.0, epochs=10)
+    trial = suggest(stub)
+    assert trial.batch_size in (32, 128) and trial.power_limit_w == 0
+    assert list(trial.profile_power_limits_w) == [200, 300]
+    assert "profiling 2 of 3 power limits" in trial.explanation
+    # the run measures what it was told to; that is the batch size's profile from then on
+    assert profile(trial.run_id, {200.0: 0.12, 300.0: 0.1}).power_limit_w in (200.0, 300.0)
+    complete(stub, trial.run_id, energy_j=10 * 2000.0, time_s=110.0, epochs=10)
+    job = stub.GetJob(pb.GetJobRequest(job_id="team/job")).job
+    stored = {p.batch_size: sorted(pt.power_limit_w for pt in p.points) for p in job.profiles}
+    assert stored == {64: [100, 200, 300], trial.batch_size: [200, 300]}
+
+
 def test_heartbeat_list_delete(stub: pb_grpc.OptimizerServiceStub) -> None:
     for name in ("a/1", "a/2", "b/1"):
         register(stub, name)

@@ -121,6 +121,41 @@ def test_profiling_first_epoch_costs_the_mean_over_power_limits() -> None:
     assert out.cost == pytest.approx(ETA * out.energy_j + (1 - ETA) * 200.0 * out.time_s)
 
 
+def test_a_run_profiles_only_the_limits_its_decision_lists() -> None:
+    # 16's best limit is 200 W; told to profile 100 W only, it measures and settles on 100 W
+    job = tiny_job(target_epochs={8: (10,), 16: (6,)})
+    out = execute_run(job, 16, None, np.random.default_rng(0), math.inf, profile_limits=(100.0,))
+    assert out.profiled and out.power_limit == 100.0
+    assert out.energy_j == pytest.approx(6 * 90.0 * 16.0) and out.time_s == pytest.approx(6 * 16.0)
+    # every listed limit the trace knows, in equal slices; an unknown one is skipped, none known: all
+    both = execute_run(job, 16, None, np.random.default_rng(0), math.inf, profile_limits=(100.0, 200.0, 300.0))
+    everything = execute_run(job, 16, None, np.random.default_rng(0), math.inf)
+    unknown = execute_run(job, 16, None, np.random.default_rng(0), math.inf, profile_limits=(300.0,))
+    assert both == everything == unknown and everything.power_limit == 200.0
+
+
+def test_a_narrowed_profile_is_stored_and_paid_for_as_listed() -> None:
+    # recurrence 1 profiles 16 at 200 W only: its first epoch costs that limit's, and the profile
+    # handed to the policy afterwards holds that one point
+    job = tiny_job(target_epochs={8: (10,), 16: (6,)}, recurrences=3)
+
+    class Narrowing(ScriptedBackend):
+        def suggest(self, context: SuggestContext) -> Decision:
+            d = super().suggest(context)
+            if d.batch_size == 16 and d.power_limit_w is None:
+                return Decision(16, None, (200.0,), "explore", "scripted, narrowed")
+            return d
+
+    backend = Narrowing([8, 16, 16])
+    result = simulate(job, "scripted", 1, backend_factory=lambda spec: backend)
+    trial = result.attempts[1]
+    assert trial.batch_size == 16 and trial.profiled and trial.power_limit == 200.0
+    assert (trial.energy_j, trial.time_s) == pytest.approx((6 * 190.0 * 8.0, 6 * 8.0))
+    assert backend.contexts[2].profiles[16] == {200.0: job.power[16][200.0]}
+    assert backend.contexts[2].profiles[8] == job.power[8]
+    assert [ctx.profiles.get(16) for _, ctx, _, _ in backend.call_offs[1:]] == [{200.0: job.power[16][200.0]}]
+
+
 def test_oracle_default_and_expected_costs() -> None:
     job = tiny_job()
     # b=16 has a seed that never reaches: only b=8 qualifies; 200 W is cheaper.

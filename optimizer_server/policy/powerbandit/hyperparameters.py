@@ -80,3 +80,14 @@ class Hyperparameters:
     """An exploration whose measured epoch cost rules it out is called off only when it is expected
     to lose more than this share of the best batch size's mean cost beyond what it has already spent
     (a borderline estimate, one noisy run away from the other side, lets the run go on)."""
+    profile_tolerance: float = 0.25
+    """The first profile of a batch size skips the power limits that cost more than this share above
+    the best at the nearest profiled batch sizes (one on each side, within
+    ``profile_reach_doublings``; :func:`~optimizer_server.policy.base.limits_worth_profiling`): a
+    profile spends equal slices of its epoch on every limit it tries, and the slow low limits cost
+    the most. ``inf`` tries every limit. A job with a slowdown budget always tries every limit (its
+    limit is chosen by time, not by cost)."""
+    profile_reach_doublings: float = 1.0
+    """A profile says which limits are worth trying for batch sizes up to this many doublings away:
+    how the cost moves with the limit shifts as the batch size grows (CIFAR-100 on the A40 at eta
+    0.8: the best limit is 125 W at batch size 128 and 256, and 125 W costs 1.3x the best at 512)."""

@@ -21,6 +21,7 @@ from optimizer_server.policy.base import (
     choose_power_limit,
     epoch_cost,
     fold_recurrence,
+    limits_worth_profiling,
     new_recurrence_state,
 )
 from optimizer_server.policy.powerbandit import state as states
@@ -568,8 +569,8 @@ class PowerBanditPolicy:
             f"every batch size failed to reach the target so far; retrying {b}, the most promising",
         )
 
-    @staticmethod
     def _decision(
+        self,
         spec: JobSpec,
         context: SuggestContext,
         b: int,
@@ -581,7 +582,21 @@ class PowerBanditPolicy:
             return Decision(b, power_limit_w, (), phase, explanation)
         power_limit, profile = choose_power_limit(spec, context, b)
         if power_limit is None:
-            explanation += "; profiling power limits during the first epoch"
+            hp = self.hyperparameters
+            narrowed = profile
+            if spec.max_slowdown <= 0:
+                narrowed = limits_worth_profiling(
+                    spec, context, b, profile, hp.profile_tolerance, hp.profile_reach_doublings
+                )
+            if narrowed and len(narrowed) < len(profile):
+                explanation += (
+                    f"; profiling {len(narrowed)} of {len(profile)} power limits during the first epoch "
+                    f"(the others cost over {hp.profile_tolerance:.0%} more than the best at the "
+                    "nearest profiled batch sizes)"
+                )
+                profile = narrowed
+            else:
+                explanation += "; profiling power limits during the first epoch"
         return Decision(b, power_limit, profile, phase, explanation)
 
     # -------------------------------------------------------------- summary
