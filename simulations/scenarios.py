@@ -216,10 +216,11 @@ def simulate_concurrent(
         context = profiles.context(job, in_flight=[item[3] for item in running])
         decision = backend.suggest(context)
         b = int(decision.batch_size)
-        out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, backend.cost_bound(b))
+        listed = tuple(decision.profile_power_limits_w)
+        out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, backend.cost_bound(b), profile_limits=listed)
         if out.profiled:
-            profiles.record(job, b)
-            out = called_off_after_profiling(job, b, out, backend, profiles.context(job, context.in_flight))
+            profiles.record(job, b, listed)
+            out = called_off_after_profiling(job, b, out, backend, profiles.context(job, context.in_flight), listed)
         heapq.heappush(running, (now + out.time_s, seq, r, b, out, decision.phase))
         seq += 1
 

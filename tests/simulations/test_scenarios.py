@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from optimizer_server.policy.base import ProfilePoint
+from optimizer_server.policy.base import Decision, JobSpec, ProfilePoint, SuggestContext
+from simulations.backend import in_process_backend
 from simulations.engine import simulate
 from simulations.scenarios import drifted, simulate_alternating, simulate_concurrent, simulate_drift
 from simulations.traces import TraceJob, TraceSet
@@ -50,6 +51,46 @@ def test_concurrent_runs_overlap_and_report_out_of_order() -> None:
     assert simulate_concurrent(job, "powerbandit", 2, overlap=3.0).attempts == result.attempts
     zeus = simulate_concurrent(job, "zeus", 2, overlap=3.0)
     assert len(zeus.recurrence_costs) == job.recurrences
+
+
+class TopLimitOnly:
+    """The in-process powerbandit, except that a profiling run is told to try the highest limit only;
+    records every context it is handed."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.inner = in_process_backend(spec)
+        self.contexts: list[SuggestContext] = []
+
+    def suggest(self, context: SuggestContext) -> Decision:
+        self.contexts.append(context)
+        d = self.inner.suggest(context)
+        if d.power_limit_w is None:
+            return replace(d, profile_power_limits_w=(max(context.power_limits_w),))
+        return d
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("scenario", ["trace", "concurrent", "alternating"])
+def test_every_scenario_profiles_only_the_listed_limits(scenario: str) -> None:
+    job = ladder_job()
+    backends: list[TopLimitOnly] = []
+
+    def factory(spec: JobSpec) -> TopLimitOnly:
+        backends.append(TopLimitOnly(spec))
+        return backends[-1]
+
+    if scenario == "concurrent":
+        result = simulate_concurrent(job, "powerbandit", 2, overlap=3.0, backend_factory=factory)
+    elif scenario == "alternating":
+        result = simulate_alternating(job, ladder_job("a40", slow=0.5), "powerbandit", 2, backend_factory=factory)
+    else:
+        result = simulate(job, "powerbandit", 2, backend_factory=factory)
+    profiled = [a for a in result.attempts if a.profiled]
+    assert profiled and all(a.power_limit == 200.0 for a in profiled)  # 100 W is never measured
+    stored = [p for ctx in backends[0].contexts for p in ctx.profiles.values()]
+    assert stored and all(set(p) == {200.0} for p in stored)
 
 
 def test_alternating_gpus_share_epochs_and_profile_each_gpu() -> None:
