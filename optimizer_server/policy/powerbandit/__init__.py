@@ -52,6 +52,13 @@ the floor, a floor as uncertain as ``c``'s posterior mean (one noisy run of ``c`
 then at best tie, and its trial is not run (or is called off once its profile measures the epoch
 cost), however steeply the epochs fell on the way down.
 
+A batch size's first profile tries only the power limits worth it: a limit that the nearest
+profiled batch size on each side (within a doubling) measured at more than ``profile_tolerance``
+above its best is left out, since a profile's epoch is spent in equal slices on the limits it tries
+and the slow low limits cost the most (:func:`optimizer_server.policy.base.limits_worth_profiling`;
+the highest limit, and the default's whole profile, are always tried; a slowdown budget tries every
+limit).
+
 The package:
 
 - :mod:`.hyperparameters`: :class:`Hyperparameters`, every constant in one frozen record (the
