@@ -74,6 +74,10 @@ class Hyperparameters:
     (:func:`~.model.epochs_floor`). On a starved GPU, where
     halving the batch doubles an epoch's cost, a smaller batch can then at best tie, and its trial
     is not worth running."""
+    edge_trend_z: float = 2.0
+    """A tried batch size beyond every other tried one takes the extrapolated value of the nearest
+    two as its prior, instead of the others' levels, when those two differ by more than this many
+    times their noise (a trend, not noise: :func:`~.model.posterior`). ``inf``: the levels always."""
     horizon_min_runs: float = 20.0
     """An exploration is weighed against at least this many future runs (else the job's age)."""
     call_off_margin: float = 0.05
