@@ -52,6 +52,10 @@ the floor, a floor as uncertain as ``c``'s posterior mean (one noisy run of ``c`
 then at best tie, and its trial is not run (or is called off once its profile measures the epoch
 cost), however steeply the epochs fell on the way down.
 
+A tried batch size beyond every other tried one takes the extrapolated value of the nearest two as
+its prior where they differ by more than ``edge_trend_z`` times their noise (a trend: the others'
+levels would all lie on one side of it), not the others' levels (:func:`.model.posterior`).
+
 A batch size's first profile tries only the power limits worth it: a limit that the nearest
 profiled batch size on each side (within a doubling) measured at more than ``profile_tolerance``
 above its best is left out, since a profile's epoch is spent in equal slices on the limits it tries
