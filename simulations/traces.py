@@ -159,10 +159,6 @@ class TraceJob:
             self._cache["oracle"] = cached
         return cached  # type: ignore[return-value]
 
-    def profile(self, b: int) -> dict[float, ProfilePoint]:
-        """The measured power profile of ``b`` (what a profiling run reports)."""
-        return dict(self.power[b])
-
 
 def _float(text: str) -> float | None:
     text = text.strip()
