@@ -55,7 +55,8 @@ def test_a_few_recurrences_are_best_so_far_not_converged() -> None:
 
 
 def test_converged_only_after_the_last_recurrences_ran_one_configuration() -> None:
-    done = run_demo("--synthetic", "--recurrences", "12")
+    recurrences = 16  # seeds 1-10 of the synthetic job all converge by then (7 of them by 12)
+    done = run_demo("--synthetic", "--recurrences", str(recurrences))
     assert done.returncode == 0, done.stderr
     match = re.search(r"^converged to: batch size (\d+), power limit ([\d.]+) W, run by each of the last (\d+)",
                       done.stdout, re.M)  # fmt: skip
@@ -66,7 +67,7 @@ def test_converged_only_after_the_last_recurrences_ran_one_configuration() -> No
         m = RUN_ROW.match(row)
         if m and m.group(5) == "reached target":
             per_recurrence[int(m.group(1))] = (int(m.group(3)), float(m.group(4)))
-    last = [per_recurrence.get(r) for r in range(12 - demo.CONVERGED_AFTER + 1, 13)]
+    last = [per_recurrence.get(r) for r in range(recurrences - demo.CONVERGED_AFTER + 1, recurrences + 1)]
     assert last == [(int(match.group(1)), float(match.group(2)))] * demo.CONVERGED_AFTER, (last, match.group(0))
 
 
