@@ -21,7 +21,7 @@ expected cost, energy saving against the default configuration's expected energy
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,7 +278,7 @@ def execute_run(
     profiled = power_limit is None
     if profiled:
         tried = profiled_points(job, batch_size, profile_limits)
-        p = min(tried, key=lambda q: (job.epoch_cost(batch_size, q), -q))  # TraceJob.best_power_limit's rule
+        p = job.best_power_limit(batch_size, tried)
         if max_slowdown > 0:
             fit = budget_power_limit(job.eta, tried, job.max_power, max_slowdown)
             p = max(tried) if fit is None else fit
@@ -305,13 +305,17 @@ def execute_run(
     return RunOutcome(p, epochs, energy, time, cost, reached, profiled, ec)
 
 
-def profiled_points(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> dict[float, ProfilePoint]:
-    """What profiling ``profile_limits`` measures for ``batch_size``: the trace's points at those limits
-    (limits the trace lacks are skipped); every point when ``profile_limits`` is empty or none is known."""
-    points = job.power[batch_size]
+def listed_points(points: Mapping[float, ProfilePoint], profile_limits: Sequence[float]) -> dict[float, ProfilePoint]:
+    """What profiling ``profile_limits`` measures of a profile's ``points``: those at the listed limits
+    (limits it lacks are skipped); every point when ``profile_limits`` is empty or none is known."""
     wanted = set(profile_limits)
     measured = {p: point for p, point in points.items() if p in wanted}
     return measured or dict(points)
+
+
+def profiled_points(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> dict[float, ProfilePoint]:
+    """What profiling ``profile_limits`` measures for ``batch_size`` (:func:`listed_points` of the trace)."""
+    return listed_points(job.power[batch_size], profile_limits)
 
 
 def profiling_epoch(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> tuple[float, float]:
@@ -338,6 +342,29 @@ def called_off_after_profiling(job: TraceJob, batch_size: int, out: RunOutcome, 
         return out
     cost = energy_time_cost(job.eta, energy, time, job.max_power)
     return RunOutcome(out.power_limit, 1, energy, time, cost, False, True, out.epoch_cost, called_off=True)
+
+
+def run_decision(
+    job: TraceJob,
+    decision: Decision,
+    trace_rng: np.random.Generator,
+    min_cost: float,
+    policy_bound: float,
+    backend: DecisionBackend,
+    profiles: GpuProfiles,
+    in_flight: Sequence[int] = (),
+    max_slowdown: float = 0.0,
+) -> RunOutcome:
+    """Run what ``decision`` says (:func:`execute_run`, profiling the limits it lists); a run that
+    profiled stores its profile in ``profiles`` and may then be called off
+    (:func:`called_off_after_profiling`). Every scenario runs its decisions through here."""
+    b = int(decision.batch_size)
+    listed = tuple(decision.profile_power_limits_w)
+    out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, policy_bound, max_slowdown, listed)
+    if out.profiled:
+        profiles.record(job, b, listed)
+        out = called_off_after_profiling(job, b, out, backend, profiles.context(job, in_flight), listed)
+    return out
 
 
 class GpuProfiles:
@@ -421,13 +448,11 @@ def simulate(
             for attempt in range(MAX_ATTEMPTS_PER_RECURRENCE):
                 decision: Decision = backend.suggest(profiles.context(current))
                 b = int(decision.batch_size)
-                bound = backend.cost_bound(b)
                 cap_cost = min_cost.get(current.gpu, math.inf)
-                listed = tuple(decision.profile_power_limits_w)
-                out = execute_run(current, b, decision.power_limit_w, trace_rng, cap_cost, bound, max_slowdown, listed)
-                if out.profiled:
-                    profiles.record(current, b, listed)
-                    out = called_off_after_profiling(current, b, out, backend, profiles.context(current), listed)
+                out = run_decision(
+                    current, decision, trace_rng, cap_cost, backend.cost_bound(b), backend, profiles,
+                    max_slowdown=max_slowdown,
+                )
                 backend.observe(observation(current, b, out))
                 total += out.cost
                 elapsed_s += out.time_s

@@ -44,11 +44,10 @@ from simulations.engine import (
     GpuProfiles,
     SimResult,
     SimulationError,
-    called_off_after_profiling,
-    execute_run,
     make_backend,
     make_spec,
     observation,
+    run_decision,
     simulate,
 )
 from simulations.traces import TraceJob
@@ -216,11 +215,7 @@ def simulate_concurrent(
         context = profiles.context(job, in_flight=[item[3] for item in running])
         decision = backend.suggest(context)
         b = int(decision.batch_size)
-        listed = tuple(decision.profile_power_limits_w)
-        out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, backend.cost_bound(b), profile_limits=listed)
-        if out.profiled:
-            profiles.record(job, b, listed)
-            out = called_off_after_profiling(job, b, out, backend, profiles.context(job, context.in_flight), listed)
+        out = run_decision(job, decision, trace_rng, min_cost, backend.cost_bound(b), backend, profiles, context.in_flight)
         heapq.heappush(running, (now + out.time_s, seq, r, b, out, decision.phase))
         seq += 1
 

@@ -21,6 +21,7 @@ from optimizer_server.policy.base import SuggestContext
 from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint, StopReason
 from powerbandit.proto_conversion import decision_from_pb, stop_reason_from_pb
 from simulations.backend import BackendFactory
+from simulations.engine import listed_points
 from simulations.traces import CANONICAL, TraceSet
 
 ProfileSource = Callable[[JobSpec, str, int], Mapping[float, ProfilePoint]]
@@ -82,9 +83,7 @@ class ServerBackend:
         limits the suggestion listed, as the engine accounts them (every limit when none is known)."""
         if not self._profiling:
             return
-        profile = self.profile_source(self.spec, gpu_model, batch_size)
-        wanted = set(self._profile_limits)
-        measured = {p: pt for p, pt in profile.items() if p in wanted} or dict(profile)
+        measured = listed_points(self.profile_source(self.spec, gpu_model, batch_size), self._profile_limits)
         measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in measured.items()]
         self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
         self._profiling = False

@@ -123,9 +123,10 @@ class TraceJob:
         point = self.power[b][p]
         return power_time_cost(self.eta, point.average_power_w, point.time_per_epoch_s, self.max_power)
 
-    def best_power_limit(self, b: int) -> float:
-        """``argmin_p epoch_cost(b, p)``, the highest limit on ties (what profiling finds)."""
-        return min(self.power[b], key=lambda p: (self.epoch_cost(b, p), -p))
+    def best_power_limit(self, b: int, limits: Iterable[float] | None = None) -> float:
+        """``argmin_p epoch_cost(b, p)`` over ``limits`` (every limit of ``b`` when ``None``), the
+        highest limit on ties (what profiling those limits finds)."""
+        return min(self.power[b] if limits is None else limits, key=lambda p: (self.epoch_cost(b, p), -p))
 
     def all_reach(self, b: int) -> bool:
         """Whether every trace seed of ``b`` reaches the target within ``max_epochs``."""
