@@ -348,11 +348,7 @@ def posterior(
     n = own.n
     if n == 0 and prec0 > 0.0:
         points = {log2_c: mean_c for _, log2_c, _, mean_c in observed}
-        shrink = 2.0 * noise_var / hp.epoch_slope_sd**2
-        default_slope = slopes[0] if x < min(points) else slopes[1] if x > max(points) else 0.0
-        if len(points) == 1 and x > max(points):
-            default_slope += one_point_slope_up
-        y, dist = extrapolate(points, x, (-hp.epoch_slope_max, hp.epoch_slope_max), default_slope, shrink)
+        y, dist = _epochs_trend(points, x, noise_var, hp, slopes, one_point_slope_up)
         return y, noise_var + trend_var * dist**2
     if prec0 == 0.0:
         if n == 0:
@@ -366,6 +362,25 @@ def posterior(
     prec = prec0 + n / noise_var
     mean = (mean0 + (n * own.mean / noise_var if n else 0.0)) / prec
     return mean, 1.0 / prec
+
+
+def _epochs_trend(
+    points: Mapping[float, float],
+    x: float,
+    noise_var: float,
+    hp: Hyperparameters,
+    slopes: tuple[float, float],
+    one_point_slope_up: float = 0.0,
+) -> tuple[float, float]:
+    """Log epochs at ``x`` along the trend of the tried batch sizes' means ``points`` (``log2(b)`` ->
+    mean), as :func:`extrapolate` gives it: ``(value, distance to the nearest tried x)``. Beyond the
+    tried range the slope between two noisy neighbours is shrunk towards ``slopes`` (below, above),
+    plus ``one_point_slope_up`` above a single tried batch size (see :func:`posterior`)."""
+    shrink = 2.0 * noise_var / hp.epoch_slope_sd**2
+    default_slope = slopes[0] if x < min(points) else slopes[1] if x > max(points) else 0.0
+    if len(points) == 1 and x > max(points):
+        default_slope += one_point_slope_up
+    return extrapolate(points, x, (-hp.epoch_slope_max, hp.epoch_slope_max), default_slope, shrink)
 
 
 def _edge_trend_prior(
@@ -398,10 +413,7 @@ def _edge_trend_prior(
     (_, n1, m1), (_, n2, m2) = side[0], side[1]
     if abs(m1 - m2) <= hp.edge_trend_z * math.sqrt(noise_var / n1 + noise_var / n2):
         return None
-    points = {log2_c: mean_c for log2_c, _, mean_c in others}
-    shrink = 2.0 * noise_var / hp.epoch_slope_sd**2
-    default_slope = slopes[0] if x < min(points) else slopes[1]
-    y, dist = extrapolate(points, x, (-hp.epoch_slope_max, hp.epoch_slope_max), default_slope, shrink)
+    y, dist = _epochs_trend({log2_c: mean_c for log2_c, _, mean_c in others}, x, noise_var, hp, slopes)
     return y, noise_var / n1 + trend_var * dist**2
 
 
