@@ -55,7 +55,7 @@ class ArmStats:
 
 
 Observed = list[tuple[int, float, int, float]]
-"""``(batch size, log2 of it, n, mean)`` per batch size with observations (:func:`observed`)."""
+"""``(batch size, log2 of it, n, mean)`` per batch size with observations, ascending (:func:`observed`)."""
 
 
 def exp_capped(x: float) -> float:
@@ -192,8 +192,8 @@ def arm_statistics(
 
 
 def observed(data: Mapping[int, ArmStats]) -> Observed:
-    """``(batch size, log2 of it, n, mean)`` of the batch sizes with data, in ``data``'s order."""
-    return [(c, math.log2(c), d.n, d.mean) for c, d in data.items() if d.n]
+    """``(batch size, log2 of it, n, mean)`` of the batch sizes with data, ascending."""
+    return [(c, math.log2(c), d.n, d.mean) for c, d in sorted(data.items()) if d.n]
 
 
 def noise_posterior(data: Mapping[int, ArmStats], hp: Hyperparameters) -> tuple[float, float]:
@@ -404,16 +404,18 @@ def _edge_trend_prior(
     other the trend is not known, and the levels stay the prior (SQuAD, whose runs need 3 to 5
     epochs at every batch size: a weaker prior let one run of 4 stop its walk).
     """
-    others = [(log2_c, n_c, mean_c) for c, log2_c, n_c, mean_c in observed if c != b]
-    below = sorted((o for o in others if o[0] < x), reverse=True)
-    above = sorted(o for o in others if o[0] > x)
-    side = below if not above else above if not below else []
-    if len(side) < 2 or not math.isfinite(hp.edge_trend_z):
+    others = [o for o in observed if o[0] != b]  # ascending
+    if len(others) < 2 or not math.isfinite(hp.edge_trend_z):
         return None
-    (_, n1, m1), (_, n2, m2) = side[0], side[1]
+    if others[0][1] > x:  # below every other tried batch size
+        (_, _, n1, m1), (_, _, n2, m2) = others[0], others[1]
+    elif others[-1][1] < x:  # above every other
+        (_, _, n1, m1), (_, _, n2, m2) = others[-1], others[-2]
+    else:
+        return None
     if abs(m1 - m2) <= hp.edge_trend_z * math.sqrt(noise_var / n1 + noise_var / n2):
         return None
-    y, dist = _epochs_trend({log2_c: mean_c for log2_c, _, mean_c in others}, x, noise_var, hp, slopes)
+    y, dist = _epochs_trend({log2_c: mean_c for _, log2_c, _, mean_c in others}, x, noise_var, hp, slopes)
     return y, noise_var / n1 + trend_var * dist**2
 
 
