@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from client_sdk.errors import OptimizerClientError, RunStateError
 from client_sdk.gpu import Gpu
-from powerbandit.domain import energy_time_cost, power_time_cost
+from powerbandit.domain import energy_time_cost, power_time_cost, stops_profiling
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,8 +46,9 @@ DEFAULT_MEASURE_STEPS = 20
 #: The shortest measured window per profiled power limit, where the first epoch leaves room: NVML's
 #: energy counter moves in 100 ms ticks (an H200), so a 1 s window reads power within about 4 % (sd).
 DEFAULT_MIN_PROFILE_WINDOW_S = 1.0
-#: A profile measures at least this many limits (the lowest, the highest and one between), in shorter
-#: windows when the first epoch is too short for ``DEFAULT_MIN_PROFILE_WINDOW_S`` each.
+#: A profile measures at least this many limits (the first and last listed and one between), in
+#: shorter windows when the first epoch is too short for ``DEFAULT_MIN_PROFILE_WINDOW_S`` each, unless
+#: it stops earlier (the suggestion's ``profile_stop_ratio``).
 _MIN_PROFILED_LIMITS = 3
 
 
@@ -101,7 +102,11 @@ class _Profiler:
     with an error of tens of percent. ``steps_left`` (the first epoch's steps still to come, ``None``
     when unknown) bounds the profile: after each window the remaining candidates are re-planned from
     the measured time per step, and when they do not all fit at ``min_window_s``, an evenly spread
-    subset (the highest limit included) is measured instead, at least ``_MIN_PROFILED_LIMITS`` in all.
+    subset (the last listed included) is measured instead, at least ``_MIN_PROFILED_LIMITS`` in all.
+    With ``stop_ratio`` above 0 the profile ends after the first limit whose cost per step (``eta``,
+    ``max_power_w``: the cost formula's) exceeds that multiple of the cheapest measured so far
+    (:func:`~powerbandit.domain.profiles.stops_profiling`): the server lists the limits from the
+    highest down, and past the cheapest the lower limits only cost more.
     """
 
     def __init__(
@@ -113,9 +118,15 @@ class _Profiler:
         *,
         min_window_s: float = 0.0,
         steps_left: int | None = None,
+        stop_ratio: float = 0.0,
+        eta: float = 0.0,
+        max_power_w: float = 0.0,
     ) -> None:
         self.run = run
         self.limits = limits
+        self.stop_ratio = stop_ratio
+        self.eta = eta
+        self.max_power_w = max_power_w
         self.warmup = warmup
         self.measure = measure
         self.min_window_s = min_window_s
@@ -151,12 +162,35 @@ class _Profiler:
         if elapsed > 0:
             self._record(self.in_force, energy - self.start[0], elapsed, self.window_steps)
         self.index += 1
+        if self.index < len(self.limits) and elapsed > 0 and self._stops():
+            self.limits = self.limits[: self.index]
         if self.index < len(self.limits) and elapsed > 0:
             self._replan(elapsed / self.window_steps)
         if self.index < len(self.limits):
             self._enter_slice()
         else:
             self.done = True
+
+    def _stops(self) -> bool:
+        """Whether the limit just measured ends the profile (see the class docstring); logs why."""
+        if self.stop_ratio <= 0.0:
+            return False
+        costs = {
+            m.power_limit_w: power_time_cost(self.eta, m.average_power_w, m.time_per_step_s, self.max_power_w)
+            for m in self.measurements
+        }
+        key = round(self.in_force * 1000) / 1000
+        if key not in costs:
+            return False
+        cheapest = min(costs, key=lambda p: costs[p])
+        if not stops_profiling(costs[key], costs[cheapest], self.stop_ratio):
+            return False
+        log.info(
+            "run %s: %g W costs %.0f%% more per step than %g W; not profiling the %d lower limit(s) left (%s W)",
+            self.run.run_id, key, 100 * (costs[key] / costs[cheapest] - 1), cheapest,
+            len(self.limits) - self.index, ", ".join(f"{w:g}" for w in self.limits[self.index :]),
+        )  # fmt: skip
+        return True
 
     def _steps_for(self, step_s: float) -> int:
         """Measured steps a window needs at ``step_s`` seconds per step."""
@@ -188,7 +222,7 @@ class _Profiler:
         if fit <= 0:
             self.limits = self.limits[: self.index]  # enough limits measured, and no room for more
             return
-        if fit < len(remaining):  # evenly spaced above the last limit measured, up to the highest
+        if fit < len(remaining):  # evenly spaced after the last limit measured, the last listed included
             last = len(remaining) - 1
             remaining = tuple(remaining[i] for i in sorted({round((k + 1) * last / fit) for k in range(fit)}))
             log.info(
@@ -484,8 +518,17 @@ class TrainingRun:
             per_limit = max(1, steps_left // len(limits))
             warmup = min(warmup, per_limit // 4)
             measure = max(1, per_limit - warmup)
+        s = self._require()
         self._profiler = _Profiler(
-            self, limits, warmup, measure, min_window_s=self._min_profile_window_s, steps_left=steps_left
+            self,
+            limits,
+            warmup,
+            measure,
+            min_window_s=self._min_profile_window_s,
+            steps_left=steps_left,
+            stop_ratio=s.profile_stop_ratio if s.profile_stop_ratio > 0 and s.max_power_w > 0 else 0.0,
+            eta=s.eta,
+            max_power_w=s.max_power_w,
         )
 
     def set_steps_per_epoch(self, steps_per_epoch: int) -> None:

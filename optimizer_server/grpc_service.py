@@ -236,6 +236,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
             batch_size=run.batch_size,
             power_limit_w=run.power_limit_w,
             profile_power_limits_w=list(run.profile_power_limits_w) if run.power_limit_w == 0 else [],
+            profile_stop_ratio=run.profile_stop_ratio if run.power_limit_w == 0 else 0.0,
             phase=phase_to_pb(run.phase),
             explanation=run.explanation,
             max_cost=suggestion.max_cost,

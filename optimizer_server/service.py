@@ -346,6 +346,7 @@ class OptimizerService:
                     batch_size=decision.batch_size,
                     power_limit_w=decision.power_limit_w or 0.0,
                     profile_power_limits_w=decision.profile_power_limits_w,
+                    profile_stop_ratio=decision.profile_stop_ratio if decision.power_limit_w is None else 0.0,
                     phase=decision.phase,
                     explanation=decision.explanation,
                     gpu_model=gpu.model,

@@ -337,6 +337,7 @@ def decision_to_pb(decision: Decision, **response_fields: object) -> pb.SuggestR
         batch_size=decision.batch_size,
         power_limit_w=0.0 if profiling else decision.power_limit_w,
         profile_power_limits_w=list(decision.profile_power_limits_w) if profiling else [],
+        profile_stop_ratio=decision.profile_stop_ratio if profiling else 0.0,
         phase=phase_to_pb(decision.phase),
         explanation=decision.explanation,
         **response_fields,  # type: ignore[arg-type]
@@ -355,6 +356,7 @@ def decision_from_pb(msg: pb.SuggestResponse) -> Decision:
         profile_power_limits_w=tuple(msg.profile_power_limits_w),
         phase=_PHASE_FROM_PB.get(msg.phase, Phase.UNSPECIFIED),
         explanation=msg.explanation,
+        profile_stop_ratio=msg.profile_stop_ratio if profiling else 0.0,
     )
 
 

@@ -9,9 +9,10 @@ Per run (:func:`execute_run`):
   ``cost_bound // epoch_cost``; a seed that needs more is stopped there and fails; a bound of 0
   epochs means the run never starts and costs nothing;
 - the first run of a batch size on a GPU model profiles: its first epoch costs the mean over the
-  power limits the decision lists (every limit unless the policy narrows the list), the rest runs
-  at the best of them; its profile, those limits only, is then stored for that GPU model and
-  handed to the policy like the server would.
+  power limits it measures, the rest runs at the best of them; its profile, those limits only, is
+  then stored for that GPU model and handed to the policy like the server would. It measures the
+  limits the decision lists (every limit unless the policy narrows the list), in their order, and
+  with a stop ratio only up to the first that stops it (:func:`measured_points`).
 
 Per recurrence (:func:`simulate`): attempts until one reaches the target, all costs counted, then
 ``min_cost`` is updated with the recurrence's total. Regret is measured against the oracle's
@@ -37,6 +38,7 @@ from optimizer_server.policy.base import (
     budget_power_limit,
     energy_time_cost,
 )
+from powerbandit.domain import power_time_cost, stops_profiling
 from simulations.backend import BackendFactory, DecisionBackend, InProcessBackend, in_process_backend
 from simulations.baselines import BASELINES, FixedPolicy, GridPolicy
 from simulations.traces import TraceJob
@@ -313,6 +315,29 @@ def listed_points(points: Mapping[float, ProfilePoint], profile_limits: Sequence
     return measured or dict(points)
 
 
+def measured_points(
+    points: Mapping[float, ProfilePoint],
+    profile_limits: Sequence[float],
+    stop_ratio: float,
+    eta: float,
+    max_power_w: float,
+) -> dict[float, ProfilePoint]:
+    """What a profile measures of ``points`` when it walks ``profile_limits`` in their order (every
+    point, highest first, when the list is empty or none is known) and stops after the first limit
+    that :func:`~powerbandit.domain.profiles.stops_profiling` says ends it; in the order measured."""
+    listed = listed_points(points, profile_limits)
+    order = [p for p in dict.fromkeys(profile_limits) if p in listed] or sorted(listed, reverse=True)
+    measured: dict[float, ProfilePoint] = {}
+    cheapest = math.inf
+    for p in order:
+        point = measured[p] = listed[p]
+        cost = power_time_cost(eta, point.average_power_w, point.time_per_epoch_s, max_power_w)
+        cheapest = min(cheapest, cost)
+        if stops_profiling(cost, cheapest, stop_ratio):
+            break
+    return measured
+
+
 def profiled_points(job: TraceJob, batch_size: int, profile_limits: Sequence[float] = ()) -> dict[float, ProfilePoint]:
     """What profiling ``profile_limits`` measures for ``batch_size`` (:func:`listed_points` of the trace)."""
     return listed_points(job.power[batch_size], profile_limits)
@@ -355,11 +380,14 @@ def run_decision(
     in_flight: Sequence[int] = (),
     max_slowdown: float = 0.0,
 ) -> RunOutcome:
-    """Run what ``decision`` says (:func:`execute_run`, profiling the limits it lists); a run that
-    profiled stores its profile in ``profiles`` and may then be called off
-    (:func:`called_off_after_profiling`). Every scenario runs its decisions through here."""
+    """Run what ``decision`` says (:func:`execute_run`, profiling the limits it lists up to where it
+    stops: :func:`measured_points`); a run that profiled stores its profile in ``profiles`` and may
+    then be called off (:func:`called_off_after_profiling`). Every scenario runs its decisions
+    through here."""
     b = int(decision.batch_size)
     listed = tuple(decision.profile_power_limits_w)
+    if decision.power_limit_w is None and b in job.power:
+        listed = tuple(measured_points(job.power[b], listed, decision.profile_stop_ratio, job.eta, job.max_power))
     out = execute_run(job, b, decision.power_limit_w, trace_rng, min_cost, policy_bound, max_slowdown, listed)
     if out.profiled:
         profiles.record(job, b, listed)

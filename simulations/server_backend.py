@@ -21,7 +21,7 @@ from optimizer_server.policy.base import SuggestContext
 from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint, StopReason
 from powerbandit.proto_conversion import decision_from_pb, stop_reason_from_pb
 from simulations.backend import BackendFactory
-from simulations.engine import listed_points
+from simulations.engine import measured_points
 from simulations.traces import CANONICAL, TraceSet
 
 ProfileSource = Callable[[JobSpec, str, int], Mapping[float, ProfilePoint]]
@@ -49,6 +49,9 @@ class ServerBackend:
         self._run_id = ""
         self._profiling = False
         self._profile_limits: tuple[float, ...] = ()
+        self._profile_stop_ratio = 0.0
+        self._eta = spec.eta
+        self._max_power_w = 0.0
         self._max_cost = math.inf
 
     def suggest(self, context: SuggestContext) -> Decision:
@@ -60,7 +63,9 @@ class ServerBackend:
         self._profiling = bool(answer.profile_power_limits_w)
         self._profile_limits = tuple(answer.profile_power_limits_w)
         self._max_cost = answer.max_cost
+        self._eta, self._max_power_w = answer.eta, answer.max_power_w
         decision = decision_from_pb(answer)
+        self._profile_stop_ratio = decision.profile_stop_ratio
         if decision.phase == Phase.UNSPECIFIED:  # a server that does not say (or a newer phase): exploration
             decision = replace(decision, phase=Phase.EXPLORE)
         return decision
@@ -80,10 +85,12 @@ class ServerBackend:
 
     def _report_profile(self, gpu_model: str, batch_size: int) -> None:
         """``ReportProfile`` with what the trace says a profiling run measures (once per run): the
-        limits the suggestion listed, as the engine accounts them (every limit when none is known)."""
+        limits the suggestion listed up to where it stops, as the engine accounts them (every limit
+        when none is known)."""
         if not self._profiling:
             return
-        measured = listed_points(self.profile_source(self.spec, gpu_model, batch_size), self._profile_limits)
+        points = self.profile_source(self.spec, gpu_model, batch_size)
+        measured = measured_points(points, self._profile_limits, self._profile_stop_ratio, self._eta, self._max_power_w)
         measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in measured.items()]
         self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
         self._profiling = False

@@ -260,9 +260,12 @@ def limits_worth_profiling(
     spends equal slices of its epoch on every limit it tries, the slow low limits included. So a
     limit is left out when the nearest profiled batch size on each side of ``batch_size``, within
     ``reach_doublings`` doublings and having measured that limit, found it more than ``tolerance``
-    (a share) above its own best epoch cost. A limit that no such batch size measured is tried, and
-    so is the highest, the reference of a slowdown budget and of a GPU's utilisation. With no
-    profile near enough, every limit is tried.
+    (a share) above its own best epoch cost. Below its best limit a run's cost climbs as the limit
+    falls, so a limit such a batch size did not measure (its profile stopped early:
+    :func:`~powerbandit.domain.profiles.stops_profiling`) but that lies under one it found too costly
+    below its best counts as found too costly as well. Any other limit that no such batch size
+    measured is tried, and so is the highest, the reference of a slowdown budget and of a GPU's
+    utilisation. With no profile near enough, every limit is tried.
     """
     limits = tuple(limits)
     if not limits or not math.isfinite(tolerance):
@@ -276,7 +279,13 @@ def limits_worth_profiling(
         costs = {p: epoch_cost(spec.eta, point, context.max_power_w) for p, point in profile.items()}
         best = min(costs.values())
         if best > 0.0 and math.isfinite(best):
-            relative[c] = {p: cost / best for p, cost in costs.items()}
+            ratios = {p: cost / best for p, cost in costs.items()}
+            best_limit = min(costs, key=lambda p: (costs[p], -p))
+            too_low = [p for p, ratio in ratios.items() if p < best_limit and ratio > 1.0 + tolerance]
+            if too_low:  # the limits under one already too costly, below the best, cost more still
+                ceiling = max(too_low)
+                ratios.update({p: math.inf for p in limits if p < ceiling and p not in ratios})
+            relative[c] = ratios
     if not relative:
         return limits
     highest = max(limits)

@@ -77,6 +77,7 @@ class RunRecord:
     epoch_cost: float | None = None
     seq: int = 0  # order of creation within the job, assigned by the store
     power_limit_control: str = ""  # "", "nvml", "agent", "none", "simulated" (as the SDK reported it)
+    profile_stop_ratio: float = 0.0  # the profile stops past a limit this much above the cheapest (0: never)
 
 
 class JobTransaction(ABC):

@@ -186,6 +186,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (AddColumn("jobs", Column("revision", TEXT, default="")),),
     # 3: how each run's power limit was applied ("" = not reported, "nvml", "agent", "none", "simulated")
     (AddColumn("runs", Column("power_limit_control", TEXT, default="")),),
+    # 4: where a run's power profile may stop (Decision.profile_stop_ratio; 0 = every listed limit)
+    (AddColumn("runs", Column("profile_stop_ratio", REAL, default=0)),),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -57,6 +57,7 @@ RUN_COLUMNS = (
     "phase", "explanation", "gpu_model", "gpu_count", "max_power_w", "request_id",
     "created_unix_s", "lease_expires_unix_s", "finished_unix_s", "energy_j", "time_s", "epochs",
     "reached_target", "cost", "final_metric", "reason", "profiled", "epoch_cost", "power_limit_control",
+    "profile_stop_ratio",
 )  # fmt: skip
 _RUN_SELECT = "SELECT " + ", ".join(RUN_COLUMNS) + " FROM runs"
 _RUN_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' for _ in RUN_COLUMNS)})"
@@ -81,7 +82,7 @@ def run_to_row(run: RunRecord) -> tuple[Any, ...]:
         run.gpu_count, run.max_power_w, run.request_id, run.created_unix_s,
         run.lease_expires_unix_s, run.finished_unix_s, run.energy_j, run.time_s, run.epochs,
         int(run.reached_target), run.cost, run.final_metric, run.reason, int(run.profiled),
-        run.epoch_cost, run.power_limit_control,
+        run.epoch_cost, run.power_limit_control, run.profile_stop_ratio,
     )  # fmt: skip
 
 

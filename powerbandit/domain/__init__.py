@@ -15,7 +15,7 @@ to and from the messages of ``powerbandit.v1``.
 from powerbandit.domain.cost import cost_rate, energy_time_cost, epoch_cost, power_time_cost
 from powerbandit.domain.enums import MetricDirection, Phase, PowerLimitControl, RunState, StopReason
 from powerbandit.domain.power_limits import DEFAULT_POWER_LIMIT_STEP_W, candidate_power_limits
-from powerbandit.domain.profiles import PowerProfile, ProfilePoint, ProfileRecord
+from powerbandit.domain.profiles import PowerProfile, ProfilePoint, ProfileRecord, stops_profiling
 from powerbandit.domain.runs import (
     ArmSummary,
     Decision,
@@ -52,4 +52,5 @@ __all__ = [
     "energy_time_cost",
     "epoch_cost",
     "power_time_cost",
+    "stops_profiling",
 ]

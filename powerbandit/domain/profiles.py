@@ -22,6 +22,18 @@ PowerProfile = Mapping[float, ProfilePoint]
 """Power limit (W, per GPU) -> measurement, for one (GPU model, batch size)."""
 
 
+def stops_profiling(cost: float, cheapest: float, stop_ratio: float) -> bool:
+    """Whether a profile that walks its limits in order stops after one that cost ``cost`` (per epoch
+    or per step) when the cheapest measured so far, that one included, cost ``cheapest``.
+
+    It stops once a limit costs more than ``stop_ratio`` times the cheapest (never with a ratio of
+    0): walking down from the highest limit, the cost of a run falls with the limit to one minimum and
+    then climbs as the GPU slows, so the limits after one that far above the minimum cost more still.
+    The SDK applies it after each measured window, the simulator to a trace's profile.
+    """
+    return stop_ratio > 0.0 and cost > stop_ratio * cheapest
+
+
 @dataclass
 class ProfileRecord:
     """A measured power profile of one batch size on one GPU model, as stored with a job.

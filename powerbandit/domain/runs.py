@@ -13,7 +13,10 @@ class Decision:
     """A policy's answer to "which configuration should this run use?".
 
     ``power_limit_w`` is ``None`` when the power limit must first be profiled: the run then tries
-    each of ``profile_power_limits_w`` (not empty) and keeps the one with the lowest epoch cost.
+    each of ``profile_power_limits_w`` (not empty) in that order and keeps the one with the lowest
+    epoch cost. With ``profile_stop_ratio`` above 0 it stops early, after the first limit that costs
+    more than that multiple of the cheapest measured before it (:func:`~.profiles.stops_profiling`);
+    0 measures every listed limit.
     ``phase`` is a :class:`~powerbandit.domain.enums.Phase` value (``explore``, ``exploit``,
     ``fallback``); ``explanation`` says why in words.
     """
@@ -23,6 +26,7 @@ class Decision:
     profile_power_limits_w: tuple[float, ...]
     phase: str
     explanation: str
+    profile_stop_ratio: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ class SuggestRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., gpu: _Optional[_Union[GpuInfo, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SuggestResponse(_message.Message):
-    __slots__ = ("run_id", "batch_size", "power_limit_w", "profile_power_limits_w", "phase", "explanation", "max_cost", "max_epochs", "lease_s", "max_power_w", "eta")
+    __slots__ = ("run_id", "batch_size", "power_limit_w", "profile_power_limits_w", "phase", "explanation", "max_cost", "max_epochs", "lease_s", "max_power_w", "eta", "profile_stop_ratio")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     POWER_LIMIT_W_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class SuggestResponse(_message.Message):
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     MAX_POWER_W_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_STOP_RATIO_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     batch_size: int
     power_limit_w: float
@@ -156,7 +157,8 @@ class SuggestResponse(_message.Message):
     lease_s: float
     max_power_w: float
     eta: float
-    def __init__(self, run_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., power_limit_w: _Optional[float] = ..., profile_power_limits_w: _Optional[_Iterable[float]] = ..., phase: _Optional[_Union[Phase, str]] = ..., explanation: _Optional[str] = ..., max_cost: _Optional[float] = ..., max_epochs: _Optional[int] = ..., lease_s: _Optional[float] = ..., max_power_w: _Optional[float] = ..., eta: _Optional[float] = ...) -> None: ...
+    profile_stop_ratio: float
+    def __init__(self, run_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., power_limit_w: _Optional[float] = ..., profile_power_limits_w: _Optional[_Iterable[float]] = ..., phase: _Optional[_Union[Phase, str]] = ..., explanation: _Optional[str] = ..., max_cost: _Optional[float] = ..., max_epochs: _Optional[int] = ..., lease_s: _Optional[float] = ..., max_power_w: _Optional[float] = ..., eta: _Optional[float] = ..., profile_stop_ratio: _Optional[float] = ...) -> None: ...
 
 class ProfileMeasurement(_message.Message):
     __slots__ = ("power_limit_w", "average_power_w", "time_per_step_s")

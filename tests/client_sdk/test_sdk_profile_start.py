@@ -1,6 +1,7 @@
 """When an SDK run profiles power limits: only while steps come, never held at a candidate limit otherwise.
 
-A real server (EmbeddedServer), the replay GPU (300 W in force; candidates 100/200/300 W).
+A real server (EmbeddedServer), the replay GPU (300 W in force; candidates 100/200/300 W, profiled
+from the highest down).
 """
 
 from __future__ import annotations
@@ -32,26 +33,28 @@ def test_an_epoch_ending_before_the_profile_completes_goes_back_to_the_limit_in_
     client: OptimizerClient,
 ) -> None:
     gpu = ReplayGpu(SMALL_TABLE)
+    gpu.set_power_limit(200.0)  # in force before the run, and not the first candidate
     with client.run(small_job(), gpu, steps_per_epoch=12, heartbeat=False) as run:
         for _ in range(2):  # 4 steps per candidate limit were planned; the epoch ends after 2
             run.step()
-        assert gpu.power_limit_w() == 100  # profiling the first candidate
+        assert gpu.power_limit_w() == 300  # profiling the first candidate, the highest
         run.epoch_end(0.5)
-        assert not run.profiling and gpu.power_limit_w() == 300
+        assert not run.profiling and gpu.power_limit_w() == 200
         run.epoch_end(0.95)
-    assert run.completed_run is not None and run.completed_run.power_limit_w == 300
+    assert run.completed_run is not None and run.completed_run.power_limit_w == 200
 
 
 def test_without_steps_per_epoch_the_profile_starts_after_the_first_step(client: OptimizerClient) -> None:
     gpu = ReplayGpu(SMALL_TABLE)
+    gpu.set_power_limit(200.0)
     run = client.start_run(small_job(), gpu, heartbeat=False)
-    assert run.profiling and gpu.power_limit_w() == 300
+    assert run.profiling and gpu.power_limit_w() == 200
     run.step()  # ran at the limit in force: not measured; the first candidate comes next
-    assert run.profiling and gpu.power_limit_w() == 100
+    assert run.profiling and gpu.power_limit_w() == 300
     run.fail("stopped while profiling")
-    assert gpu.power_limit_w() == 300  # restored
+    assert gpu.power_limit_w() == 300  # restored: the replay GPU's limit before this object changed it
     (stored,) = client.get_job("team/job").runs
-    assert stored.state == pb.RUN_STATE_FAILED and stored.power_limit_w == 100  # the limit it failed at
+    assert stored.state == pb.RUN_STATE_FAILED and stored.power_limit_w == 300  # the limit it failed at
 
 
 def test_a_failed_run_reports_the_limit_it_ran_at(client: OptimizerClient) -> None:
@@ -117,10 +120,11 @@ def test_a_short_first_epoch_profiles_fewer_limits_each_for_a_second(client: Opt
     (profile,) = client.get_job(job.job_id).profiles
     points = sorted(profile.points, key=lambda p: p.power_limit_w)
     # 21 windows of 19 steps would each last 0.19 s, under two ticks of NVML's energy counter: the
-    # 4 s epoch holds three windows of 1 s (and their warm-ups), spread from the lowest to the highest.
+    # 4 s epoch holds three windows of 1 s (and their warm-ups), spread from the highest to the lowest
+    # (no limit costs more than the one above it here, so the profile does not stop early).
     assert len(points) == 3
     assert points[0].power_limit_w == 200.0 and points[-1].power_limit_w == 700.0
-    assert points[1].power_limit_w == 475.0  # halfway: not the lowest's neighbour
+    assert points[1].power_limit_w == 425.0  # halfway: not the highest's neighbour
     for point in points:
         assert point.average_power_w == pytest.approx(0.8 * point.power_limit_w)
         assert point.time_per_epoch_s == pytest.approx(4.0)
@@ -140,3 +144,37 @@ def test_a_minimum_window_of_zero_measures_every_limit(client: OptimizerClient) 
             run.epoch_end(0.5 + 0.45 * epoch)
     (profile,) = client.get_job(job.job_id).profiles
     assert sorted(p.power_limit_w for p in profile.points) == [float(w) for w in range(200, 701, 25)]
+
+
+# Costs per epoch at eta 0.5 with MAX_POWER 300 W: 300 W 2850, 250 W 2754, 200 W 2722.5 (the cheapest),
+# 150 W 3584 (1.32x the cheapest: the profile stops there), 100 W 5985 (never measured).
+STEEP_TABLE = {
+    64: {300.0: (270.0, 10.0), 250.0: (240.0, 10.2), 200.0: (195.0, 11.0), 150.0: (148.0, 16.0), 100.0: (99.0, 30.0)},
+    128: {300.0: (280.0, 8.0)},
+}
+
+
+def test_a_profile_stops_past_the_cheapest_limit_and_the_run_uses_the_cheapest(
+    client: OptimizerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from client_sdk.run import TrainingRun
+
+    gpu = ReplayGpu(STEEP_TABLE, model="Replay steep")
+    job = small_job(batch_sizes=(64, 128))
+    client.register_job(job)
+    run = TrainingRun(client, job, gpu, steps_per_epoch=100, heartbeat=False, min_profile_window_s=0.0)
+    with caplog.at_level("INFO", logger="powerbandit.sdk.run"), run:
+        suggestion = run.suggestion
+        assert suggestion is not None and list(suggestion.profile_power_limits_w) == [300, 250, 200, 150, 100]
+        assert suggestion.profile_stop_ratio == pytest.approx(1.25)
+        for _ in range(100):
+            run.step()
+        assert not run.profiling and gpu.power_limit_w() == 200  # settled on the cheapest measured
+        run.epoch_end(0.5)
+        for _ in range(100):
+            run.step()
+        run.epoch_end(0.95)
+    (profile,) = client.get_job(job.job_id).profiles
+    assert sorted(p.power_limit_w for p in profile.points) == [150.0, 200.0, 250.0, 300.0]  # 100 W skipped
+    assert run.completed_run is not None and run.completed_run.power_limit_w == 200
+    assert "150 W costs 32% more per step than 200 W; not profiling the 1 lower limit(s) left (100 W)" in caplog.text

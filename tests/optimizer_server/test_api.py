@@ -68,7 +68,8 @@ def test_suggest_complete_get_cycle(stub: pb_grpc.OptimizerServiceStub) -> None:
     register(stub)
     first = suggest(stub)
     assert first.batch_size == 64  # the default batch size comes first
-    assert list(first.profile_power_limits_w) == [100, 200, 300] and first.power_limit_w == 0
+    assert list(first.profile_power_limits_w) == [300, 200, 100] and first.power_limit_w == 0  # highest first
+    assert first.profile_stop_ratio == 1.25  # stop past the cheapest
     assert first.max_power_w == 300 and first.eta == 0.5 and math.isinf(first.max_cost)
     profile = stub.ReportProfile(
         pb.ReportProfileRequest(
@@ -132,6 +133,7 @@ def test_suggest_with_request_id_returns_the_same_run(stub: pb_grpc.OptimizerSer
     a = suggest(stub, request_id="retry-1")
     b = suggest(stub, request_id="retry-1")
     assert a.run_id == b.run_id
+    assert a == b and b.profile_stop_ratio == 1.25  # the stored run's answer, every field
     assert stub.GetJob(pb.GetJobRequest(job_id="team/job")).job.in_flight_runs == 1
 
 
@@ -224,13 +226,13 @@ def test_a_trial_profiles_only_the_limits_its_neighbour_found_worth_it(stub: pb_
         )
 
     first = suggest(stub)
-    assert first.batch_size == 64 and list(first.profile_power_limits_w) == [100, 200, 300]
+    assert first.batch_size == 64 and list(first.profile_power_limits_w) == [300, 200, 100]
     # 100 W triples the step time: an epoch there costs 2.4x the best (200 W)
     assert profile(first.run_id, {100.0: 0.3, 200.0: 0.1, 300.0: 0.09}).power_limit_w == 200.0
     complete(stub, first.run_id, energy_j=10 * 1800.0, time_s=100.0, epochs=10)
     trial = suggest(stub)
     assert trial.batch_size in (32, 128) and trial.power_limit_w == 0
-    assert list(trial.profile_power_limits_w) == [200, 300]
+    assert list(trial.profile_power_limits_w) == [300, 200]
     assert "profiling 2 of 3 power limits" in trial.explanation
     # the run measures what it was told to; that is the batch size's profile from then on
     assert profile(trial.run_id, {200.0: 0.12, 300.0: 0.1}).power_limit_w in (200.0, 300.0)

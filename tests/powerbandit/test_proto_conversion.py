@@ -157,7 +157,8 @@ def test_arm_round_trips(arm: ArmSummary) -> None:
 def test_decision_round_trips(phase: Phase) -> None:
     decided = Decision(256, 187.5, (), phase, "exploit: cheapest so far")
     profiling = Decision(INT32_MAX, None, (100.0, 150.0, 250.0), phase, "")
-    for decision in (decided, profiling):
+    stopping = Decision(64, None, (250.0, 150.0, 100.0), phase, "", profile_stop_ratio=1.25)
+    for decision in (decided, profiling, stopping):
         message = pc.decision_to_pb(decision, run_id="r1", max_cost=math.inf, max_epochs=3, lease_s=60.0,
                                     max_power_w=500.0, eta=0.5)  # fmt: skip
         message = pb.SuggestResponse.FromString(message.SerializeToString())
@@ -165,6 +166,9 @@ def test_decision_round_trips(phase: Phase) -> None:
         assert (message.run_id, message.max_epochs, message.eta) == ("r1", 3, 0.5)
     assert pc.decision_to_pb(profiling).power_limit_w == 0.0
     assert list(pc.decision_to_pb(decided).profile_power_limits_w) == []
+    assert pc.decision_to_pb(stopping).profile_stop_ratio == 1.25
+    # a stop ratio means nothing without limits to profile: not sent
+    assert pc.decision_to_pb(Decision(8, 100.0, (), phase, "", profile_stop_ratio=1.25)).profile_stop_ratio == 0.0
 
 
 def test_a_decision_with_a_phase_this_side_does_not_know_reads_unspecified() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from optimizer_server.policy.base import Decision, JobSpec, Observation, ProfilePoint, SuggestContext
 from simulations import cli
-from simulations.engine import execute_run, simulate
+from simulations.engine import execute_run, measured_points, simulate
 from simulations.progress import Progress
 from simulations.traces import TraceJob, TraceSet
 from tests.helpers import write_tiny_trace
@@ -154,6 +154,35 @@ def test_a_narrowed_profile_is_stored_and_paid_for_as_listed() -> None:
     assert backend.contexts[2].profiles[16] == {200.0: job.power[16][200.0]}
     assert backend.contexts[2].profiles[8] == job.power[8]
     assert [ctx.profiles.get(16) for _, ctx, _, _ in backend.call_offs[1:]] == [{200.0: job.power[16][200.0]}]
+
+
+def test_a_profile_that_stops_is_paid_for_and_stored_up_to_its_stop() -> None:
+    # 16 at 150 W costs 1.2x its cheapest (200 W) and at 100 W 1.49x: walking down with a stop ratio
+    # of 1.1, the profile measures 200 W and 150 W and stops there
+    power = dict(tiny_job().power)
+    power[16] = {**power[16], 150.0: ProfilePoint(150.0, 140.0, 11.0)}
+    job = tiny_job(power=power, power_limits=(100.0, 150.0, 200.0), target_epochs={8: (10,), 16: (6,)}, recurrences=3)
+    down = (200.0, 150.0, 100.0)
+    assert list(measured_points(job.power[16], down, 1.1, ETA, 200.0)) == [200.0, 150.0]
+    assert list(measured_points(job.power[16], down, 0.0, ETA, 200.0)) == [200.0, 150.0, 100.0]  # no stop
+    assert list(measured_points(job.power[16], down, 1.25, ETA, 200.0)) == [200.0, 150.0, 100.0]  # 1.2x goes on
+    assert list(measured_points(job.power[16], (), 1.1, ETA, 200.0)) == [200.0, 150.0]  # none listed: all, down
+
+    class Stopping(ScriptedBackend):
+        def suggest(self, context: SuggestContext) -> Decision:
+            d = super().suggest(context)
+            if d.batch_size == 16 and d.power_limit_w is None:
+                return Decision(16, None, down, "explore", "scripted, stopping", profile_stop_ratio=1.1)
+            return d
+
+    backend = Stopping([8, 16, 16])
+    result = simulate(job, "scripted", 1, backend_factory=lambda spec: backend)
+    trial = result.attempts[1]
+    assert trial.batch_size == 16 and trial.profiled and trial.power_limit == 200.0
+    first_energy, first_time = (190.0 * 8.0 + 140.0 * 11.0) / 2, (8.0 + 11.0) / 2  # equal slices of the two
+    assert trial.energy_j == pytest.approx(5 * 190.0 * 8.0 + first_energy)
+    assert trial.time_s == pytest.approx(5 * 8.0 + first_time)
+    assert backend.contexts[2].profiles[16] == {p: job.power[16][p] for p in (200.0, 150.0)}
 
 
 def test_oracle_default_and_expected_costs() -> None:

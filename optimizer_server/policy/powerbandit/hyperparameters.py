@@ -89,8 +89,11 @@ class Hyperparameters:
     the best at the nearest profiled batch sizes (one on each side, within
     ``profile_reach_doublings``; :func:`~optimizer_server.policy.base.limits_worth_profiling`): a
     profile spends equal slices of its epoch on every limit it tries, and the slow low limits cost
-    the most. ``inf`` tries every limit. A job with a slowdown budget always tries every limit (its
-    limit is chosen by time, not by cost)."""
+    the most. The profile then walks its limits from the highest down and stops after the first that
+    costs more than ``1 + profile_tolerance`` times the cheapest before it
+    (:func:`~powerbandit.domain.profiles.stops_profiling`): the default's profile too, which has no
+    neighbour to narrow it. ``inf`` tries every limit. A job with a slowdown budget always tries every
+    limit (its limit is chosen by time, not by cost)."""
     profile_reach_doublings: float = 1.0
     """A profile says which limits are worth trying for batch sizes up to this many doublings away:
     how the cost moves with the limit shifts as the batch size grows (CIFAR-100 on the A40 at eta

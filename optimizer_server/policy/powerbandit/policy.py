@@ -581,13 +581,17 @@ class PowerBanditPolicy:
         if power_limit_w is not None:
             return Decision(b, power_limit_w, (), phase, explanation)
         power_limit, profile = choose_power_limit(spec, context, b)
+        stop_ratio = 0.0
         if power_limit is None:
             hp = self.hyperparameters
             narrowed = profile
-            if spec.max_slowdown <= 0:
+            if spec.max_slowdown <= 0 and math.isfinite(hp.profile_tolerance):
                 narrowed = limits_worth_profiling(
                     spec, context, b, profile, hp.profile_tolerance, hp.profile_reach_doublings
                 )
+                # from the highest limit down, stopping past the best: a slowdown budget's limit is
+                # chosen by time, so a job with one measures every limit
+                stop_ratio = 1.0 + hp.profile_tolerance
             if narrowed and len(narrowed) < len(profile):
                 explanation += (
                     f"; profiling {len(narrowed)} of {len(profile)} power limits during the first epoch "
@@ -597,7 +601,13 @@ class PowerBanditPolicy:
                 profile = narrowed
             else:
                 explanation += "; profiling power limits during the first epoch"
-        return Decision(b, power_limit, profile, phase, explanation)
+            if stop_ratio:
+                profile = tuple(sorted(profile, reverse=True))
+                explanation += (
+                    f", from the highest down until one costs over {hp.profile_tolerance:.0%} more than "
+                    "the cheapest before it"
+                )
+        return Decision(b, power_limit, profile, phase, explanation, stop_ratio)
 
     # -------------------------------------------------------------- summary
     def summarize(self, spec: JobSpec, state: Mapping[str, Any]) -> list[ArmSummary]:

@@ -44,7 +44,8 @@ def test_default_and_registered() -> None:
 def test_first_run_is_default_and_profiles() -> None:
     policy = PowerBanditPolicy()
     d = policy.suggest(SPEC, policy.new_state(SPEC), ctx(), decision_rng(0, 0))
-    assert d.batch_size == 32 and d.power_limit_w is None and d.profile_power_limits_w == LIMITS
+    assert d.batch_size == 32 and d.power_limit_w is None and d.profile_power_limits_w == tuple(sorted(LIMITS, reverse=True))
+    assert d.profile_stop_ratio == 1.0 + policy.hyperparameters.profile_tolerance  # from the highest down
     assert d.phase == "explore"
 
 

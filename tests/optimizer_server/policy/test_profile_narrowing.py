@@ -1,5 +1,6 @@
 """A first profile of a batch size tries only the power limits its profiled neighbours found worth it
-(:func:`~optimizer_server.policy.base.limits_worth_profiling`, used by ``powerbandit``)."""
+(:func:`~optimizer_server.policy.base.limits_worth_profiling`, used by ``powerbandit``), from the highest
+down, and stops past the cheapest (:func:`~powerbandit.domain.profiles.stops_profiling`)."""
 
 from __future__ import annotations
 
@@ -123,11 +124,51 @@ def first_trial(policy: PowerBanditPolicy | ZeusPolicy, spec: JobSpec = SPEC) ->
 
 def test_powerbandit_profiles_a_trial_on_the_limits_its_neighbour_found_worth_it() -> None:
     b, limits, why = first_trial(PowerBanditPolicy())
-    assert b in (16, 64) and limits == (150.0, 200.0, 250.0)
-    assert "profiling 3 of 4 power limits" in why and "25%" in why
-    # switched off: every limit
+    assert b in (16, 64) and limits == (250.0, 200.0, 150.0)  # from the highest down
+    assert "profiling 3 of 4 power limits" in why and "25%" in why and "from the highest down" in why
+    # switched off: every limit, in the GPU's order, and no stop
     b, limits, why = first_trial(PowerBanditPolicy(Hyperparameters(profile_tolerance=math.inf)))
     assert limits == LIMITS and "profiling power limits during the first epoch" in why
+    assert "highest down" not in why
+
+
+def test_powerbandit_stops_a_profile_past_the_cheapest_limit() -> None:
+    spec, state = SPEC, PowerBanditPolicy().new_state(SPEC)
+    first = PowerBanditPolicy().suggest(spec, state, context({}), decision_rng(1, 0))
+    assert first.power_limit_w is None and first.profile_power_limits_w == tuple(sorted(LIMITS, reverse=True))
+    assert first.profile_stop_ratio == 1.25
+    assert PowerBanditPolicy(Hyperparameters(profile_tolerance=0.5)).suggest(
+        spec, state, context({}), decision_rng(1, 0)
+    ).profile_stop_ratio == 1.5
+    # off with the narrowing, and for a slowdown budget (its limit is chosen by time): every limit
+    off = PowerBanditPolicy(Hyperparameters(profile_tolerance=math.inf))
+    assert off.suggest(spec, state, context({}), decision_rng(1, 0)).profile_stop_ratio == 0.0
+    budget = JobSpec("j", (8, 16, 32, 64, 128), 32, 0.5, 100, max_slowdown=1.1)
+    decided = PowerBanditPolicy().suggest(budget, PowerBanditPolicy().new_state(budget), context({}), decision_rng(1, 0))
+    assert decided.profile_stop_ratio == 0.0 and decided.profile_power_limits_w == LIMITS
+
+
+def test_a_profile_stops_after_the_first_limit_far_above_the_cheapest() -> None:
+    from powerbandit.domain import stops_profiling
+
+    assert not stops_profiling(1.25, 1.0, 1.25) and stops_profiling(1.26, 1.0, 1.25)
+    assert not stops_profiling(100.0, 1.0, 0.0)  # a ratio of 0 never stops
+
+
+def test_a_limit_below_one_a_neighbour_found_too_costly_is_not_profiled_either() -> None:
+    # 64's profile stopped at 100 W (too costly) and never measured 50 W, which is lower still
+    limits = (50.0, *LIMITS)
+    stopped = dict(SLOW_LOW)
+    out = limits_worth_profiling(SPEC, context({64: stopped}, limits), 32, limits, 0.25)
+    assert out == (150.0, 200.0, 250.0)
+    # a limit above the neighbour's best that it did not measure is still tried
+    no_top = {p: pt for p, pt in SLOW_LOW.items() if p != 250.0}
+    assert limits_worth_profiling(SPEC, context({64: no_top}, limits), 32, limits, 0.25) == (150.0, 200.0, 250.0)
+    # costly limits above the best (eta 1: energy only; 200 W is 1.3x 150 W) say nothing about lower ones
+    energy_only = JobSpec("j", (8, 16, 32, 64, 128), 32, 1.0, 100)
+    costly_top = curve({150.0: 7.0, 200.0: 6.9, 250.0: 9.0})
+    out = limits_worth_profiling(energy_only, context({64: costly_top}, limits), 32, limits, 0.1)
+    assert out == (50.0, 100.0, 150.0, 250.0)
 
 
 def test_a_slowdown_budget_profiles_every_limit() -> None:

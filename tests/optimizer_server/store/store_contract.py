@@ -186,7 +186,7 @@ class StoreContract:
             phase="exploit", explanation="because", gpu_model="H100 x2", gpu_count=2, max_power_w=1400.0,
             created_unix_s=3.25, lease_expires_unix_s=9.5, request_id="req", finished_unix_s=7.75,
             energy_j=1e6, time_s=3600.5, epochs=4.5, reached_target=True, cost=123.25, final_metric=0.91,
-            reason="done", profiled=True, epoch_cost=27.5, power_limit_control="agent",
+            reason="done", profiled=True, epoch_cost=27.5, power_limit_control="agent", profile_stop_ratio=1.25,
         )  # fmt: skip
         with job.job_transaction("s/job") as tx:
             inserted = tx.insert_run(run)
