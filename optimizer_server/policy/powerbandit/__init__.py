@@ -61,7 +61,9 @@ profiled batch size on each side (within a doubling) measured at more than ``pro
 above its best is left out, since a profile's epoch is spent in equal slices on the limits it tries
 and the slow low limits cost the most (:func:`optimizer_server.policy.base.limits_worth_profiling`;
 the highest limit, and the default's whole profile, are always tried; a slowdown budget tries every
-limit).
+limit). Every profile, the default's included, walks its limits from the highest down and stops
+after the first that costs more than ``1 + profile_tolerance`` times the cheapest before it
+(``Decision.profile_stop_ratio``): past its cheapest limit a run only gets costlier as the limit falls.
 
 The package:
 
