@@ -526,7 +526,8 @@ class TrainingRun:
             measure,
             min_window_s=self._min_profile_window_s,
             steps_left=steps_left,
-            stop_ratio=s.profile_stop_ratio if s.profile_stop_ratio > 0 and s.max_power_w > 0 else 0.0,
+            # a ratio under 1 would stop after the first limit whatever it measured: taken as none
+            stop_ratio=s.profile_stop_ratio if s.profile_stop_ratio >= 1.0 and s.max_power_w > 0 else 0.0,
             eta=s.eta,
             max_power_w=s.max_power_w,
         )
