@@ -60,10 +60,11 @@ A batch size's first profile tries only the power limits worth it: a limit that 
 profiled batch size on each side (within a doubling) measured at more than ``profile_tolerance``
 above its best is left out, since a profile's epoch is spent in equal slices on the limits it tries
 and the slow low limits cost the most (:func:`optimizer_server.policy.base.limits_worth_profiling`;
-the highest limit, and the default's whole profile, are always tried; a slowdown budget tries every
-limit). Every profile, the default's included, walks its limits from the highest down and stops
-after the first that costs more than ``1 + profile_tolerance`` times the cheapest before it
-(``Decision.profile_stop_ratio``): past its cheapest limit a run only gets costlier as the limit falls.
+the highest limit, and the default's whole profile, are always tried; a slowdown budget's list is
+not narrowed). Every profile, the default's and a slowdown budget's included, walks its limits from
+the highest down and stops after the first that costs more than ``1 + profile_tolerance`` times the
+cheapest before it (``Decision.profile_stop_ratio``): past its cheapest limit a run only gets
+costlier as the limit falls.
 
 The package:
 

@@ -92,8 +92,10 @@ class Hyperparameters:
     the most. The profile then walks its limits from the highest down and stops after the first that
     costs more than ``1 + profile_tolerance`` times the cheapest before it
     (:func:`~powerbandit.domain.profiles.stops_profiling`): the default's profile too, which has no
-    neighbour to narrow it. ``inf`` tries every limit. A job with a slowdown budget always tries every
-    limit (its limit is chosen by time, not by cost)."""
+    neighbour to narrow it. ``inf`` tries every limit. A job with a slowdown budget is not narrowed
+    (its limit is chosen by time, and a limit costly at a neighbour may be the one its budget allows)
+    but stops the same way: its cost is energy, and a limit past the stop takes more energy and more
+    time than one before it."""
     profile_reach_doublings: float = 1.0
     """A profile says which limits are worth trying for batch sizes up to this many doublings away:
     how the cost moves with the limit shifts as the batch size grows (CIFAR-100 on the A40 at eta

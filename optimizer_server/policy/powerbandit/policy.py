@@ -585,13 +585,16 @@ class PowerBanditPolicy:
         if power_limit is None:
             hp = self.hyperparameters
             narrowed = profile
-            if spec.max_slowdown <= 0 and math.isfinite(hp.profile_tolerance):
-                narrowed = limits_worth_profiling(
-                    spec, context, b, profile, hp.profile_tolerance, hp.profile_reach_doublings
-                )
-                # from the highest limit down, stopping past the best: a slowdown budget's limit is
-                # chosen by time, so a job with one measures every limit
+            if math.isfinite(hp.profile_tolerance):
+                # from the highest limit down, stopping past the cheapest. With a slowdown budget the
+                # cost is energy, and a limit past the stop takes more energy and more time than one
+                # before it, so the budget never picks it; but a limit that a neighbour found costly
+                # may be the one the budget allows, so such a job's list is not narrowed
                 stop_ratio = 1.0 + hp.profile_tolerance
+                if spec.max_slowdown <= 0:
+                    narrowed = limits_worth_profiling(
+                        spec, context, b, profile, hp.profile_tolerance, hp.profile_reach_doublings
+                    )
             if narrowed and len(narrowed) < len(profile):
                 explanation += (
                     f"; profiling {len(narrowed)} of {len(profile)} power limits during the first epoch "
