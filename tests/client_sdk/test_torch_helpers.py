@@ -190,6 +190,48 @@ def test_ddp_rank0_talks_energy_is_summed_and_ranks_agree(server: EmbeddedServer
         assert point.average_power_w == pytest.approx(2 * SMALL_TABLE[128][point.power_limit_w][0])
 
 
+# 300 W down to 100 W; 150 W costs 1.32x the cheapest (200 W): the profile stops there, 100 W unmeasured
+STEEP_TABLE = {
+    64: {300.0: (280.0, 8.0)},
+    128: {300.0: (270.0, 10.0), 250.0: (240.0, 10.2), 200.0: (195.0, 11.0), 150.0: (148.0, 16.0), 100.0: (99.0, 30.0)},
+}
+
+
+def _ddp_profile_stop_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
+    """One DDP rank training one run whose profile stops early: every rank must stop at the same limit."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
+    try:
+        gpu = ReplayGpu(STEEP_TABLE, model="Replay steep")
+        client = OptimizerClient(address, timeout_s=10) if rank == 0 else None
+        result = train_with_powerbandit(
+            client, small_job("team/steep", batch_sizes=(64, 128), default_batch_size=128),
+            make_loader=_loader_for, train_step=lambda batch: None,
+            evaluate=_metric_schedule(2) if rank == 0 else (lambda: 0.1), gpu=gpu, heartbeat=False,
+        )  # fmt: skip
+        Path(out_dir, f"steep{rank}.json").write_text(json.dumps({**result.__dict__, "limit": gpu.power_limit_w()}))
+        if client is not None:
+            client.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_stop_a_profile_at_the_same_limit(server: EmbeddedServer, tmp_path: Path) -> None:
+    # the stop is decided on the summed energy and rank 0's clock, the same numbers on every rank: the
+    # ranks walk the same limits, stop together (no rank left waiting in a collective) and settle alike
+    _run_two_ranks(_ddp_profile_stop_worker, server.address, tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"steep{r}.json").read_text()) for r in range(2))
+    for key in ("run_id", "batch_size", "power_limit_w", "epochs", "energy_j", "time_s", "reached_target"):
+        assert r0[key] == r1[key], key
+    assert r0["batch_size"] == 128 and r0["power_limit_w"] == 200.0 and r0["reached_target"]
+    assert r0["limit"] == r1["limit"] == 300  # restored on every rank
+    with OptimizerClient(server.address, timeout_s=10) as client:
+        (profile,) = client.get_job("team/steep").profiles
+    assert sorted(p.power_limit_w for p in profile.points) == [150.0, 200.0, 250.0, 300.0]  # 100 W never set
+
+
 def _ddp_lifecycle_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
     """One DDP rank driving DistributedRun through the public lifecycle (start, complete, fail)."""
     from client_sdk.errors import InvalidRequestError
