@@ -5,12 +5,14 @@ All against the real server with replay GPUs. Skipped without torch (``pip insta
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -107,15 +109,30 @@ def test_train_with_powerbandit_fails_the_run_when_training_raises(client: Optim
 
 
 # ------------------------------------------------------------------------------------------ DDP
-def _ddp_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
-    """One DDP rank: gloo on CPU, its own replay GPU, the client on rank 0 only."""
+@contextlib.contextmanager
+def _gloo_rank(
+    rank: int, world: int, init_file: str, address: str, table: dict[int, dict[float, tuple[float, float]]], model: str
+) -> Iterator[tuple[ReplayGpu, OptimizerClient | None]]:
+    """One DDP rank's setting: gloo on CPU, its own replay GPU, the client on rank 0 only (closed, and
+    the process group destroyed, on the way out)."""
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
         timeout=datetime.timedelta(seconds=60),
     )  # fmt: skip
     try:
-        gpu = ReplayGpu(SMALL_TABLE, model="Replay A40")
         client = OptimizerClient(address, timeout_s=10) if rank == 0 else None
+        try:
+            yield ReplayGpu(table, model=model), client
+        finally:
+            if client is not None:
+                client.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
+    """One DDP rank: gloo on CPU, its own replay GPU, the client on rank 0 only."""
+    with _gloo_rank(rank, world, init_file, address, SMALL_TABLE, "Replay A40") as (gpu, client):
         local_batches: list[int] = []
         # Rank 1's own metric never reaches the target: rank 0's decides for everyone.
         evaluate = _metric_schedule(3) if rank == 0 else (lambda: 0.1)
@@ -132,10 +149,6 @@ def _ddp_worker(rank: int, world: int, init_file: str, address: str, out_dir: st
         Path(out_dir, f"rank{rank}.json").write_text(
             json.dumps({"results": results, "local_batches": local_batches, "limit": gpu.power_limit_w()})
         )
-        if client is not None:
-            client.close()
-    finally:
-        dist.destroy_process_group()
 
 
 def _run_two_ranks(worker: Any, address: str, tmp_path: Path, timeout_s: float = 120.0) -> None:
@@ -199,23 +212,13 @@ STEEP_TABLE = {
 
 def _ddp_profile_stop_worker(rank: int, world: int, init_file: str, address: str, out_dir: str) -> None:
     """One DDP rank training one run whose profile stops early: every rank must stop at the same limit."""
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )  # fmt: skip
-    try:
-        gpu = ReplayGpu(STEEP_TABLE, model="Replay steep")
-        client = OptimizerClient(address, timeout_s=10) if rank == 0 else None
+    with _gloo_rank(rank, world, init_file, address, STEEP_TABLE, "Replay steep") as (gpu, client):
         result = train_with_powerbandit(
             client, small_job("team/steep", batch_sizes=(64, 128), default_batch_size=128),
             make_loader=_loader_for, train_step=lambda batch: None,
             evaluate=_metric_schedule(2) if rank == 0 else (lambda: 0.1), gpu=gpu, heartbeat=False,
         )  # fmt: skip
         Path(out_dir, f"steep{rank}.json").write_text(json.dumps({**result.__dict__, "limit": gpu.power_limit_w()}))
-        if client is not None:
-            client.close()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_ranks_stop_a_profile_at_the_same_limit(server: EmbeddedServer, tmp_path: Path) -> None:
@@ -237,13 +240,7 @@ def _ddp_lifecycle_worker(rank: int, world: int, init_file: str, address: str, o
     from client_sdk.errors import InvalidRequestError
     from client_sdk.torch_helpers import DistributedRun
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )  # fmt: skip
-    try:
-        gpu = ReplayGpu(SMALL_TABLE, model="Replay A40")
-        client = OptimizerClient(address, timeout_s=10) if rank == 0 else None
+    with _gloo_rank(rank, world, init_file, address, SMALL_TABLE, "Replay A40") as (gpu, client):
         outcome: dict[str, Any] = {}
         try:  # rank 0's refusal reaches every rank as the same typed error
             DistributedRun(client, small_job("team/bad", max_epochs=0), gpu, heartbeat=False).start()
@@ -261,10 +258,6 @@ def _ddp_lifecycle_worker(rank: int, world: int, init_file: str, address: str, o
         second.fail("rank-local crash")  # any rank may fail; only rank 0 reports, without collectives
         outcome["failed"] = second.state
         Path(out_dir, f"life{rank}.json").write_text(json.dumps(outcome))
-        if client is not None:
-            client.close()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_run_offers_the_lifecycle_and_typed_errors_on_every_rank(tmp_path: Path) -> None:
