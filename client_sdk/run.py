@@ -162,26 +162,26 @@ class _Profiler:
         if elapsed > 0:
             self._record(self.in_force, energy - self.start[0], elapsed, self.window_steps)
         self.index += 1
-        if self.index < len(self.limits) and elapsed > 0 and self._stops():
-            self.limits = self.limits[: self.index]
         if self.index < len(self.limits) and elapsed > 0:
-            self._replan(elapsed / self.window_steps)
+            if self._stops():
+                self.limits = self.limits[: self.index]
+            else:
+                self._replan(elapsed / self.window_steps)
         if self.index < len(self.limits):
             self._enter_slice()
         else:
             self.done = True
 
     def _stops(self) -> bool:
-        """Whether the limit just measured ends the profile (see the class docstring); logs why."""
+        """Whether the limit just measured (and recorded) ends the profile (see the class docstring);
+        logs why."""
         if self.stop_ratio <= 0.0:
             return False
         costs = {
             m.power_limit_w: power_time_cost(self.eta, m.average_power_w, m.time_per_step_s, self.max_power_w)
             for m in self.measurements
         }
-        key = round(self.in_force * 1000) / 1000
-        if key not in costs:
-            return False
+        key = round(self.in_force * 1000) / 1000  # the limit in force, as _record filed its window
         cheapest = min(costs, key=lambda p: costs[p])
         if not stops_profiling(costs[key], costs[cheapest], self.stop_ratio):
             return False

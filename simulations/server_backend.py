@@ -20,6 +20,7 @@ from client_sdk.gpu import GpuInfo
 from optimizer_server.policy.base import SuggestContext
 from powerbandit.domain import Decision, JobSpec, Observation, Phase, ProfilePoint, StopReason
 from powerbandit.proto_conversion import decision_from_pb, stop_reason_from_pb
+from powerbandit.v1 import optimizer_pb2 as pb
 from simulations.backend import BackendFactory
 from simulations.engine import measured_points
 from simulations.traces import CANONICAL, TraceSet
@@ -48,10 +49,7 @@ class ServerBackend:
         client.register_job(Job.from_spec(spec, job_id=self.job_id))
         self._run_id = ""
         self._profiling = False
-        self._profile_limits: tuple[float, ...] = ()
-        self._profile_stop_ratio = 0.0
-        self._eta = spec.eta
-        self._max_power_w = 0.0
+        self._answer = pb.SuggestResponse()  # the latest suggestion: what its run profiles, and how
         self._max_cost = math.inf
 
     def suggest(self, context: SuggestContext) -> Decision:
@@ -61,11 +59,9 @@ class ServerBackend:
         answer = self.client.suggest(self.job_id, gpu, request_id=uuid.uuid4().hex)
         self._run_id = answer.run_id
         self._profiling = bool(answer.profile_power_limits_w)
-        self._profile_limits = tuple(answer.profile_power_limits_w)
+        self._answer = answer
         self._max_cost = answer.max_cost
-        self._eta, self._max_power_w = answer.eta, answer.max_power_w
         decision = decision_from_pb(answer)
-        self._profile_stop_ratio = decision.profile_stop_ratio
         if decision.phase == Phase.UNSPECIFIED:  # a server that does not say (or a newer phase): exploration
             decision = replace(decision, phase=Phase.EXPLORE)
         return decision
@@ -90,7 +86,10 @@ class ServerBackend:
         if not self._profiling:
             return
         points = self.profile_source(self.spec, gpu_model, batch_size)
-        measured = measured_points(points, self._profile_limits, self._profile_stop_ratio, self._eta, self._max_power_w)
+        answer = self._answer
+        measured = measured_points(
+            points, tuple(answer.profile_power_limits_w), answer.profile_stop_ratio, answer.eta, answer.max_power_w
+        )
         measurements = [(p, pt.average_power_w, pt.time_per_epoch_s) for p, pt in measured.items()]
         self.client.report_profile(self.job_id, self._run_id, 1.0, measurements)
         self._profiling = False
